@@ -1,0 +1,39 @@
+# Self-documenting Makefile: `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install system-deps run test lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the server and test dependencies
+
+system-deps: ## Install the Debian packages the tests drive (needs root)
+	bash .ci/system-deps
+
+run: install ## Run gunicorn (gevent workers) on $$HOST:$$PORT, default 127.0.0.1:8080, embedded store
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: install ## Run every test (installs what it needs first)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## Check style with ruff
+	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py
+
+bench: install ## Run the benchmarks (bounded in time) and write bench/results/
+	bash bench/run.sh
+
+clean: ## Remove the virtualenv and runtime data
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,41 @@
+"""The application factory: it wires things together and does nothing else."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask import Flask
+
+from .config import Settings
+from .errors import register_error_handlers
+from .hub import Hub
+from .services import Services
+from .stores import StoreUnavailable, open_store
+from .tailer import Tailer
+
+log = logging.getLogger(__name__)
+
+
+def create_app(env: Mapping[str, str] | None = None) -> Flask:
+    """Create the app from environment variables (tests pass their own mapping)."""
+    settings = Settings.from_env(env)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+
+    store = open_store(settings)
+    try:
+        store.prepare()
+    except StoreUnavailable as exc:  # not fatal: readiness says so, and each use retries
+        log.warning("message store not reachable at start-up (%s); will retry on use", exc)
+    hub = Hub(queue_limit=settings.stream_queue_limit)
+    tailer = Tailer(store, hub)
+    app.extensions["sse"] = Services(settings, store, hub, tailer)
+
+    from .blueprints import messages
+
+    app.register_blueprint(messages.bp)
+    register_error_handlers(app)
+    log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
+    return app

@@ -1,0 +1,111 @@
+"""``/messages``: publish, stream (SSE) and history (JSON)."""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, jsonify, request
+from marshmallow import ValidationError
+
+from ..errors import ApiError
+from ..schemas import ROOM_RULE, MessageIn, valid_room
+from ..services import services
+from ..stores.base import StoreUnavailable
+from ..streaming import StreamSettings, message_stream
+
+bp = Blueprint("messages", __name__)
+
+STORE_RETRY_AFTER = "2"
+MAX_LAST_EVENT_ID = 256
+HISTORY_DEFAULT_LIMIT = 100
+HISTORY_MAX_LIMIT = 1000
+
+
+def _store_unavailable(exc: StoreUnavailable) -> ApiError:
+    return ApiError(503, "the message store is unavailable, try again shortly",
+                    headers={"Retry-After": STORE_RETRY_AFTER})
+
+
+def _read_json_object() -> object:
+    """Return the parsed JSON body, or raise the 415/400 the request deserves."""
+    if not request.is_json:
+        raise ApiError(415, "Content-Type must be application/json")
+    raw = request.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def _query_room() -> str:
+    room = request.args.get("room")
+    if not valid_room(room):
+        raise ApiError(400, f"query parameter room must be {ROOM_RULE}", {"room": ["invalid or missing"]})
+    return room
+
+
+@bp.post("/messages")
+def publish() -> tuple[Response, int]:
+    svc = services()
+    body = _read_json_object()
+    try:
+        fields = MessageIn(max_text_chars=svc.settings.max_text_chars).load(body)
+    except ValidationError as exc:
+        raise ApiError(422, "the message is invalid", exc.normalized_messages()) from None
+    try:
+        message = svc.store.append(fields["room"], fields["text"], fields["event"])
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc) from None
+    svc.tailer.ensure_running()
+    svc.tailer.poke()
+    return jsonify(message.to_json()), 201
+
+
+@bp.get("/messages")
+def stream() -> Response:
+    svc = services()
+    room = _query_room()
+    # The header wins: EventSource sends it on reconnect with the original URL,
+    # whose lastEventId query parameter is older.
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
+    if last_id is not None and len(last_id) > MAX_LAST_EVENT_ID:
+        raise ApiError(400, f"Last-Event-ID must be at most {MAX_LAST_EVENT_ID} characters")
+    if svc.hub.stream_count >= svc.settings.max_streams_per_worker:
+        raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
+                       headers={"Retry-After": STORE_RETRY_AFTER})
+    svc.tailer.ensure_running()
+    body = message_stream(
+        room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
+        settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms),
+    )
+    return Response(body, content_type="text/event-stream; charset=utf-8", headers={
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
+    })
+
+
+@bp.get("/messages/history")
+def history() -> Response:
+    svc = services()
+    room = _query_room()
+    try:
+        limit = int(request.args.get("limit", HISTORY_DEFAULT_LIMIT))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise ApiError(400, f"limit must be a whole number from 1 to {HISTORY_MAX_LIMIT}", {"limit": ["invalid"]})
+    after = request.args.get("after") or None
+    if after is not None and len(after) > MAX_LAST_EVENT_ID:
+        raise ApiError(400, f"after must be at most {MAX_LAST_EVENT_ID} characters", {"after": ["too long"]})
+    try:
+        backlog = svc.store.read_room(room, after_id=after, limit=limit + 1)
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc) from None
+    page = backlog.messages[:limit]
+    return jsonify({
+        "room": room,
+        "messages": [message.to_json() for message in page],
+        "reset": backlog.reset_reason,
+        "hasMore": len(backlog.messages) > limit,
+    })

@@ -1,0 +1,126 @@
+"""Settings from the environment, read in one place and checked at start-up.
+
+A bad value stops the process with a sentence that names the variable, rather
+than surfacing later as a confusing failure under load.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value we cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told from outside, with its defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    web_concurrency: int = 2
+    mongodb_uri: str | None = None
+    mongodb_database: str = "sse"
+    sqlite_path: str = "var/messages.sqlite3"
+    capped_size_bytes: int = 5_000_000
+    capped_max_messages: int = 10_000
+    heartbeat_seconds: float = 15.0
+    retry_ms: int = 3000
+    max_text_chars: int = 4096
+    max_body_bytes: int = 0  # 0: derived from max_text_chars (see __post_init__)
+    stream_queue_limit: int = 1000
+    max_streams_per_worker: int = 10_000
+    sqlite_poll_ms: int = 10
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.max_body_bytes:
+            # Worst case JSON for the text is 6 bytes a character (\uXXXX),
+            # plus room, event and punctuation.
+            object.__setattr__(self, "max_body_bytes", 6 * self.max_text_chars + 1024)
+
+    @property
+    def store_kind(self) -> str:
+        return "mongodb" if self.mongodb_uri else "sqlite"
+
+    def public_summary(self) -> dict[str, Any]:
+        """Return the effective settings for the start-up log, without secrets."""
+        summary = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.mongodb_uri:
+            summary["mongodb_uri"] = _redact_uri(self.mongodb_uri)
+        return summary
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from environment variables (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, parse in _PARSERS.items():
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name.lower()] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+        return cls(**values)
+
+
+def _redact_uri(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.replace("_", ""))
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:,} and {high:,}")
+        return value
+    return parse
+
+
+def _positive_float(high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not 0 < value <= high:
+            raise ValueError(f"must be a number of seconds above 0 and at most {high:g}")
+        return value
+    return parse
+
+
+def _mongodb_uri(raw: str) -> str:
+    if not raw.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError("must start with mongodb:// or mongodb+srv://")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return raw.lower()
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "HOST": str,
+    "PORT": _int_in(0, 65535),
+    "WEB_CONCURRENCY": _int_in(1, 64),
+    "MONGODB_URI": _mongodb_uri,
+    "MONGODB_DATABASE": str,
+    "SQLITE_PATH": str,
+    "CAPPED_SIZE_BYTES": _int_in(4096, 2**50),
+    "CAPPED_MAX_MESSAGES": _int_in(1, 10**9),
+    "HEARTBEAT_SECONDS": _positive_float(3600),
+    "RETRY_MS": _int_in(0, 3_600_000),
+    "MAX_TEXT_CHARS": _int_in(1, 1_000_000),
+    "MAX_BODY_BYTES": _int_in(1024, 64 * 2**20),
+    "STREAM_QUEUE_LIMIT": _int_in(1, 1_000_000),
+    "MAX_STREAMS_PER_WORKER": _int_in(1, 1_000_000),
+    "SQLITE_POLL_MS": _int_in(1, 10_000),
+    "LOG_LEVEL": _log_level,
+}

@@ -1,0 +1,44 @@
+"""The events this server sends, built on the generic SSE encoder.
+
+Each stored message becomes one event whose ``data`` is the message's compact
+JSON; JSON escapes CR and LF, so the data is always a single line whatever the
+text holds. ``event:`` is left out for the default type so that plain
+``EventSource.onmessage`` handlers see it.
+"""
+from __future__ import annotations
+
+import json
+
+from .sse import ServerSentEvent
+from .stores.base import Message
+
+DEFAULT_EVENT = "message"
+HEARTBEAT = ServerSentEvent(comment="keep-alive").encode()
+
+
+def to_json_text(value: object) -> str:
+    """Return compact JSON; non-ASCII stays as is (the stream is UTF-8)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def message_event(message: Message) -> bytes:
+    """Encode a stored message once; the bytes are shared by every subscriber."""
+    return ServerSentEvent(
+        id=message.id,
+        event=None if message.event == DEFAULT_EVENT else message.event,
+        data=to_json_text(message.to_json()),
+    ).encode()
+
+
+def reset_event(reason: str) -> bytes:
+    """Tell the client its resume point is gone and a full replay follows.
+
+    The empty ``id`` clears the browser's last event id, so a reconnect before
+    the replay arrives asks for the whole window again rather than the lost id.
+    """
+    return ServerSentEvent(event="reset", id="", data=to_json_text({"reason": reason})).encode()
+
+
+def retry_line(milliseconds: int) -> bytes:
+    """Tell EventSource how long to wait before reconnecting."""
+    return ServerSentEvent(retry=milliseconds).encode()

@@ -1,0 +1,24 @@
+"""The per-worker objects the views share, kept on the Flask app."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from .config import Settings
+from .hub import Hub
+from .stores.base import MessageStore
+from .tailer import Tailer
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: MessageStore
+    hub: Hub
+    tailer: Tailer
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["sse"]

@@ -1,0 +1,25 @@
+"""Message stores behind one seam; ``open_store`` picks one from the settings."""
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Backlog, FeedBatch, Message, MessageStore, PositionLost, StoreMisconfigured, StoreUnavailable
+
+__all__ = ["Backlog", "FeedBatch", "Message", "MessageStore", "PositionLost", "StoreMisconfigured",
+           "StoreUnavailable", "open_store"]
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """Return the MongoDB store when MONGODB_URI is set, else the embedded SQLite one."""
+    if settings.mongodb_uri:
+        from .mongo import MongoStore  # pymongo is only needed on this path
+
+        return MongoStore(
+            settings.mongodb_uri, settings.mongodb_database,
+            max_bytes=settings.capped_size_bytes, max_messages=settings.capped_max_messages,
+        )
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(
+        settings.sqlite_path, max_bytes=settings.capped_size_bytes, max_messages=settings.capped_max_messages,
+        poll_interval=settings.sqlite_poll_ms / 1000,
+    )

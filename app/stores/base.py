@@ -1,0 +1,86 @@
+"""The storage seam: what every message store promises, and the values it trades in.
+
+A store keeps a bounded window of messages in one total order (the order the
+store itself committed them in) and offers three things:
+
+* ``append`` a message and get it back with its server-made id;
+* ``read_room``: a room's messages after a given id, in store order, or a
+  ``reset_reason`` when that id is no longer (or never was) in the window;
+* ``follow``: an endless feed of new messages in store order, for the one
+  tailer each worker runs. Each message in the feed carries a *position*, an
+  integer that grows along store order, so a stream can tell which live events
+  it already sent from its backlog.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import gevent.event
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or cannot write right now; try again later."""
+
+
+class StoreMisconfigured(Exception):
+    """The store exists but is set up in a way we must not run on."""
+
+
+class PositionLost(Exception):
+    """The follower fell behind the bounded window: messages were evicted unseen."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message, as clients see it."""
+
+    id: str
+    room: str
+    text: str
+    event: str
+    created_at: datetime
+
+    def to_json(self) -> dict[str, str]:
+        """Return the public JSON representation (the SSE data and the POST reply)."""
+        return {
+            "id": self.id,
+            "room": self.room,
+            "text": self.text,
+            "event": self.event,
+            "createdAt": self.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A room's stored messages after a point; ``reset_reason`` says the point was not found."""
+
+    messages: list[Message]
+    reset_reason: str | None = None
+
+
+# What ``follow`` yields: new messages in store order, each with its position.
+FeedBatch = list[tuple[int, Message]]
+
+
+class MessageStore(Protocol):
+    """What the app needs from a message store."""
+
+    def append(self, room: str, text: str, event: str) -> Message: ...
+
+    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
+
+    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]: ...
+
+    def position_of(self, message_id: str) -> int | None:
+        """Return the position of an id, or None if this worker's follower has not read it yet."""
+
+    def prepare(self) -> None:
+        """Create what the store needs; raise StoreMisconfigured if it must not be used."""
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,243 @@
+"""The production store: a MongoDB capped collection, tailed by one cursor per worker.
+
+Order -- the trap this module avoids: ObjectIds are made by each client
+process, so across several publishing workers they are *not* in insertion
+order, and resuming with ``{_id: {$gt: last}}`` can silently skip a message
+another worker inserted a moment earlier with a smaller id. A capped
+collection's natural order *is* its insertion order (the same on every
+replica set member, since the oplog replays inserts in order), so every read
+here walks natural order and resumes by *finding* the last id in it and
+taking what follows. The window is bounded (CAPPED_SIZE_BYTES /
+CAPPED_MAX_MESSAGES), so that walk is bounded too.
+
+Positions are worker-local integers handed out in the order this worker's
+follower reads documents; an id re-read while the follower finds its place
+keeps the position it already had.
+
+Failures, and what each becomes:
+* tailable cursor dead at start (empty collection) or killed -> reopen it
+  from the last document read, sleeping with a growing delay between tries
+  so an empty collection is never polled in a busy loop;
+* ``CappedPositionLost`` or the last document no longer found -> PositionLost
+  (streams re-read from the store and get ``reset`` if they fell out);
+* network errors, primary step-down -> StoreUnavailable (the tailer retries
+  with backoff from the last message it delivered).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import gevent
+import gevent.event
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.cursor import CursorType
+from pymongo.errors import (
+    AutoReconnect,
+    CollectionInvalid,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+
+from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CAPPED_POSITION_LOST = 136
+CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
+_FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
+
+
+class MongoStore:
+    """Messages in a capped collection; one tailable cursor per worker follows it."""
+
+    def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
+                 collection: str = "messages", await_ms: int = 1000,
+                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0),
+                 client: MongoClient | None = None) -> None:
+        # connect=False: nothing happens on the network until first use, which
+        # is after gunicorn forked the worker and gevent patched it.
+        self.client = client or MongoClient(
+            uri, connect=False, tz_aware=True, appname="sse-rooms",
+            serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=await_ms + 10_000,
+            retryWrites=True,
+        )
+        self.collection = self.client[database][collection]
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.await_ms = await_ms
+        self.dead_cursor_wait = dead_cursor_wait
+        self._prepared = False
+        self._counter = itertools.count(1)
+        # Enough to remember every document still in the window: one that is
+        # in the window was inserted fewer than max_messages documents ago.
+        self._positions: OrderedDict[str, int] = OrderedDict()
+        self._remember = 2 * max_messages
+
+    # -- set-up ----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the capped collection if missing; refuse to run on an uncapped one."""
+        if self._prepared:
+            return
+        database, name = self.collection.database, self.collection.name
+        try:
+            try:
+                database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
+                log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
+            except CollectionInvalid:
+                pass  # it exists (perhaps another worker made it a moment ago)
+            options = self.collection.options()
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        if not options.get("capped"):
+            raise StoreMisconfigured(
+                f"collection {database.name}.{name} exists but is not capped; convert it with "
+                f"db.runCommand({{convertToCapped: '{name}', size: {self.max_bytes}}}) or drop it"
+            )
+        self._prepared = True
+
+    # -- positions -------------------------------------------------------------
+    def position_of(self, message_id: str) -> int | None:
+        return self._positions.get(message_id)
+
+    def _position_for(self, message_id: str) -> int:
+        position = self._positions.get(message_id)
+        if position is None:
+            position = self._positions[message_id] = next(self._counter)
+            if len(self._positions) > self._remember:
+                self._positions.popitem(last=False)
+        return position
+
+    @staticmethod
+    def _message(doc: dict) -> Message:
+        return Message(id=str(doc["_id"]), room=doc["room"], text=doc["text"], event=doc["event"],
+                       created_at=doc["createdAt"])
+
+    # -- writing ---------------------------------------------------------------
+    def append(self, room: str, text: str, event: str) -> Message:
+        """Insert a message; a retry after a lost reply never stores it twice."""
+        self.prepare()
+        now = datetime.now(timezone.utc)
+        # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
+        created = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
+        try:
+            try:
+                self.collection.insert_one(doc)
+            except AutoReconnect:
+                # The insert may have been applied before the connection broke.
+                # Retrying with the same _id is idempotent: a duplicate key
+                # means the first try landed. (Replica sets also retry on their
+                # own through retryWrites; a standalone server does not.)
+                try:
+                    self.collection.insert_one(doc)
+                except DuplicateKeyError:
+                    pass
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB insert failed: {exc}") from exc
+        return self._message(doc)
+
+    # -- reading ---------------------------------------------------------------
+    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return the room's messages after ``after_id`` in natural order, or all with a reset reason."""
+        self.prepare()
+        target = None
+        if after_id is not None:
+            if not ObjectId.is_valid(after_id):
+                return self._read_all(room, limit, f"last event id {after_id!r} was not issued by this store")
+            target = ObjectId(after_id)
+        before: list[Message] = []
+        after: list[Message] = []
+        found = target is None
+        try:
+            for doc in self.collection.find({"room": room}, _FIELDS).sort("$natural", 1):
+                if found:
+                    after.append(self._message(doc))
+                    if limit is not None and len(after) >= limit:
+                        break
+                elif doc["_id"] == target:
+                    found = True
+                else:
+                    before.append(self._message(doc))
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
+        if found:
+            return Backlog(after)
+        reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
+        return Backlog(before[:limit], reason)
+
+    def _read_all(self, room: str, limit: int | None, reason: str) -> Backlog:
+        backlog = self.read_room(room, None, limit)
+        return Backlog(backlog.messages, reason)
+
+    def ping(self) -> None:
+        try:
+            self.client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB ping failed: {exc}") from exc
+
+    # -- following -------------------------------------------------------------
+    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
+        """Yield new documents in natural order, forever, after ``after_id`` (or after the newest)."""
+        try:
+            self.prepare()
+            if after_id is None:
+                newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
+                last = newest["_id"] if newest else None
+            elif ObjectId.is_valid(after_id):
+                last = ObjectId(after_id)
+            else:
+                raise PositionLost(f"{after_id!r} is not from this store")
+            wait = self.dead_cursor_wait[0]
+            while True:
+                for doc in self._tail_after(last):
+                    last = doc["_id"]
+                    wait = self.dead_cursor_wait[0]
+                    yield [(self._position_for(str(last)), self._message(doc))]
+                # The cursor died: the collection was empty, or the server
+                # killed it. Reopen after a growing pause, never in a busy loop.
+                gevent.sleep(wait)
+                wait = min(wait * 2, self.dead_cursor_wait[1])
+        except OperationFailure as exc:
+            if exc.code == CAPPED_POSITION_LOST:
+                raise PositionLost(f"MongoDB: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
+
+    def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
+        """Yield the documents after ``last`` from one tailable cursor, until it dies."""
+        cursor = self.collection.find(
+            {}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT, max_await_time_ms=self.await_ms
+        )
+        found = last is None
+        try:
+            while cursor.alive:
+                try:
+                    doc = cursor.try_next()
+                except OperationFailure as exc:
+                    if exc.code in CURSOR_GONE:
+                        return  # killed: reopened from `last` by the caller
+                    raise
+                if doc is None:
+                    if not found:
+                        raise PositionLost(f"{last} is no longer in the capped collection")
+                    continue  # nothing new within await_ms: ask again
+                if found:
+                    yield doc
+                else:
+                    # Re-reading up to where we were: keep positions, deliver nothing.
+                    self._position_for(str(doc["_id"]))
+                    found = doc["_id"] == last
+            if not found:
+                raise PositionLost(f"{last} is no longer in the capped collection")
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self.client.close()

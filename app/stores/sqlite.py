@@ -1,0 +1,249 @@
+"""The embedded store: one SQLite file in WAL mode, shared by every worker.
+
+Order: ``seq`` is an AUTOINCREMENT rowid assigned inside a ``BEGIN IMMEDIATE``
+transaction. SQLite lets one writer in at a time, so seq order *is* commit
+order, and a rolled-back insert hands its seq back: the window is always a
+gap-free run of seqs. A gap seen by a follower therefore means eviction.
+
+Ids look like ``<epoch>-<seq>``. The epoch is made when the file is created,
+so an id from a deleted and re-created database is recognised as unknown
+instead of silently skipping everything up to its seq.
+
+Bound: like a MongoDB capped collection, the oldest messages are evicted once
+there are more than ``max_messages`` or their sizes add up past ``max_bytes``.
+
+Writes run in gevent's thread pool, so a locked or unwritable file delays the
+publisher that hit it, never the heartbeats of the worker's other streams.
+Reads are short indexed queries and run in place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import gevent
+import gevent.event
+
+from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    room       TEXT    NOT NULL,
+    text       TEXT    NOT NULL,
+    event      TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    size       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+"""
+_COLUMNS = "seq, room, text, event, created_ms"
+_ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
+# What a message costs against max_bytes: its UTF-8 fields plus a fixed
+# overhead close to the BSON framing MongoDB counts for the same document.
+_OVERHEAD_BYTES = 64
+_FEED_BATCH = 1000
+
+
+class SQLiteStore:
+    """A bounded, ordered message window in one SQLite file."""
+
+    def __init__(self, path: str, *, max_bytes: int, max_messages: int, poll_interval: float = 0.01) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.poll_interval = poll_interval
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self.epoch = self._initialise()
+
+    # -- connections ---------------------------------------------------------
+    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        # NORMAL is durable against a killed process in WAL mode; only an OS
+        # crash or power cut can lose the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _initialise(self) -> str:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            conn = self._connect(busy_ms=10_000)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
+            conn.execute("COMMIT")
+            (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            conn.close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        return epoch
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = self._connect(busy_ms=200)
+        return self._reader
+
+    # -- ids -----------------------------------------------------------------
+    def _make_id(self, seq: int) -> str:
+        return f"{self.epoch}-{seq}"
+
+    def _seq_of(self, message_id: str) -> int | None:
+        match = _ID.match(message_id)
+        if match is None or match.group(1) != self.epoch:
+            return None
+        return int(match.group(2))
+
+    def position_of(self, message_id: str) -> int | None:
+        """Seq is both the id and the position, known before the follower reads it."""
+        return self._seq_of(message_id)
+
+    def _message(self, row: tuple) -> Message:
+        seq, room, text, event, created_ms = row
+        created = datetime.fromtimestamp(created_ms / 1000, tz=timezone.utc)
+        return Message(id=self._make_id(seq), room=room, text=text, event=event, created_at=created)
+
+    # -- writing -------------------------------------------------------------
+    def append(self, room: str, text: str, event: str) -> Message:
+        """Store a message, evicting the oldest beyond the bound, and return it."""
+        return gevent.get_hub().threadpool.apply(self._append_blocking, (room, text, event))
+
+    def _append_blocking(self, room: str, text: str, event: str) -> Message:
+        size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
+        created_ms = int(time.time() * 1000)
+        with self._write_lock:
+            try:
+                if self._writer is None:
+                    self._writer = self._connect(busy_ms=2000)
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    seq = conn.execute(
+                        "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
+                        (room, text, event, created_ms, size),
+                    ).lastrowid
+                    self._evict(conn, size)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._drop_writer()
+                raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+        return self._message((seq, room, text, event, created_ms))
+
+    def _evict(self, conn: sqlite3.Connection, added_size: int) -> None:
+        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added_size,))
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'count'")
+        total, count = (row[0] for row in conn.execute("SELECT value FROM meta WHERE key IN ('bytes', 'count') ORDER BY key"))
+        while count > self.max_messages or total > self.max_bytes:
+            (freed,) = conn.execute(
+                "DELETE FROM messages WHERE seq = (SELECT min(seq) FROM messages) RETURNING size"
+            ).fetchone()
+            total -= freed
+            count -= 1
+            conn.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (freed,))
+            conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'count'")
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except sqlite3.Error:
+                pass
+            self._writer = None
+
+    # -- reading -------------------------------------------------------------
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self.reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self._reader = None
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return the room's messages after ``after_id`` in seq order, or all with a reset reason."""
+        sql_limit = -1 if limit is None else limit
+        reset_reason = None
+        after_seq = 0
+        if after_id is not None:
+            after_seq, reset_reason = self._resume_point(room, after_id)
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (room, after_seq, sql_limit),
+        )
+        return Backlog([self._message(row) for row in rows], reset_reason)
+
+    def _resume_point(self, room: str, after_id: str) -> tuple[int, str | None]:
+        seq = self._seq_of(after_id)
+        if seq is None:
+            return 0, f"last event id {after_id!r} was not issued by this store"
+        found = self._query("SELECT room FROM messages WHERE seq = ?", (seq,))
+        if found and found[0][0] == room:
+            return seq, None
+        if found:
+            return 0, f"last event id {after_id!r} belongs to another room"
+        (oldest,) = self._query("SELECT min(seq) FROM messages")[0]
+        if oldest is not None and seq < oldest:
+            return 0, f"last event id {after_id!r} was evicted from the bounded store"
+        return 0, f"last event id {after_id!r} is unknown"
+
+    def prepare(self) -> None:
+        """Nothing to do: the file and schema are made when the store is opened."""
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    # -- following -----------------------------------------------------------
+    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
+        """Yield new messages in seq order, polling the file and waking early on ``wakeup``."""
+        if after_id is None:
+            (last,) = self._query("SELECT coalesce(max(seq), 0) FROM messages")[0]
+        else:
+            last = self._seq_of(after_id)
+            if last is None:
+                raise PositionLost(f"{after_id!r} is not from this store")
+        seen_version = None
+        while True:
+            # data_version changes whenever another connection commits: a
+            # cheap check that spares the query when nothing happened.
+            (version,) = self._query("PRAGMA data_version")[0]
+            if version != seen_version:
+                seen_version = version
+                rows = self._query(
+                    f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT {_FEED_BATCH}", (last,)
+                )
+                if rows and rows[0][0] != last + 1:
+                    raise PositionLost(f"messages {last + 1}..{rows[0][0] - 1} were evicted before this worker read them")
+                if rows:
+                    last = rows[-1][0]
+                    yield [(row[0], self._message(row)) for row in rows]
+                    if len(rows) == _FEED_BATCH:
+                        seen_version = None  # more are waiting: read again at once
+                        continue
+            wakeup.wait(self.poll_interval)
+            wakeup.clear()
+
+    def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
