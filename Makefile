@@ -26,7 +26,7 @@ system-deps: ## Install the Debian packages the tests drive (needs root)
 run: install ## Run gunicorn (gevent workers) on $$HOST:$$PORT, default 127.0.0.1:8080, embedded store
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: install ## Run every test (installs what it needs first)
+test: install system-deps ## Run every test (installs what it needs first, Debian packages too)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install ## Check style with ruff
