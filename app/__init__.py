@@ -6,9 +6,11 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from .admission import StreamSlots
 from .config import Settings
 from .errors import register_error_handlers
 from .hub import Hub
+from .request_log import register_request_log
 from .services import Services
 from .stores import StoreUnavailable, open_store
 from .tailer import Tailer
@@ -31,11 +33,13 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         log.warning("message store not reachable at start-up (%s); will retry on use", exc)
     hub = Hub(queue_limit=settings.stream_queue_limit)
     tailer = Tailer(store, hub)
-    app.extensions["sse"] = Services(settings, store, hub, tailer)
+    app.extensions["sse"] = Services(settings, store, hub, tailer, StreamSlots(settings.max_streams_per_worker))
 
-    from .blueprints import messages
+    from .blueprints import messages, ops
 
     app.register_blueprint(messages.bp)
+    app.register_blueprint(ops.bp)
     register_error_handlers(app)
+    register_request_log(app)
     log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
     return app

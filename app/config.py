@@ -33,6 +33,7 @@ class Settings:
     max_body_bytes: int = 0  # 0: derived from max_text_chars (see __post_init__)
     stream_queue_limit: int = 1000
     max_streams_per_worker: int = 10_000
+    stream_write_timeout_seconds: float = 30.0
     sqlite_poll_ms: int = 10
     log_level: str = "info"
 
@@ -121,6 +122,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "MAX_BODY_BYTES": _int_in(1024, 64 * 2**20),
     "STREAM_QUEUE_LIMIT": _int_in(1, 1_000_000),
     "MAX_STREAMS_PER_WORKER": _int_in(1, 1_000_000),
+    "STREAM_WRITE_TIMEOUT_SECONDS": _positive_float(3600),
     "SQLITE_POLL_MS": _int_in(1, 10_000),
     "LOG_LEVEL": _log_level,
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import gevent.event
 
 from .events import message_event
+from .metrics import SUBSCRIPTIONS
 from .stores.base import Message
 
 
@@ -72,6 +73,7 @@ class Hub:
     def __init__(self, queue_limit: int) -> None:
         self.queue_limit = queue_limit
         self._rooms: dict[str, set[Subscription]] = {}
+        self.closed = False  # close_all() was called: the worker is shutting down
 
     @property
     def stream_count(self) -> int:
@@ -79,13 +81,17 @@ class Hub:
 
     def subscribe(self, room: str) -> Subscription:
         subscription = Subscription(room, self.queue_limit)
+        # A stream that joins after shutdown began ends as the others did.
+        subscription.closing = self.closed
         self._rooms.setdefault(room, set()).add(subscription)
+        SUBSCRIPTIONS.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subs = self._rooms.get(subscription.room)
-        if subs is not None:
+        if subs is not None and subscription in subs:
             subs.discard(subscription)
+            SUBSCRIPTIONS.dec()
             if not subs:
                 del self._rooms[subscription.room]
 
@@ -113,5 +119,6 @@ class Hub:
         self._flag_all("resync")
 
     def close_all(self) -> None:
-        """Ask every stream to end (worker shutdown)."""
+        """Ask every stream to end, and any that joins later (worker shutdown)."""
+        self.closed = True
         self._flag_all("closing")

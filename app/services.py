@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from .admission import StreamSlots
 from .config import Settings
 from .hub import Hub
 from .stores.base import MessageStore
@@ -17,6 +18,7 @@ class Services:
     store: MessageStore
     hub: Hub
     tailer: Tailer
+    slots: StreamSlots
 
 
 def services() -> Services:

@@ -12,10 +12,12 @@ its backlog ended, so that it can drop the live events it already sent.
 from __future__ import annotations
 
 import logging
+
 import gevent
 import gevent.event
 
 from .hub import Hub
+from .metrics import STORE_ERRORS, TAILER_RESTARTS
 from .stores.base import MessageStore, PositionLost, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,16 +64,21 @@ class Tailer:
                         self.hub.publish(batch)
             except PositionLost as exc:
                 log.warning("tailer lost its place (%s); streams re-read from the store", exc)
-                self.restarts += 1
+                self._count_restart()
                 self.last_id = None
                 self.hub.resync_all()
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)
-                self.restarts += 1
+                STORE_ERRORS.labels("tailer").inc()
+                self._count_restart()
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
             except Exception:  # a bug must not silence every stream of the worker
                 log.exception("tailer crashed; restarting in %.2fs", delay)
-                self.restarts += 1
+                self._count_restart()
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
+        TAILER_RESTARTS.inc()

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
 from ..errors import ApiError
+from ..metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, STORE_ERRORS
 from ..schemas import ROOM_RULE, MessageIn, valid_room
 from ..services import services
 from ..stores.base import StoreUnavailable
@@ -20,7 +22,8 @@ HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
 
 
-def _store_unavailable(exc: StoreUnavailable) -> ApiError:
+def _store_unavailable(exc: StoreUnavailable, operation: str) -> ApiError:
+    STORE_ERRORS.labels(operation).inc()
     return ApiError(503, "the message store is unavailable, try again shortly",
                     headers={"Retry-After": STORE_RETRY_AFTER})
 
@@ -53,10 +56,14 @@ def publish() -> tuple[Response, int]:
         fields = MessageIn(max_text_chars=svc.settings.max_text_chars).load(body)
     except ValidationError as exc:
         raise ApiError(422, "the message is invalid", exc.normalized_messages()) from None
+    started = time.perf_counter()
     try:
         message = svc.store.append(fields["room"], fields["text"], fields["event"])
     except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
+        raise _store_unavailable(exc, "publish") from None
+    finally:
+        PUBLISH_LATENCY.observe(time.perf_counter() - started)
+    MESSAGES_PUBLISHED.inc()
     svc.tailer.ensure_running()
     svc.tailer.poke()
     return jsonify(message.to_json()), 201
@@ -71,18 +78,22 @@ def stream() -> Response:
     last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     if last_id is not None and len(last_id) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"Last-Event-ID must be at most {MAX_LAST_EVENT_ID} characters")
-    if svc.hub.stream_count >= svc.settings.max_streams_per_worker:
+    if not svc.slots.acquire():
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
     svc.tailer.ensure_running()
     body = message_stream(
         room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
-        settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms),
+        settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms,
+                                svc.settings.stream_write_timeout_seconds),
     )
-    return Response(body, content_type="text/event-stream; charset=utf-8", headers={
+    response = Response(body, content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
     })
+    # The server closes every response it got, streamed or not, started or not.
+    response.call_on_close(svc.slots.release)
+    return response
 
 
 @bp.get("/messages/history")
@@ -101,7 +112,7 @@ def history() -> Response:
     try:
         backlog = svc.store.read_room(room, after_id=after, limit=limit + 1)
     except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
+        raise _store_unavailable(exc, "history") from None
     page = backlog.messages[:limit]
     return jsonify({
         "room": room,
