@@ -3,7 +3,21 @@
 Values come from the same environment variables the app reads (see README),
 through app.config, so a bad value stops start-up with a clear sentence.
 """
-from app.config import Settings
+# -- Metrics across workers (first: before anything imports prometheus_client) --
+# prometheus_client's multiprocess mode: each worker writes its metrics to
+# files in this directory and GET /metrics adds them up. The variable must be
+# in the environment before prometheus_client is first imported -- it picks
+# its storage at import -- and importing app.config below already imports the
+# app package, which imports it. So it is set here, first, in the master, and
+# the workers inherit it. Left unset, a fresh temporary directory is used.
+import os
+import tempfile
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-metrics-")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+from app.config import Settings  # noqa: E402
 
 _settings = Settings.from_env()
 
@@ -40,3 +54,36 @@ max_requests = 0
 loglevel = _settings.log_level
 accesslog = None
 errorlog = "-"
+
+
+def on_starting(server):
+    """Start from empty metrics: files of a previous run would be added in."""
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (open streams), whatever killed it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+# -- Logging and shutdown in each worker -----------------------------------------
+def post_fork(server, worker):
+    """Send the app's log lines to gunicorn's error log, at its level."""
+    import logging
+
+    app_logger = logging.getLogger("app")
+    app_logger.handlers = list(server.log.error_log.handlers)
+    app_logger.setLevel(server.log.error_log.level)
+    app_logger.propagate = False
+
+
+def post_worker_init(worker):
+    """Make SIGTERM end open streams at once (see app/lifecycle.py)."""
+    from app.lifecycle import end_streams_on_sigterm
+
+    end_streams_on_sigterm(worker)
