@@ -33,9 +33,16 @@ class EventStreamParser:
         self._buffer = b""
         self._data: list[str] = []
         self._type = ""
+        self._id_buffer = ""  # becomes last_event_id only when an event is dispatched
         self.last_event_id = ""
         self.retry_ms: int | None = None
         self.retry_lines: list[int] = []
+
+    def new_connection(self) -> None:
+        """Forget a half-received event: a new connection is parsed afresh (the ids stay)."""
+        self._buffer = b""
+        self._data, self._type = [], ""
+        self._id_buffer = self.last_event_id
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Return the events completed by ``chunk``."""
@@ -54,6 +61,7 @@ class EventStreamParser:
 
     def _line(self, line: str) -> Event | None:
         if line == "":
+            self.last_event_id = self._id_buffer
             if not self._data:
                 self._type = ""
                 return None
@@ -69,7 +77,7 @@ class EventStreamParser:
         elif name == "event":
             self._type = value
         elif name == "id" and "\0" not in value:
-            self.last_event_id = value
+            self._id_buffer = value
         elif name == "retry" and value.isdigit():
             self.retry_ms = int(value)
             self.retry_lines.append(int(value))
@@ -98,6 +106,7 @@ class EventSourceClient:
     reconnect: bool = True
     default_retry_ms: int = 3000
     events: list[Event] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() each event was parsed
     connections: list[Connection] = field(default_factory=list)
     parser: EventStreamParser = field(default_factory=EventStreamParser)
 
@@ -149,6 +158,7 @@ class EventSourceClient:
                     headers[name.strip().lower()] = value.strip()
             connection = Connection(int(status_line.split()[1]), headers, last_id, time.monotonic())
             self.connections.append(connection)
+            self.parser.new_connection()
             if connection.status != 200:
                 connection.tail = await reader.read()
                 connection.closed_at = time.monotonic()
@@ -166,7 +176,9 @@ class EventSourceClient:
                     if not chunk:
                         return
                     connection.tail = (connection.tail + chunk)[-256:]
-                    self.events.extend(self.parser.feed(chunk))
+                    events = self.parser.feed(chunk)
+                    self.events.extend(events)
+                    self.arrivals.extend([time.monotonic()] * len(events))
             finally:
                 stop.cancel()
                 connection.closed_at = time.monotonic()
