@@ -53,6 +53,9 @@ _ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
 # overhead close to the BSON framing MongoDB counts for the same document.
 _OVERHEAD_BYTES = 64
 _FEED_BATCH = 1000
+# How long one write may wait for the file's write lock (SQLite's busy
+# timeout), and as long again for this process's own writer.
+_WRITE_BUSY_MS = 2000
 
 
 class SQLiteStore:
@@ -129,10 +132,15 @@ class SQLiteStore:
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
         size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
         created_ms = int(time.time() * 1000)
-        with self._write_lock:
+        # Waiting for our own writer is bounded too: when the file is locked,
+        # every write in turn waits out the busy timeout, and an unbounded
+        # queue of publishers would wait publishers x timeout for their 503.
+        if not self._write_lock.acquire(timeout=_WRITE_BUSY_MS / 1000):
+            raise StoreUnavailable("SQLite write failed: this worker's writer stayed busy (is the file locked?)")
+        try:
             try:
                 if self._writer is None:
-                    self._writer = self._connect(busy_ms=2000)
+                    self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
                 conn = self._writer
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -148,6 +156,8 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 self._drop_writer()
                 raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+        finally:
+            self._write_lock.release()
         return self._message((seq, room, text, event, created_ms))
 
     def _evict(self, conn: sqlite3.Connection, added_size: int) -> None:

@@ -1,0 +1,46 @@
+"""Regression: writers queued behind a locked SQLite file waited their turn for the busy timeout each.
+
+With the file locked by another process, every write waits out the 2 s
+busy timeout, and this process's writers took turns doing so: the n-th
+concurrent publisher got its 503 only after n x 2 s (over 30 s with 16
+publishers in the live outage test). Each now waits at most the busy
+timeout for the process's writer and the busy timeout for the file.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import gevent
+
+from app.stores.base import StoreUnavailable
+from app.stores.sqlite import SQLiteStore
+
+WRITERS = 6
+
+
+def test_locked_file_fails_every_waiting_writer_within_two_busy_timeouts(sqlite_path):
+    store = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
+    holder = sqlite3.connect(sqlite_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    def timed_append(number: int) -> tuple[float, Exception | None]:
+        started = time.monotonic()
+        try:
+            store.append("locked", f"message {number}", "message")
+        except StoreUnavailable as exc:
+            return time.monotonic() - started, exc
+        return time.monotonic() - started, None
+
+    try:
+        greenlets = [gevent.spawn(timed_append, number) for number in range(WRITERS)]
+        gevent.joinall(greenlets, timeout=30, raise_error=True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    results = [greenlet.value for greenlet in greenlets]
+    assert all(isinstance(error, StoreUnavailable) for _, error in results)
+    assert max(duration for duration, _ in results) < 4.5
+    # The file is writable again: the next write goes through.
+    assert store.append("locked", "after", "message").text == "after"
+    store.close()
