@@ -37,6 +37,7 @@ class EventStreamParser:
         self.last_event_id = ""
         self.retry_ms: int | None = None
         self.retry_lines: list[int] = []
+        self.comments = 0  # heartbeats, among others
 
     def new_connection(self) -> None:
         """Forget a half-received event: a new connection is parsed afresh (the ids stay)."""
@@ -69,6 +70,7 @@ class EventStreamParser:
             self._data, self._type = [], ""
             return event
         if line.startswith(":"):
+            self.comments += 1
             return None
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
