@@ -212,14 +212,18 @@ class MongoStore:
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
         """Yield the documents after ``last`` from one tailable cursor, until it dies."""
-        cursor = self.collection.find(
-            {}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT, max_await_time_ms=self.await_ms
+        # max_await_time_ms is a Cursor method, not a find() argument.
+        cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(
+            self.await_ms
         )
         found = last is None
         try:
             while cursor.alive:
                 try:
-                    doc = cursor.try_next()
+                    # PyMongo's Cursor has no try_next() (only change streams do);
+                    # a tailable cursor raises StopIteration when a getMore
+                    # comes back empty, while it stays alive.
+                    doc = next(cursor, None)
                 except OperationFailure as exc:
                     if exc.code in CURSOR_GONE:
                         return  # killed: reopened from `last` by the caller

@@ -1,0 +1,36 @@
+"""Real gunicorn (gevent workers, real PyMongo) against the fake capped collection."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tests.support.eventsource import EventSourceClient
+from tests.support.faults import wait_until
+from tests.support.fake_capped import FakeCappedCollection
+from tests.support.live import LiveServer
+
+
+def stored_ids(fake: FakeCappedCollection, room: str) -> list[str]:
+    """Return the fake collection's ids for a room, in natural order."""
+    with fake.lock:
+        return [str(doc["_id"]) for _, doc in fake.docs if doc["room"] == room]
+
+
+def follow_while(server: LiveServer, rooms: list[str], streams: int, action: Callable[[], None],
+                 expected: Callable[[str], list[str]], settle: float = 0.5) -> list[EventSourceClient]:
+    """Open streams, run ``action`` (in a thread), and wait until each client has what ``expected`` says."""
+    clients = [EventSourceClient("127.0.0.1", server.port, rooms[n % len(rooms)]) for n in range(streams)]
+
+    async def scenario() -> None:
+        tasks = [asyncio.ensure_future(client.run()) for client in clients]
+        await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in clients)), 20)
+        await asyncio.to_thread(action)
+        await asyncio.to_thread(
+            wait_until, lambda: all(len(c.messages) >= len(expected(c.room)) for c in clients), 20)
+        await asyncio.sleep(settle)  # a duplicate, if any, would arrive now
+        for client in clients:
+            client.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(scenario())
+    return clients

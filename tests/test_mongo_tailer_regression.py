@@ -1,0 +1,32 @@
+"""Regression: the MongoDB tailer crashed on every start, so MongoDB streams never got live messages.
+
+``collection.find(..., max_await_time_ms=...)`` is not a PyMongo argument
+(TypeError), and after that, ``Cursor.try_next()`` does not exist on a
+PyMongo cursor (AttributeError; only change streams have it). The tailer
+caught both as crashes and restarted for ever, with backoff: streams on the
+MongoDB store got their backlog and heartbeats, and nothing live.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.fake_capped import FakeCappedCollection
+from tests.support.faults import metric
+from tests.support.mongo_live import follow_while, stored_ids
+
+
+@pytest.mark.slow
+def test_mongo_tailable_cursor_follows_new_messages(start_server):
+    fake = FakeCappedCollection(max_messages=1000)
+    fake.start()
+    try:
+        server = start_server(MONGODB_URI=fake.uri(), HEARTBEAT_SECONDS="1")
+        clients = follow_while(server, ["live"], 4, lambda: [server.publish("live", f"m{n}") for n in range(5)],
+                               lambda room: stored_ids(fake, room))
+        for client in clients:
+            assert [event.id for event in client.messages] == stored_ids(fake, "live")
+        assert len(stored_ids(fake, "live")) == 5
+        assert metric(server.url, "sse_tailer_restarts_total") == 0
+        assert "tailer crashed" not in server.log_path.read_text()
+    finally:
+        fake.stop()
