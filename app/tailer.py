@@ -32,6 +32,10 @@ class Tailer:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.wakeup = gevent.event.Event()
+        # Set once the feed's start point is fixed; a stream reads its backlog
+        # only after that, or a message committed between its backlog read
+        # and the tailer's start would be in neither.
+        self.following = gevent.event.Event()
         self.restarts = 0
         self.last_id: str | None = None
         self._greenlet: gevent.Greenlet | None = None
@@ -49,6 +53,11 @@ class Tailer:
             self._greenlet.kill(block=False)
             self._greenlet = None
 
+    def wait_following(self, timeout: float) -> bool:
+        """Wait until the feed's start point is fixed; False if it is not within ``timeout``."""
+        self.ensure_running()
+        return self.following.wait(timeout)
+
     def position_of(self, message_id: str) -> int | None:
         """Return the position of an id, or None if the tailer has not read it yet."""
         return self.store.position_of(message_id)
@@ -59,6 +68,7 @@ class Tailer:
             try:
                 for batch in self.store.follow(self.last_id, self.wakeup):
                     delay = self.backoff_initial
+                    self.following.set()
                     if batch:
                         self.last_id = batch[-1][1].id
                         self.hub.publish(batch)
@@ -66,6 +76,7 @@ class Tailer:
                 log.warning("tailer lost its place (%s); streams re-read from the store", exc)
                 self._count_restart()
                 self.last_id = None
+                self.following.clear()  # the streams' re-reads wait for the new start point
                 self.hub.resync_all()
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)

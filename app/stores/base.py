@@ -7,7 +7,9 @@ store itself committed them in) and offers three things:
 * ``read_room``: a room's messages after a given id, in store order, or a
   ``reset_reason`` when that id is no longer (or never was) in the window;
 * ``follow``: an endless feed of new messages in store order, for the one
-  tailer each worker runs. Each message in the feed carries a *position*, an
+  tailer each worker runs. Its first batch is empty and says "the start
+  point is fixed": everything committed after that moment will be in the
+  feed, so a stream that reads its backlog after it misses nothing. Each message in the feed carries a *position*, an
   integer that grows along store order, so a stream can tell which live events
   it already sent from its backlog.
 """

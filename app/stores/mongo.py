@@ -193,6 +193,8 @@ class MongoStore:
                 last = ObjectId(after_id)
             else:
                 raise PositionLost(f"{after_id!r} is not from this store")
+            # Fixed: the cursor below walks to `last` and delivers all after it.
+            yield []
             wait = self.dead_cursor_wait[0]
             while True:
                 for doc in self._tail_after(last):

@@ -231,6 +231,7 @@ class SQLiteStore:
             last = self._seq_of(after_id)
             if last is None:
                 raise PositionLost(f"{after_id!r} is not from this store")
+        yield []  # the start point is fixed (see MessageStore.follow)
         seen_version = None
         while True:
             # data_version changes whenever another connection commits: a

@@ -1,0 +1,53 @@
+"""Regression: a message committed between a stream's backlog read and its tailer's start was lost.
+
+A worker's tailer starts lazily, at its first stream, and then follows the
+store from the newest message *at that moment*. The joining stream read its
+backlog before the tailer had fixed that point, so a message another worker
+committed in between was neither in the backlog nor in the live feed: lost
+for that stream (and for every stream joining while it happened; the same
+after a tailer restart that starts over from the newest). It showed up as
+about one run in four of the MongoDB live test losing its first message.
+Streams now read their backlog only once the tailer's start point is fixed.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from app.hub import Hub
+from app.stores.sqlite import SQLiteStore
+from app.streaming import StreamSettings, message_stream
+from app.tailer import Tailer
+
+
+class WriteLandsAsTheTailerStarts(SQLiteStore):
+    """The real store, with another worker's write landing just before the tailer fixes its start."""
+
+    landed: str | None = None
+
+    def follow(self, after_id, wakeup):
+        if self.landed is None:
+            self.landed = self.append("race", "committed by another worker", "message").id
+        return super().follow(after_id, wakeup)
+
+
+def test_message_committed_while_the_tailer_starts_reaches_the_joining_stream(sqlite_path):
+    store = WriteLandsAsTheTailerStarts(sqlite_path, max_bytes=10**6, max_messages=100)
+    hub = Hub(queue_limit=100)
+    tailer = Tailer(store, hub)
+    tailer.ensure_running()  # as the view does before it returns the stream
+    stream = message_stream("race", None, store=store, hub=hub, tailer=tailer,
+                            settings=StreamSettings(heartbeat_seconds=0.2, retry_ms=1000))
+    try:
+        received = b""
+        deadline = time.monotonic() + 3
+        while store.landed is None or store.landed.encode() not in received:
+            assert time.monotonic() < deadline, f"{store.landed} never reached the stream: {received!r}"
+            received += next(stream)
+    finally:
+        stream.close()
+        tailer.stop()
+        gevent.sleep(0)
+        store.close()
+    assert received.count(f"id: {store.landed}\n".encode()) == 1
