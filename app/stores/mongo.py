@@ -42,6 +42,7 @@ from pymongo.errors import (
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
 )
 
 from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured, StoreUnavailable
@@ -129,6 +130,8 @@ class MongoStore:
         try:
             try:
                 self.collection.insert_one(doc)
+            except ServerSelectionTimeoutError:
+                raise  # no server was reached, so nothing can have landed: retrying only doubles the wait
             except AutoReconnect:
                 # The insert may have been applied before the connection broke.
                 # Retrying with the same _id is idempotent: a duplicate key
