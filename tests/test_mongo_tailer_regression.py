@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.fake_capped import FakeCappedCollection
 from tests.support.faults import metric
-from tests.support.mongo_live import follow_while, stored_ids
+from tests.support.mongo_live import follow_while, has_everything_stored, stored_ids
 
 
 @pytest.mark.slow
@@ -21,8 +21,8 @@ def test_mongo_tailable_cursor_follows_new_messages(start_server):
     fake.start()
     try:
         server = start_server(MONGODB_URI=fake.uri(), HEARTBEAT_SECONDS="1")
-        clients = follow_while(server, ["live"], 4, lambda: [server.publish("live", f"m{n}") for n in range(5)],
-                               lambda room: stored_ids(fake, room))
+        clients = follow_while(server, ["live"], 4, lambda _: [server.publish("live", f"m{n}") for n in range(5)],
+                               has_everything_stored(fake))
         for client in clients:
             assert [event.id for event in client.messages] == stored_ids(fake, "live")
         assert len(stored_ids(fake, "live")) == 5

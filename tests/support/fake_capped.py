@@ -107,6 +107,15 @@ class FakeCappedCollection:
             return request.hangup()
         return request.command_err(fault.code, f"injected fault {fault.code}")
 
+    def insert_directly(self, docs: list[dict]) -> None:
+        """Append documents as another writer would (no wire round trip), evicting as capped does."""
+        with self.lock:
+            for doc in docs:
+                self.docs.append((next(self.seq), doc))
+                self.inserted.append(doc["_id"])
+            while len(self.docs) > self.max_messages:
+                self.docs.popleft()
+
     # -- commands --------------------------------------------------------------
     def _hello(self, request) -> dict:
         return {
