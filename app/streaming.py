@@ -87,9 +87,10 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
                 if chunk:
                     yield from _send(chunk, settings, outcome)
                     _count_events(outcome, count)
-                for chunk, count, last_id in _live(subscription, tailer, cut_id, last_id, settings):
+                for chunk, count, sent_last_id in _live(subscription, tailer, cut_id, last_id, settings):
                     yield from _send(chunk, settings, outcome)
                     _count_events(outcome, count)
+                    last_id = sent_last_id  # where a resync re-reads from
                 if subscription.closing:
                     outcome.ended_by = "shutdown"
                     # Spread the reconnects of a shutting-down worker's clients.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -68,7 +68,7 @@ def test_streams_whose_position_was_overwritten_while_connected_get_reset_and_wi
                 server.publish(ROOMS[number % 2], f"before {number}")
             seen["before"] = [stored_ids(fake, room) for room in ROOMS]
             wait_until(lambda: all(client.messages for client in clients), 10)  # every stream is live
-            now = datetime.now(timezone.utc).replace(microsecond=0)
+            now = datetime.now(UTC).replace(microsecond=0)
             fake.insert_directly([{"_id": ObjectId(), "room": ROOMS[n % 2], "text": f"burst {n}", "event": "message",
                                    "createdAt": now} for n in range(3 * capped)])
             seen["window"] = [stored_ids(fake, room) for room in ROOMS]
@@ -184,7 +184,8 @@ def test_mongodb_outage_answers_503_keeps_heartbeats_and_resumes_without_loss(st
         observed["ready"] = await asyncio.to_thread(requests.get, server.url + "/readyz", timeout=10)
         observed["health"] = await asyncio.to_thread(requests.get, server.url + "/healthz", timeout=10)
         await asyncio.sleep(1.0)
-        observed["heartbeats"] = [client.parser.comments - before for client, before in zip(clients, heartbeats)]
+        observed["heartbeats"] = [client.parser.comments - before
+                                  for client, before in zip(clients, heartbeats, strict=True)]
         fake_mongo.start(port)  # back, same address, same data
         await asyncio.to_thread(
             wait_until, lambda: requests.get(server.url + "/readyz", timeout=5).status_code == 200, 15)
@@ -200,7 +201,8 @@ def test_mongodb_outage_answers_503_keeps_heartbeats_and_resumes_without_loss(st
     asyncio.run(scenario())
     posts = observed["posts"]
     print(f"\nMongoDB down: {len(posts)} POSTs -> {sorted({s for s, _, _ in posts})} in "
-          f"{min(d for _, d, _ in posts):.2f}..{max(d for _, d, _ in posts):.2f}s; /readyz {observed['ready'].status_code}; "
+          f"{min(d for _, d, _ in posts):.2f}..{max(d for _, d, _ in posts):.2f}s; "
+          f"/readyz {observed['ready'].status_code}; "
           f"heartbeats per stream meanwhile >= {min(observed['heartbeats'])}; "
           f"tailer restarts {metric(server.url, 'sse_tailer_restarts_total'):g}")
     for status, duration, reply in posts:

@@ -38,7 +38,8 @@ def test_vanished_clients_release_their_streams_within_two_heartbeats(start_serv
                               stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "ready"
-        wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == baseline["sse_hub_subscriptions"] + STREAMS, 10)
+        wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == baseline["sse_hub_subscriptions"] + STREAMS,
+                   10)
         assert metric(server.url, "sse_open_streams") == baseline["sse_open_streams"] + STREAMS
         client.send_signal(signal.SIGKILL)  # no close, no goodbye: the kernel tidies up
         client.wait()

@@ -121,8 +121,10 @@ def test_stalled_reader_is_cut_and_resumes_without_slowing_others(start_server, 
     latencies = [arrival - acked_at[json.loads(event.data)["id"]]
                  for event, arrival in zip(healthy.events, healthy.arrivals, strict=True)]
     print(f"\nstalled reader ({'reset' if expect_reset else 'exact'}): {len(before_cut)} events before the cut, "
-          f"{len(resumed.messages)} after reconnect (cut by: {'write deadline' if stalled_drops else 'queue'}); healthy reader got {len(healthy.messages)}/{MESSAGES}, "
-          f"max lag {max(latencies) * 1000:.0f} ms; worker RSS {rss[0] / 2**20:.1f} -> max {max(rss) / 2**20:.1f} MiB "
+          f"{len(resumed.messages)} after reconnect (cut by: {'write deadline' if stalled_drops else 'queue'}); "
+          f"healthy reader got {len(healthy.messages)}/{MESSAGES}, "
+          f"max lag {max(latencies) * 1000:.0f} ms; "
+          f"worker RSS {rss[0] / 2**20:.1f} -> max {max(rss) / 2**20:.1f} MiB "
           f"while {MESSAGES * TEXT_CHARS / 2**20:.1f} MiB were published")
 
     assert dropped == 1

@@ -83,7 +83,8 @@ def test_locked_sqlite_store_answers_503_quickly_and_loses_nothing(start_server,
     during = outcome["during"]
     durations = sorted(duration for _, duration, _ in during)
     print(f"\nSQLite locked for {outcome['locked_for']:.1f}s: {len(during)} POSTs from {PUBLISHERS} threads -> "
-          f"statuses {sorted({status for status, _, _ in during})}, answered in {durations[0]:.2f}..{durations[-1]:.2f}s; "
+          f"statuses {sorted({status for status, _, _ in during})}, "
+          f"answered in {durations[0]:.2f}..{durations[-1]:.2f}s; "
           f"heartbeats per stream meanwhile {min(outcome['heartbeats'])}..{max(outcome['heartbeats'])}")
 
     for status, _, reply in during:

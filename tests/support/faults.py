@@ -82,8 +82,8 @@ class Publisher:
             count += 1
             started = time.monotonic()
             try:
-                reply = requests.post(self.url + "/messages", json={"room": room, "text": f"{self.text}{number}-{count}"},
-                                      timeout=10)
+                body = {"room": room, "text": f"{self.text}{number}-{count}"}
+                reply = requests.post(self.url + "/messages", json=body, timeout=10)
                 status = reply.status_code
             except requests.RequestException:
                 reply, status = None, 0

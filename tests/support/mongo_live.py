@@ -5,8 +5,8 @@ import asyncio
 from collections.abc import Callable
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import wait_until
 from tests.support.fake_capped import FakeCappedCollection
+from tests.support.faults import wait_until
 from tests.support.live import LiveServer
 
 

@@ -1,0 +1,68 @@
+"""Operability: /healthz, /readyz, /metrics, and the log lines operators rely on."""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+
+OUR_METRICS = {
+    "sse_open_streams", "sse_hub_subscriptions", "sse_messages_published", "sse_events_delivered",
+    "sse_streams_dropped", "sse_resets_sent", "sse_tailer_restarts", "sse_store_errors",
+    "sse_publish_latency_seconds",
+}
+
+
+def _samples(client) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").get_data(as_text=True)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_healthz_answers_without_touching_the_store(client):
+    reply = client.get("/healthz")
+    assert reply.status_code == 200 and reply.json == {"status": "ok"}
+
+
+def test_readyz_says_ready_when_the_store_answers(client):
+    reply = client.get("/readyz")
+    assert reply.status_code == 200 and reply.json == {"status": "ready", "store": "sqlite"}
+
+
+def test_readyz_is_503_with_retry_after_when_the_store_does_not_answer():
+    # Nothing listens on port 1; connect=False lets the app start, server selection then gives up.
+    app = create_app({"MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200", "HEARTBEAT_SECONDS": "1"})
+    reply = app.test_client().get("/readyz")
+    assert reply.status_code == 503
+    assert reply.headers["Retry-After"] == "2"
+    assert reply.json["code"] == 503 and "not reachable" in reply.json["message"]
+
+
+def test_metrics_are_in_prometheus_format_and_count_publishes(client):
+    reply = client.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("text/plain; version=")
+    names = {family.name for family in text_string_to_metric_families(reply.get_data(as_text=True))}
+    assert OUR_METRICS <= names
+    before = _samples(client)
+    assert client.post("/messages", json={"room": "ops", "text": "counted"}).status_code == 201
+    after = _samples(client)
+    assert after[("sse_messages_published_total", ())] == before[("sse_messages_published_total", ())] + 1
+    assert after[("sse_publish_latency_seconds_count", ())] == before[("sse_publish_latency_seconds_count", ())] + 1
+
+
+def test_each_request_logs_one_line_with_status_and_duration(client, caplog):
+    with caplog.at_level(logging.INFO, logger="app"):
+        client.get("/messages/history?room=ops")
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.request_log"]
+    assert len(lines) == 1
+    assert lines[0].startswith("GET /messages/history 200 ") and lines[0].endswith("ms")
+
+
+def test_startup_logs_the_effective_configuration_without_secrets(caplog):
+    with caplog.at_level(logging.INFO, logger="app"):
+        create_app({"MONGODB_URI": "mongodb://alice:s3cret@127.0.0.1:1/", "MAX_STREAMS_PER_WORKER": "123"})
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("started with")]
+    assert "'max_streams_per_worker': 123" in line
+    assert "s3cret" not in line and "alice" not in line and "***@127.0.0.1:1/" in line
