@@ -167,7 +167,9 @@ def test_insert_during_failover_is_stored_once_or_answered_503(start_server, fak
 # -- 2: outage and recovery ------------------------------------------------------
 @pytest.mark.slow
 def test_mongodb_outage_answers_503_keeps_heartbeats_and_resumes_without_loss(start_server, fake_mongo):
-    server = start_server(MONGODB_URI=fake_mongo.uri(), HEARTBEAT_SECONDS="0.5", RETRY_MS="300")
+    # Monitor the server often, so that recovery is noticed in well under a second.
+    server = start_server(MONGODB_URI=fake_mongo.uri(heartbeatFrequencyMS="500"), HEARTBEAT_SECONDS="0.5",
+                          RETRY_MS="300")
     workers = set(server.worker_pids())
     clients = [EventSourceClient("127.0.0.1", server.port, ROOMS[n % 2]) for n in range(10)]
     observed: dict = {}

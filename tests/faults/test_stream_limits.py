@@ -17,7 +17,7 @@ ATTEMPTS = 80
 @pytest.mark.slow
 def test_streams_beyond_the_limit_get_503_while_posts_stay_fast(start_server):
     # One worker, so every stream and every POST meets the same limit.
-    server = start_server(WEB_CONCURRENCY="1", MAX_STREAMS_PER_WORKER=str(LIMIT), HEARTBEAT_SECONDS="5")
+    server = start_server(WEB_CONCURRENCY="1", MAX_STREAMS_PER_WORKER=str(LIMIT), HEARTBEAT_SECONDS="1")
     clients = [EventSourceClient("127.0.0.1", server.port, "full", reconnect=False) for _ in range(ATTEMPTS)]
 
     async def open_all_at_once() -> list[asyncio.Task]:
