@@ -23,13 +23,13 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import gevent
 import gevent.event
+from gevent.monkey import get_original
 
 from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable
 
@@ -53,6 +53,10 @@ _ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
 # overhead close to the BSON framing MongoDB counts for the same document.
 _OVERHEAD_BYTES = 64
 _FEED_BATCH = 1000
+# The writer lock is taken in gevent's pool threads, which are real threads:
+# it must be the interpreter's own lock, not the cooperative one that
+# monkey-patching puts in `threading` (made for greenlets of one thread).
+_native_lock = get_original("_thread", "allocate_lock")
 # How long one write may wait for the file's write lock (SQLite's busy
 # timeout), and as long again for this process's own writer.
 _WRITE_BUSY_MS = 2000
@@ -66,7 +70,7 @@ class SQLiteStore:
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.poll_interval = poll_interval
-        self._write_lock = threading.Lock()
+        self._write_lock = _native_lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self.epoch = self._initialise()
@@ -127,7 +131,16 @@ class SQLiteStore:
     # -- writing -------------------------------------------------------------
     def append(self, room: str, text: str, event: str) -> Message:
         """Store a message, evicting the oldest beyond the bound, and return it."""
-        return gevent.get_hub().threadpool.apply(self._append_blocking, (room, text, event))
+        outcome = gevent.get_hub().threadpool.apply(self._append_or_failure, (room, text, event))
+        if isinstance(outcome, StoreUnavailable):
+            raise outcome  # raised here, not in the pool thread, where gevent would print a traceback
+        return outcome
+
+    def _append_or_failure(self, room: str, text: str, event: str) -> Message | StoreUnavailable:
+        try:
+            return self._append_blocking(room, text, event)
+        except StoreUnavailable as exc:
+            return exc
 
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
         size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
