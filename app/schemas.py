@@ -9,6 +9,9 @@ ROOM_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
 EVENT_PATTERN = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
 ROOM_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
 EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
+# Event types the server sends on its own; a message of such a type would be
+# indistinguishable from them to every EventSource listening on the room.
+RESERVED_EVENTS = frozenset({"reset"})
 
 
 def valid_room(room: str | None) -> bool:
@@ -27,6 +30,11 @@ class MessageIn(Schema):
     event = fields.String(
         load_default="message", validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}")
     )
+
+    @validates("event")
+    def _check_event(self, event: str, **_: object) -> None:
+        if event in RESERVED_EVENTS:
+            raise ValidationError(f"event {event!r} is reserved for the server's own events")
 
     def __init__(self, *, max_text_chars: int, **kwargs) -> None:
         super().__init__(**kwargs)
