@@ -12,6 +12,7 @@ from app.config import Settings
 from app.stores import open_store
 from tests.support.browser import DemoPage, start_chromium, wait_for
 from tests.support.live import ROOT, LiveServer
+from tests.support.nginx import LiveNginx
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def open_page(browsers) -> Iterator[Callable[..., DemoPage]]:
     """Open the demo page for a room in browser 0 or 1; leave it blank afterwards."""
     used: list[WebDriver] = []
 
-    def open_page(server: LiveServer, room: str, browser: int = 0, query: str = "") -> DemoPage:
+    def open_page(server: LiveServer | LiveNginx, room: str, browser: int = 0, query: str = "") -> DemoPage:
         driver = browsers(browser)
         used.append(driver)
         return DemoPage(driver, server.url).open(room, query)
@@ -135,6 +136,38 @@ def test_a_reset_is_shown_as_a_notice_and_the_list_is_rebuilt(start_server, sqli
     wait_for(lambda: page.texts() == ["from the new store"], 10.0, "the list was not rebuilt from the replay")
     assert "some messages were missed" in page.notice().lower()
     assert page.state() == "live"
+
+
+def test_page_behind_nginx_opens_a_new_stream_itself_after_502s(start_server, sqlite_path, tmp_path, open_page):
+    """While gunicorn is down nginx answers 502, and EventSource gives up for good on an error status."""
+    server = start_server(RETRY_MS="300")
+    nginx = LiveNginx(tmp_path / "nginx", server.port).start()
+    try:
+        room = "proxied"
+        before = server.publish(room, "before")
+        page = open_page(nginx, room)
+        wait_for(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
+
+        server.kill()
+        wait_for(lambda: EVENT_SOURCE_CLOSED in [state for _, state in page.event_source_states()], 5.0,
+                 "the browser did not give up on the stream after nginx's 502")
+        assert page.state() == "reconnecting"
+        store = open_store(Settings.from_env({"SQLITE_PATH": sqlite_path}))
+        while_down = store.append(room, "while down", "message").id
+        store.close()
+        server.start()
+        after_up = server.publish(room, "after")["id"]
+
+        expected = [before["id"], while_down, after_up]
+        wait_for(lambda: page.ids() == expected, 15.0, "the page did not resume exactly once, in order")
+        time.sleep(0.5)
+        assert page.ids() == expected
+        assert page.state() == "live"
+        sources = page.event_source_states()
+        assert len(sources) >= 2 and sources[-1][1] == EVENT_SOURCE_OPEN
+        assert f"lastEventId={before['id']}" in sources[-1][0]
+    finally:
+        nginx.stop()
 
 
 def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page):
