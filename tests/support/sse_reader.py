@@ -54,9 +54,13 @@ class StreamReader:
                 return arrived, line
 
     def close(self) -> None:
+        """Cut the connection, let the reading thread see its end, then release everything."""
         if self.connection.sock is not None:
             try:
                 self.connection.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Closing the response under the reading thread would fail inside http.client.
+        self._thread.join(timeout=5)
+        self.response.close()
         self.connection.close()
