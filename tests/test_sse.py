@@ -1,5 +1,6 @@
 """SSE wire encoding: exact bytes, and a round trip through sseclient-py."""
 import json
+from datetime import UTC, datetime
 
 import pytest
 import sseclient
@@ -7,7 +8,6 @@ import sseclient
 from app.events import message_event, reset_event, retry_line
 from app.sse import ServerSentEvent
 from app.stores.base import Message
-from datetime import datetime, timezone
 
 LARGE = "x" * 100_000
 
@@ -73,7 +73,7 @@ ROUND_TRIP_TEXTS = ["plain", "two\nlines", "crlf\r\nline", "cr\ronly", "u2028\u2
 @pytest.mark.parametrize("text", ROUND_TRIP_TEXTS, ids=range(len(ROUND_TRIP_TEXTS)))
 def test_message_event_round_trips_through_third_party_parser(text):
     message = Message(id="abc-1", room="r", text=text, event="chat.v1",
-                      created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc))
+                      created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
     [event] = parse(message_event(message))
     assert event.id == "abc-1"
     assert event.event == "chat.v1"
@@ -82,7 +82,7 @@ def test_message_event_round_trips_through_third_party_parser(text):
 
 
 def test_default_event_type_is_left_out_so_onmessage_sees_it():
-    message = Message(id="1", room="r", text="t", event="message", created_at=datetime.now(timezone.utc))
+    message = Message(id="1", room="r", text="t", event="message", created_at=datetime.now(UTC))
     wire = message_event(message)
     assert b"event:" not in wire
     assert parse(wire)[0].event == "message"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import gevent
 import gevent.event
@@ -78,11 +78,11 @@ def wait_until(predicate, timeout=5.0):
 
 def test_append_returns_the_stored_message(make_store):
     store = make_store()
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     message = store.append("room1", "hello\nworld", "chat")
     assert (message.room, message.text, message.event) == ("room1", "hello\nworld", "chat")
     assert message.id and isinstance(message.id, str)
-    assert before.replace(microsecond=0) <= message.created_at <= datetime.now(timezone.utc)
+    assert before.replace(microsecond=0) <= message.created_at <= datetime.now(UTC)
     assert message.to_json()["createdAt"].endswith("Z")
     assert store.read_room("room1").messages == [message]
 
@@ -182,7 +182,8 @@ def test_follow_from_an_evicted_position_raises_position_lost(make_store):
 
 
 def _write_many(kind: str, location: str, writer: int, count: int) -> None:
-    store = open_sqlite(location, 10_000, 50_000_000) if kind == "sqlite" else open_mongodb(location, 10_000, 50_000_000)
+    opener = open_sqlite if kind == "sqlite" else open_mongodb
+    store = opener(location, 10_000, 50_000_000)
     for i in range(count):
         store.append("shared", f"w{writer}-{i}", "message")
     store.close()
