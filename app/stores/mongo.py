@@ -212,14 +212,18 @@ class MongoStore:
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
         """Yield the documents after ``last`` from one tailable cursor, until it dies."""
-        cursor = self.collection.find(
-            {}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT, max_await_time_ms=self.await_ms
-        )
+        # max_await_time_ms is a cursor setting (sent as getMore's maxTimeMS),
+        # not an argument of find().
+        cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT)
+        cursor.max_await_time_ms(self.await_ms)
         found = last is None
         try:
             while cursor.alive:
                 try:
-                    doc = cursor.try_next()
+                    # Cursor has no try_next() (only CommandCursor does); next()
+                    # raises StopIteration when an awaitData getMore came back
+                    # empty while the cursor is still alive.
+                    doc = next(cursor, None)
                 except OperationFailure as exc:
                     if exc.code in CURSOR_GONE:
                         return  # killed: reopened from `last` by the caller

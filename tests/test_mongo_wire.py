@@ -1,0 +1,170 @@
+"""MongoStore at the wire level: real PyMongo talking to MockupDB, replies scripted here.
+
+No MongoDB server runs here. MockupDB (MongoDB's own scriptable wire-protocol
+server) receives the exact commands PyMongo sends, so these tests pin down
+what the store asks for (tailable + awaitData, maxTimeMS on getMore, $natural
+order, filters, capped-creation options) and how it behaves on each reply.
+What a real server would *do* with those commands (evict, kill cursors, step
+down) is played here by scripted replies; that part is checked against a real
+server only by the store contract suite when MONGODB_URI is set (CI).
+
+Design note the tests follow: each worker has ONE tailer that tails the whole
+collection with an empty filter and routes by room in the hub; the room filter
+is on the backlog read (``find {room}`` sorted ``$natural``).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import gevent.event
+import pytest
+from bson import ObjectId
+from mockupdb import MockupDB, OpMsg, absent, go
+
+from app.stores.base import Message, PositionLost, StoreMisconfigured, StoreUnavailable
+from app.stores.mongo import MongoStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+DB = "sse"
+WIRE_VERSION_7_0 = 21
+STANDALONE = {"ismaster": True, "isWritablePrimary": True, "minWireVersion": 0,
+              "maxWireVersion": WIRE_VERSION_7_0}
+MAX_BYTES = 65_536
+MAX_MESSAGES = 100
+AWAIT_MS = 200
+CAPPED = {"name": "messages", "type": "collection",
+          "options": {"capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}}
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def answer_hello(server: MockupDB, hello: dict) -> None:
+    """Answer the handshake and monitoring commands the way a server would."""
+    server.autoresponds("ismaster", hello)
+    server.autoresponds("hello", hello)
+    server.autoresponds("endSessions")
+    server.autoresponds("killCursors")
+
+
+@pytest.fixture
+def server() -> Iterator[MockupDB]:
+    mock = MockupDB(request_timeout=5)
+    mock.run()
+    answer_hello(mock, STANDALONE)
+    yield mock
+    mock.stop()
+
+
+def open_store(server: MockupDB, **options) -> MongoStore:
+    options = {"max_bytes": MAX_BYTES, "max_messages": MAX_MESSAGES, "await_ms": AWAIT_MS, **options}
+    return MongoStore(server.uri, DB, **options)
+
+
+@pytest.fixture
+def store(server: MockupDB) -> Iterator[MongoStore]:
+    """A store whose collection already exists, capped (prepare() answered by an autoresponder)."""
+    responder = server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
+                                                                      "firstBatch": [CAPPED]})
+    store = open_store(server)
+    store.prepare()
+    responder.cancel()
+    yield store
+    store.close()
+
+
+def doc(room: str = "r", text: str = "hi", *, oid: ObjectId | None = None, seconds: int = 0) -> dict:
+    """Return a stored message document as the server would send it back."""
+    return {"_id": oid or ObjectId(), "room": room, "text": text, "event": "message",
+            "createdAt": T0 + timedelta(seconds=seconds)}
+
+
+def first_batch(docs: list[dict], cursor_id: int = 0) -> dict:
+    return {"cursor": {"id": cursor_id, "ns": f"{DB}.messages", "firstBatch": docs}}
+
+
+def next_batch(docs: list[dict], cursor_id: int) -> dict:
+    return {"cursor": {"id": cursor_id, "ns": f"{DB}.messages", "nextBatch": docs}}
+
+
+class Follower:
+    """Run ``store.follow`` in a thread, collecting what it yields and how it ends."""
+
+    def __init__(self, store: MongoStore, after_id: str | None) -> None:
+        self.store = store
+        self.after_id = after_id
+        self.delivered: queue.Queue[tuple[int, Message]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for batch in self.store.follow(self.after_id, gevent.event.Event()):
+                for entry in batch:
+                    self.delivered.put(entry)
+        except BaseException as exc:  # noqa: B036 -- the test inspects whatever ended it
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def take(self, count: int, timeout: float = 5.0) -> list[tuple[int, Message]]:
+        return [self.delivered.get(timeout=timeout) for _ in range(count)]
+
+    def ended_with(self, timeout: float = 5.0) -> BaseException | None:
+        assert self.done.wait(timeout), "follow() did not end"
+        return self.error
+
+
+# Parts of a command that PyMongo adds for routing and sessions, not chosen by the store.
+ENVELOPE = {"$db", "lsid", "$clusterTime", "$readPreference", "txnNumber"}
+
+
+def command(request) -> dict:
+    """Return the command a request carries, without PyMongo's envelope fields."""
+    return {key: value for key, value in request.doc.items() if key not in ENVELOPE}
+
+
+def receive(server: MockupDB, name: str, expected: dict):
+    """Pop the next request, assert it is exactly ``expected`` (less the envelope) and return it."""
+    request = server.receives()
+    assert request.command_name == name, request
+    assert command(request) == expected
+    return request
+
+
+TAIL_FIND = {"find": "messages", "filter": {}, "projection": {"room": 1, "text": 1, "event": 1, "createdAt": 1},
+             "tailable": True, "awaitData": True}
+NEWEST_LOOKUP = {"find": "messages", "filter": {}, "projection": {"_id": 1}, "sort": {"$natural": -1},
+                 "limit": 1, "singleBatch": True}
+
+
+def get_more(cursor_id: int) -> dict:
+    return {"getMore": cursor_id, "collection": "messages", "maxTimeMS": AWAIT_MS}
+
+
+# -- follow(): the one tailable cursor per worker -----------------------------
+
+def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, store):
+    """find() has no max_await_time_ms argument: it is set on the cursor and sent as getMore's maxTimeMS."""
+    newest = doc(text="already there")
+    follower = Follower(store, None)
+    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([newest]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([newest], cursor_id=42))
+    receive(server, "getMore", get_more(42)).replies(next_batch([], 42))
+    assert follower.delivered.empty() and follower.error is None
+
+
+def test_regression_tail_cursor_has_no_try_next(server, store):
+    """PyMongo's Cursor has no try_next(): an empty awaitData batch must read as "nothing yet", not crash."""
+    newest, fresh = doc(text="old"), doc(text="new")
+    follower = Follower(store, None)
+    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([newest]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([newest], cursor_id=42))
+    receive(server, "getMore", get_more(42)).replies(next_batch([], 42))
+    receive(server, "getMore", get_more(42)).replies(next_batch([fresh], 42))
+    [(_, message)] = follower.take(1)
+    assert (message.id, message.text) == (str(fresh["_id"]), "new")
+    assert follower.error is None
