@@ -168,3 +168,69 @@ def test_regression_tail_cursor_has_no_try_next(server, store):
     [(_, message)] = follower.take(1)
     assert (message.id, message.text) == (str(fresh["_id"]), "new")
     assert follower.error is None
+
+
+# -- prepare(): the capped collection -----------------------------------------
+
+def list_collections_reply(*entries: dict) -> dict:
+    return {"cursor": {"id": 0, "ns": f"{DB}.$cmd.listCollections", "firstBatch": list(entries)}}
+
+
+LIST_NAMES = {"listCollections": 1, "filter": {"name": "messages"}, "nameOnly": True, "cursor": {}}
+LIST_OPTIONS = {"listCollections": 1, "filter": {"name": "messages"}, "cursor": {}}
+
+
+def test_prepare_creates_the_capped_collection_with_size_and_max(server):
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply())
+    receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}).ok()
+    receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    preparing()
+    store.close()
+
+
+def test_prepare_keeps_an_existing_capped_collection(server):
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
+    # No create: the next command is the options look-up.
+    receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    preparing()
+    store.close()
+
+
+def test_prepare_refuses_an_uncapped_collection_and_says_how_to_fix_it(server):
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
+    receive(server, "listCollections", LIST_OPTIONS).replies(
+        list_collections_reply({"name": "messages", "type": "collection", "options": {}}))
+    with pytest.raises(StoreMisconfigured) as refused:
+        preparing()
+    message = str(refused.value)
+    assert "sse.messages exists but is not capped" in message
+    assert f"convertToCapped: 'messages', size: {MAX_BYTES}" in message
+    store.close()
+
+
+def test_prepare_reports_an_unreachable_server_as_unavailable(server):
+    hangups = []
+    server.autoresponds("listCollections", lambda request: hangups.append(request) or request.hangup())
+    store = open_store(server)
+    with pytest.raises(StoreUnavailable):
+        store.prepare()
+    assert len(hangups) == 2  # PyMongo's own retryable read tried once more, then gave up
+    store.close()
+
+
+def test_regression_prepare_failed_when_another_worker_created_the_collection_first(server):
+    """Two workers starting on a fresh database both see no collection; the slower create gets NamespaceExists."""
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply())
+    receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}
+            ).command_err(code=48, errmsg="Collection sse.messages already exists.", codeName="NamespaceExists")
+    receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    preparing()
+    store.close()

@@ -49,6 +49,7 @@ from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured,
 log = logging.getLogger(__name__)
 
 CAPPED_POSITION_LOST = 136
+NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
 
@@ -90,7 +91,12 @@ class MongoStore:
                 database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
                 log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
             except CollectionInvalid:
-                pass  # it exists (perhaps another worker made it a moment ago)
+                pass  # it exists
+            except OperationFailure as exc:
+                # Another worker created it between our existence check and our
+                # create: the options check below still decides.
+                if exc.code != NAMESPACE_EXISTS:
+                    raise
             options = self.collection.options()
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
