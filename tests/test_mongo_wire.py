@@ -135,6 +135,20 @@ def receive(server: MockupDB, name: str, expected: dict):
     return request
 
 
+def hang_up_every(server: MockupDB, name: str) -> list:
+    """Close the connection on every ``name`` command from now on; return the list of those received."""
+    received: list = []
+
+    def hang_up(request) -> bool:
+        if request.command_name != name:
+            return False  # not ours: the next responder or the test answers it
+        received.append(request)
+        return request.hangup()
+
+    server.autoresponds(hang_up)
+    return received
+
+
 TAIL_FIND = {"find": "messages", "filter": {}, "projection": {"room": 1, "text": 1, "event": 1, "createdAt": 1},
              "tailable": True, "awaitData": True}
 NEWEST_LOOKUP = {"find": "messages", "filter": {}, "projection": {"_id": 1}, "sort": {"$natural": -1},
@@ -215,8 +229,7 @@ def test_prepare_refuses_an_uncapped_collection_and_says_how_to_fix_it(server):
 
 
 def test_prepare_reports_an_unreachable_server_as_unavailable(server):
-    hangups = []
-    server.autoresponds("listCollections", lambda request: hangups.append(request) or request.hangup())
+    hangups = hang_up_every(server, "listCollections")
     store = open_store(server)
     with pytest.raises(StoreUnavailable):
         store.prepare()
@@ -234,3 +247,115 @@ def test_regression_prepare_failed_when_another_worker_created_the_collection_fi
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
     preparing()
     store.close()
+
+
+# -- append(): one insert, idempotent on retry ----------------------------------
+
+def receive_insert(server: MockupDB) -> tuple[object, dict]:
+    request = server.receives()
+    assert request.command_name == "insert", request
+    assert command(request) == {"insert": "messages", "ordered": True, "documents": [request["documents"][0]]}
+    [document] = request["documents"]
+    return request, document
+
+
+def test_append_inserts_the_document_and_returns_the_message(server, store):
+    appending = go(store.append, "lobby", "hello", "chat")
+    request, document = receive_insert(server)
+    request.ok(n=1)
+    message = appending()
+    assert isinstance(document["_id"], ObjectId)
+    assert {key: document[key] for key in ("room", "text", "event")} == {"room": "lobby", "text": "hello",
+                                                                          "event": "chat"}
+    # MongoDB keeps milliseconds: the reply carries exactly what was stored.
+    assert document["createdAt"].microsecond % 1000 == 0
+    assert message == Message(id=str(document["_id"]), room="lobby", text="hello", event="chat",
+                              created_at=message.created_at)
+    assert message.created_at.replace(tzinfo=None) == document["createdAt"].replace(tzinfo=None)
+
+
+def test_append_retries_a_connection_reset_with_the_same_id(server, store):
+    appending = go(store.append, "lobby", "hello", "message")
+    first, sent = receive_insert(server)
+    first.hangup()  # the reply is lost: the insert may or may not have been applied
+    second, resent = receive_insert(server)
+    second.ok(n=1)
+    assert resent == sent
+    assert appending().id == str(sent["_id"])
+
+
+def test_append_takes_a_duplicate_key_on_retry_as_the_first_try_having_landed(server, store):
+    appending = go(store.append, "lobby", "hello", "message")
+    first, sent = receive_insert(server)
+    first.hangup()
+    second, resent = receive_insert(server)
+    second.ok(n=0, writeErrors=[{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error"}])
+    assert resent["_id"] == sent["_id"]
+    assert appending().id == str(sent["_id"])
+    # No third insert: nothing else reaches the server.
+    assert not server.got(timeout=0.3)
+
+
+def test_append_reports_unavailable_when_the_retry_fails_too(server, store):
+    appending = go(store.append, "lobby", "hello", "message")
+    receive_insert(server)[0].hangup()
+    receive_insert(server)[0].hangup()
+    with pytest.raises(StoreUnavailable):
+        appending()
+
+
+# -- read_room(): the backlog, in natural order --------------------------------
+
+ROOM_FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
+
+
+def room_find(room: str) -> dict:
+    """The backlog read: the room's documents in natural (insertion) order, never a filter on _id."""
+    return {"find": "messages", "filter": {"room": room}, "projection": ROOM_FIELDS, "sort": {"$natural": 1}}
+
+
+# Three ObjectIds made by different processes: inserted in this order, but
+# their ids sort the other way round (each process has its own counter).
+OUT_OF_ORDER = [doc(text="first", oid=ObjectId("665f00000000000000000003")),
+                doc(text="second", oid=ObjectId("665f00000000000000000001")),
+                doc(text="third", oid=ObjectId("665f00000000000000000002"))]
+
+
+def test_read_room_resumes_after_the_id_in_natural_order_not_by_comparing_ids(server, store):
+    first = str(OUT_OF_ORDER[0]["_id"])
+    reading = go(store.read_room, "r", first)
+    receive(server, "find", room_find("r")).replies(first_batch(OUT_OF_ORDER))
+    backlog = reading()
+    # With {_id: {$gt: first}} both would be lost: their ids are smaller.
+    assert [m.text for m in backlog.messages] == ["second", "third"]
+    assert backlog.reset_reason is None
+
+
+def test_read_room_from_the_start_returns_everything_in_natural_order(server, store):
+    reading = go(store.read_room, "r")
+    receive(server, "find", room_find("r")).replies(first_batch(OUT_OF_ORDER))
+    assert [m.text for m in reading().messages] == ["first", "second", "third"]
+
+
+def test_read_room_resets_when_the_id_is_not_in_the_window(server, store):
+    evicted = str(ObjectId("665f00000000000000000000"))
+    reading = go(store.read_room, "r", evicted)
+    receive(server, "find", room_find("r")).replies(first_batch(OUT_OF_ORDER))
+    backlog = reading()
+    assert [m.text for m in backlog.messages] == ["first", "second", "third"]
+    assert backlog.reset_reason == f"last event id {evicted!r} is not in the stored window (evicted or unknown)"
+
+
+def test_read_room_resets_on_a_malformed_id_without_looking_it_up(server, store):
+    reading = go(store.read_room, "r", "1-17")
+    receive(server, "find", room_find("r")).replies(first_batch(OUT_OF_ORDER))
+    backlog = reading()
+    assert [m.text for m in backlog.messages] == ["first", "second", "third"]
+    assert backlog.reset_reason == "last event id '1-17' was not issued by this store"
+
+
+def test_read_room_reports_a_lost_connection_as_unavailable(server, store):
+    hangups = hang_up_every(server, "find")
+    with pytest.raises(StoreUnavailable):
+        store.read_room("r")
+    assert len(hangups) == 2  # PyMongo's retryable read tried once more
