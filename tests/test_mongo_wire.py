@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -26,6 +27,7 @@ from mockupdb import MockupDB, OpMsg, absent, go
 
 from app.stores.base import Message, PositionLost, StoreMisconfigured, StoreUnavailable
 from app.stores.mongo import MongoStore
+from tests.support.fake_capped import FakeCappedCollection
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -43,10 +45,11 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 def answer_hello(server: MockupDB, hello: dict) -> None:
     """Answer the handshake and monitoring commands the way a server would."""
+    # A string matcher also compares the command's value ({"killCursors": 1}),
+    # so match these by name only.
+    server.autoresponds(lambda request: request.command_name in {"endSessions", "killCursors"} and request.ok())
     server.autoresponds("ismaster", hello)
     server.autoresponds("hello", hello)
-    server.autoresponds("endSessions")
-    server.autoresponds("killCursors")
 
 
 @pytest.fixture
@@ -359,3 +362,112 @@ def test_read_room_reports_a_lost_connection_as_unavailable(server, store):
     with pytest.raises(StoreUnavailable):
         store.read_room("r")
     assert len(hangups) == 2  # PyMongo's retryable read tried once more
+
+
+# -- follow(): how a tailable cursor ends ----------------------------------------
+
+def test_follow_on_an_empty_collection_reopens_the_dead_cursor_after_growing_pauses(server):
+    """An empty capped collection answers a tailable find with cursor id 0: no busy loop on it."""
+    fake = FakeCappedCollection(server)
+    store = open_store(server, dead_cursor_wait=(0.05, 0.4))
+    follower = Follower(store, None)
+    time.sleep(2.0)
+    finds = list(fake.tail_finds)
+    gaps = [later - earlier for earlier, later in zip(finds, finds[1:])]
+    # Pauses 0.05, 0.1, 0.2, 0.4, 0.4, ...: about 8 finds in 2 s (a busy loop makes thousands).
+    assert 4 <= len(finds) <= 10, gaps
+    for gap, pause in zip(gaps, [0.05, 0.1, 0.2, 0.4, 0.4]):
+        assert gap >= pause * 0.9, gaps
+    assert max(gaps) < 0.4 + 0.3, gaps  # the cap holds (with slack for a loaded machine)
+    # It still notices the first message once there is one.
+    fake.add(doc(text="first"))
+    [(_, message)] = follower.take(1)
+    assert message.text == "first"
+    store.close()
+
+
+def test_follow_reopens_a_killed_cursor_and_refinds_its_place_without_redelivering(server, store):
+    a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
+    follower = Follower(store, str(a["_id"]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([a, b], cursor_id=7))
+    [(position_b, message)] = follower.take(1)
+    assert message.text == "b"
+    receive(server, "getMore", get_more(7)).command_err(code=43, errmsg="cursor id 7 not found",
+                                                        codeName="CursorNotFound")
+    # A fresh cursor walks the window from the start again: a and b are skipped, c is new.
+    receive(server, "find", TAIL_FIND).replies(first_batch([a, b, c], cursor_id=8))
+    [(position_c, message)] = follower.take(1)
+    assert message.text == "c"
+    assert position_c > position_b == store.position_of(str(b["_id"]))
+    receive(server, "getMore", get_more(8)).replies(next_batch([], 8))
+    assert follower.delivered.empty() and follower.error is None
+
+
+def test_follow_raises_position_lost_when_the_capped_collection_wrapped_past_it(server, store):
+    """CappedPositionLost (136): PyMongo ends the tailable cursor quietly; re-finding the place fails."""
+    a, b, d, e = doc(text="a"), doc(text="b"), doc(text="d"), doc(text="e")
+    follower = Follower(store, str(a["_id"]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([a, b], cursor_id=7))
+    assert follower.take(1)[0][1].text == "b"
+    receive(server, "getMore", get_more(7)).command_err(
+        code=136, errmsg="CollectionScan died due to position in capped collection being deleted",
+        codeName="CappedPositionLost")
+    # a, b and an unseen c were evicted: b cannot be found again.
+    receive(server, "find", TAIL_FIND).replies(first_batch([d, e], cursor_id=8))
+    receive(server, "getMore", get_more(8)).replies(next_batch([], 8))
+    assert isinstance(follower.ended_with(), PositionLost)
+    assert follower.delivered.empty()  # d and e are not sent as if nothing had been lost
+
+
+def test_follow_raises_position_lost_for_an_id_not_from_this_store(server, store):
+    follower = Follower(store, "1-17")
+    assert isinstance(follower.ended_with(), PositionLost)
+
+
+REPLICA_SET_PRIMARY = {"ismaster": True, "isWritablePrimary": True, "secondary": False, "setName": "rs0",
+                       "minWireVersion": 0, "maxWireVersion": WIRE_VERSION_7_0,
+                       "logicalSessionTimeoutMinutes": 30}
+
+
+@pytest.fixture
+def primary() -> Iterator[MockupDB]:
+    """The primary of a one-member replica set (sessions on, so commands carry an lsid)."""
+    mock = MockupDB(request_timeout=5)
+    port = mock.run()
+    host = f"localhost:{port}"
+    answer_hello(mock, {**REPLICA_SET_PRIMARY, "hosts": [host], "primary": host, "me": host})
+    yield mock
+    mock.stop()
+
+
+def hang_up(request) -> None:
+    request.hangup()
+
+
+def step_down(request) -> None:
+    request.command_err(code=11602, errmsg="operation was interrupted because of a replication state change",
+                        codeName="InterruptedDueToReplStateChange")
+
+
+@pytest.mark.parametrize(("topology", "break_get_more"), [("server", hang_up), ("primary", step_down)],
+                         ids=["connection-reset", "primary-step-down"])
+def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topology, break_get_more):
+    server = request.getfixturevalue(topology)
+    server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
+                                                          "firstBatch": [CAPPED]})
+    store = open_store(server)
+    a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
+    follower = Follower(store, None)
+    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([a]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([a], cursor_id=9))
+    receive(server, "getMore", get_more(9)).replies(next_batch([b], 9))
+    assert [m.text for _, m in follower.take(1)] == ["b"]
+    break_get_more(receive(server, "getMore", get_more(9)))
+    assert isinstance(follower.ended_with(), StoreUnavailable)
+    # The tailer calls follow again from the last message it delivered.
+    resumed = Follower(store, str(b["_id"]))
+    receive(server, "find", TAIL_FIND).replies(first_batch([a, b, c], cursor_id=10))
+    assert [m.text for _, m in resumed.take(1)] == ["c"]
+    receive(server, "getMore", get_more(10)).replies(next_batch([], 10))
+    assert resumed.delivered.empty() and resumed.error is None
+    store.close()
