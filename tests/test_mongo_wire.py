@@ -18,12 +18,12 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import gevent.event
 import pytest
 from bson import ObjectId
-from mockupdb import MockupDB, OpMsg, absent, go
+from mockupdb import MockupDB, OpMsg, go
 
 from app.stores.base import Message, PositionLost, StoreMisconfigured, StoreUnavailable
 from app.stores.mongo import MongoStore
@@ -40,7 +40,7 @@ MAX_MESSAGES = 100
 AWAIT_MS = 200
 CAPPED = {"name": "messages", "type": "collection",
           "options": {"capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}}
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def answer_hello(server: MockupDB, hello: dict) -> None:
@@ -373,10 +373,10 @@ def test_follow_on_an_empty_collection_reopens_the_dead_cursor_after_growing_pau
     follower = Follower(store, None)
     time.sleep(2.0)
     finds = list(fake.tail_finds)
-    gaps = [later - earlier for earlier, later in zip(finds, finds[1:])]
+    gaps = [later - earlier for earlier, later in zip(finds, finds[1:], strict=False)]
     # Pauses 0.05, 0.1, 0.2, 0.4, 0.4, ...: about 8 finds in 2 s (a busy loop makes thousands).
     assert 4 <= len(finds) <= 10, gaps
-    for gap, pause in zip(gaps, [0.05, 0.1, 0.2, 0.4, 0.4]):
+    for gap, pause in zip(gaps, [0.05, 0.1, 0.2, 0.4, 0.4], strict=False):
         assert gap >= pause * 0.9, gaps
     assert max(gaps) < 0.4 + 0.3, gaps  # the cap holds (with slack for a loaded machine)
     # It still notices the first message once there is one.
