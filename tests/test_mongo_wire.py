@@ -14,7 +14,10 @@ is on the backlog read (``find {room}`` sorted ``$natural``).
 """
 from __future__ import annotations
 
+import json
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from mockupdb import MockupDB, OpMsg, go
 from app.stores.base import Message, PositionLost, StoreMisconfigured, StoreUnavailable
 from app.stores.mongo import MongoStore
 from tests.support.fake_capped import FakeCappedCollection
+from tests.support.live import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -471,3 +475,45 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
     receive(server, "getMore", get_more(10)).replies(next_batch([], 10))
     assert resumed.delivered.empty() and resumed.error is None
     store.close()
+
+
+# -- the Tailer, under gevent, through a reset ------------------------------------
+
+def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def cursor_not_found(request) -> None:
+    request.command_err(code=43, errmsg="cursor not found", codeName="CursorNotFound")
+
+
+@pytest.mark.slow
+def test_tailer_under_gevent_delivers_each_message_once_through_a_reset_and_a_killed_cursor(server):
+    """The real Tailer + Hub in a gevent-patched process (as in a gunicorn worker) against the fake collection."""
+    fake = FakeCappedCollection(server)
+    fake.add(doc(text="before the tailer started"))  # history: read from the store, never sent live
+    probe = subprocess.Popen([sys.executable, "-m", "tests.support.tailer_probe", server.uri, "r", "4", "20"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: fake.tail_finds, "the tailer's first tailable find")
+        sent = [doc(text="1"), doc(room="elsewhere"), doc(text="2"), doc(text="3"), doc(text="4")]
+        fake.add(*sent[:2])
+        fake.fail_next_getmore(hang_up)  # connection reset: the tailer retries from its last message
+        wait_for(lambda: fake.getmore_faults_fired == 1, "the connection reset")
+        fake.add(sent[2])
+        fake.add(sent[3])
+        fake.fail_next_getmore(cursor_not_found)  # killed cursor: follow() reopens it itself
+        wait_for(lambda: fake.getmore_faults_fired == 2, "the killed cursor")
+        fake.add(sent[4])
+        output, _ = probe.communicate(timeout=30)
+    finally:
+        probe.kill()
+    *events, summary = [json.loads(line) for line in output.splitlines()]
+    assert [event["id"] for event in events] == [str(d["_id"]) for d in sent if d["room"] == "r"]
+    positions = [event["position"] for event in events]
+    assert positions == sorted(set(positions))
+    assert summary == {"restarts": 1}  # the reset only; the killed cursor never left follow()
+    assert len(fake.tail_finds) >= 3  # first open, after the reset, after the kill
