@@ -19,7 +19,12 @@ Failures, and what each becomes:
   from the last document read, sleeping with a growing delay between tries
   so an empty collection is never polled in a busy loop;
 * ``CappedPositionLost`` or the last document no longer found -> PositionLost
-  (streams re-read from the store and get ``reset`` if they fell out);
+  (streams re-read from the store and get ``reset`` if they fell out).
+  PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
+  from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
+  False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
+  up here as a dead cursor whose reopening cannot find ``last`` again; the
+  explicit error-code branches below stay for a driver that does raise them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
   with backoff from the last message it delivered).
 """
