@@ -19,7 +19,12 @@ Failures, and what each becomes:
   from the last document read, sleeping with a growing delay between tries
   so an empty collection is never polled in a busy loop;
 * ``CappedPositionLost`` or the last document no longer found -> PositionLost
-  (streams re-read from the store and get ``reset`` if they fell out);
+  (streams re-read from the store and get ``reset`` if they fell out).
+  PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
+  from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
+  False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
+  up here as a dead cursor whose reopening cannot find ``last`` again; the
+  explicit error-code branches below stay for a driver that does raise them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
   with backoff from the last message it delivered).
 """
@@ -49,6 +54,7 @@ from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured,
 log = logging.getLogger(__name__)
 
 CAPPED_POSITION_LOST = 136
+NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
 
@@ -90,7 +96,12 @@ class MongoStore:
                 database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
                 log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
             except CollectionInvalid:
-                pass  # it exists (perhaps another worker made it a moment ago)
+                pass  # it exists
+            except OperationFailure as exc:
+                # Another worker created it between our existence check and our
+                # create: the options check below still decides.
+                if exc.code != NAMESPACE_EXISTS:
+                    raise
             options = self.collection.options()
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
@@ -212,14 +223,18 @@ class MongoStore:
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
         """Yield the documents after ``last`` from one tailable cursor, until it dies."""
-        cursor = self.collection.find(
-            {}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT, max_await_time_ms=self.await_ms
-        )
+        # max_await_time_ms is a cursor setting (sent as getMore's maxTimeMS),
+        # not an argument of find().
+        cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT)
+        cursor.max_await_time_ms(self.await_ms)
         found = last is None
         try:
             while cursor.alive:
                 try:
-                    doc = cursor.try_next()
+                    # Cursor has no try_next() (only CommandCursor does); next()
+                    # raises StopIteration when an awaitData getMore came back
+                    # empty while the cursor is still alive.
+                    doc = next(cursor, None)
                 except OperationFailure as exc:
                     if exc.code in CURSOR_GONE:
                         return  # killed: reopened from `last` by the caller
