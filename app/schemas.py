@@ -11,6 +11,12 @@ ROOM_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
 EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
 
 
+def json_schema_pattern(python_pattern: str) -> str:
+    """Return a \\A...\\Z pattern as the ^...$ that JSON Schema (ECMA-262) understands."""
+    # Without the m flag, ECMA's ^ and $ match only at the very ends, as \A and \Z do in Python.
+    return "^" + python_pattern.removeprefix(r"\A").removesuffix(r"\Z") + "$"
+
+
 def valid_room(room: str | None) -> bool:
     """Tell whether a room name from a query string is acceptable."""
     return room is not None and re.match(ROOM_PATTERN, room) is not None
@@ -22,15 +28,22 @@ class MessageIn(Schema):
     class Meta:
         unknown = RAISE
 
-    room = fields.String(required=True, validate=validate.Regexp(ROOM_PATTERN, error=f"room must be {ROOM_RULE}"))
-    text = fields.String(required=True)
+    room = fields.String(required=True, validate=validate.Regexp(ROOM_PATTERN, error=f"room must be {ROOM_RULE}"),
+                         metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+    text = fields.String(required=True, metadata={
+        "minLength": 1, "pattern": r"\S",
+        "description": "Any Unicode text with at least one non-whitespace character (no lone surrogates)",
+    })
     event = fields.String(
-        load_default="message", validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}")
+        load_default="message", validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
+        metadata={"pattern": json_schema_pattern(EVENT_PATTERN)},
     )
 
     def __init__(self, *, max_text_chars: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_text_chars = max_text_chars
+        # Per instance: the OpenAPI document states the limit this server runs with.
+        self.fields["text"].metadata["maxLength"] = max_text_chars
 
     @validates("text")
     def _check_text(self, text: str, **_: object) -> None:
@@ -52,3 +65,44 @@ class MessageOut(Schema):
     text = fields.String(dump_only=True)
     event = fields.String(dump_only=True)
     createdAt = fields.String(dump_only=True)
+
+
+# -- Documentation schemas: the shapes /openapi.json describes (the views build these by hand) --
+
+class ErrorOut(Schema):
+    """Every 4xx/5xx body (app.errors)."""
+
+    code = fields.Integer(required=True, metadata={"example": 422})
+    status = fields.String(required=True, metadata={"example": "Unprocessable Entity"})
+    message = fields.String(required=True)
+    errors = fields.Dict(required=True, metadata={"description": "Field name to list of problems; may be empty"})
+
+
+class HistoryOut(Schema):
+    """The body of ``GET /messages/history``."""
+
+    room = fields.String(required=True)
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+    reset = fields.String(required=True, allow_none=True,
+                          metadata={"description": "Why `after` was not found (the page starts at the oldest)"})
+    hasMore = fields.Boolean(required=True)
+
+
+class RoomQuery(Schema):
+    """The room every read names in its query string."""
+
+    room = fields.String(required=True, metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+
+
+class StreamQuery(RoomQuery):
+    """The query string of ``GET /messages`` (the SSE stream)."""
+
+    lastEventId = fields.String(validate=validate.Length(max=256), metadata={
+        "description": "Resume after this id; the Last-Event-ID header wins when both are sent"})
+
+
+class HistoryQuery(RoomQuery):
+    """The query string of ``GET /messages/history``."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    after = fields.String(validate=validate.Length(max=256), metadata={"description": "Start after this id"})
