@@ -9,6 +9,10 @@ ROOM_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
 EVENT_PATTERN = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
 ROOM_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
 EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
+# Names a client must not publish under: ``reset`` is the server's own
+# control event, and ``error``/``open`` are the events EventSource itself
+# fires, so a published one would trigger other clients' handlers for those.
+RESERVED_EVENTS = ("reset", "error", "open")
 
 
 def json_schema_pattern(python_pattern: str) -> str:
@@ -35,8 +39,10 @@ class MessageIn(Schema):
         "description": "Any Unicode text with at least one non-whitespace character (no lone surrogates)",
     })
     event = fields.String(
-        load_default="message", validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
-        metadata={"pattern": json_schema_pattern(EVENT_PATTERN)},
+        load_default="message",
+        validate=[validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
+                  validate.NoneOf(RESERVED_EVENTS, error="event must not be one of {values}: they are reserved")],
+        metadata={"pattern": json_schema_pattern(EVENT_PATTERN), "not": {"enum": list(RESERVED_EVENTS)}},
     )
 
     def __init__(self, *, max_text_chars: int, **kwargs) -> None:
