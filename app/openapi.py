@@ -69,6 +69,28 @@ def _publish(settings: Settings) -> dict[str, Any]:
     return operation
 
 
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+# Before OpenAPI 3.2 (itemSchema) the schema of a text/event-stream describes
+# one event as {id, event, data, retry}; the JSON in `data` is described with
+# contentMediaType/contentSchema, as OpenAPI 3.2 does.
+SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"description": "A stored message",
+     "type": "object", "required": ["id", "data"],
+     "properties": {"id": {"type": "string", "minLength": 1},
+                    "event": {"type": "string", "not": {"enum": ["reset"]}},
+                    "data": _json_data({"$ref": "#/components/schemas/MessageOut"})}},
+    {"description": "The resume point was not found: the whole stored window follows",
+     "type": "object", "required": ["event", "data"],
+     "properties": {"id": {"type": "string", "maxLength": 0},
+                    "event": {"type": "string", "enum": ["reset"]},
+                    "data": _json_data({"type": "object", "required": ["reason"],
+                                        "properties": {"reason": {"type": "string"}}})}},
+]}
+
+
 def _stream() -> dict[str, Any]:
     return {
         "summary": "Follow a room as Server-Sent Events",
@@ -80,7 +102,7 @@ def _stream() -> dict[str, Any]:
         ],
         "responses": {
             "200": {"description": SSE_DESCRIPTION,
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             "400": _error("The room is missing or invalid, or Last-Event-ID is too long"),
             "414": _QUERY_TOO_LONG,
             "503": _error("This worker holds its maximum number of streams",

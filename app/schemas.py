@@ -15,6 +15,18 @@ EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
 RESERVED_EVENTS = ("reset", "error", "open")
 
 
+def _contains_non_whitespace_pattern() -> str:
+    """Return a pattern for "has a character that str.strip() keeps", valid in Python and ECMA-262."""
+    # \S differs between the two (Python counts U+001C-U+001F and U+0085 as
+    # whitespace, ECMA counts U+FEFF), so the class lists Python's own set.
+    # U+3000 is the last code point Python calls whitespace.
+    spaces = "".join(f"\\u{ord(char):04x}" for char in map(chr, range(0x3001)) if char.isspace())
+    return f"[^{spaces}]"
+
+
+TEXT_PATTERN = _contains_non_whitespace_pattern()
+
+
 def json_schema_pattern(python_pattern: str) -> str:
     """Return a \\A...\\Z pattern as the ^...$ that JSON Schema (ECMA-262) understands."""
     # Without the m flag, ECMA's ^ and $ match only at the very ends, as \A and \Z do in Python.
@@ -35,7 +47,7 @@ class MessageIn(Schema):
     room = fields.String(required=True, validate=validate.Regexp(ROOM_PATTERN, error=f"room must be {ROOM_RULE}"),
                          metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
     text = fields.String(required=True, metadata={
-        "minLength": 1, "pattern": r"\S",
+        "minLength": 1, "pattern": TEXT_PATTERN,
         "description": "Any Unicode text with at least one non-whitespace character (no lone surrogates)",
     })
     event = fields.String(
@@ -66,11 +78,11 @@ class MessageIn(Schema):
 class MessageOut(Schema):
     """A stored message as returned by the API (documentation of the shape)."""
 
-    id = fields.String(dump_only=True)
-    room = fields.String(dump_only=True)
-    text = fields.String(dump_only=True)
-    event = fields.String(dump_only=True)
-    createdAt = fields.String(dump_only=True)
+    id = fields.String(dump_only=True, required=True)
+    room = fields.String(dump_only=True, required=True)
+    text = fields.String(dump_only=True, required=True)
+    event = fields.String(dump_only=True, required=True)
+    createdAt = fields.String(dump_only=True, required=True, metadata={"format": "date-time"})
 
 
 # -- Documentation schemas: the shapes /openapi.json describes (the views build these by hand) --
