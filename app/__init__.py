@@ -37,9 +37,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     tailer = Tailer(store, hub)
     app.extensions["sse"] = Services(settings, store, hub, tailer)
 
-    from .blueprints import messages
+    from .blueprints import messages, pages
 
     app.register_blueprint(messages.bp)
+    app.register_blueprint(pages.bp)
     register_error_handlers(app)
     init_security(app)
     init_access(app, settings)

@@ -62,7 +62,7 @@ class Settings:
         return summary
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (``os.environ`` by default)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}

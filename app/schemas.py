@@ -9,10 +9,11 @@ ROOM_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
 EVENT_PATTERN = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
 ROOM_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
 EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
-# Names a client must not publish under: ``reset`` is the server's own
-# control event, and ``error``/``open`` are the events EventSource itself
-# fires, so a published one would trigger other clients' handlers for those.
-RESERVED_EVENTS = ("reset", "error", "open")
+# Event types the server sends on its own; a message of such a type would be
+# indistinguishable from them to every EventSource listening on the room.
+# ``error`` and ``open`` are the events EventSource itself fires: a published
+# one would run other clients' connection-state handlers.
+RESERVED_EVENTS = frozenset({"reset", "error", "open"})
 
 
 def _contains_non_whitespace_pattern() -> str:
@@ -52,10 +53,14 @@ class MessageIn(Schema):
     })
     event = fields.String(
         load_default="message",
-        validate=[validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
-                  validate.NoneOf(RESERVED_EVENTS, error="event must not be one of {values}: they are reserved")],
-        metadata={"pattern": json_schema_pattern(EVENT_PATTERN), "not": {"enum": list(RESERVED_EVENTS)}},
+        validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
+        metadata={"pattern": json_schema_pattern(EVENT_PATTERN), "not": {"enum": sorted(RESERVED_EVENTS)}},
     )
+
+    @validates("event")
+    def _check_event(self, event: str, **_: object) -> None:
+        if event in RESERVED_EVENTS:
+            raise ValidationError(f"event {event!r} is reserved for the server's own events")
 
     def __init__(self, *, max_text_chars: int, **kwargs) -> None:
         super().__init__(**kwargs)

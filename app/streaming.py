@@ -47,7 +47,8 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
                 return
             if chunk:
                 yield chunk
-            for chunk, last_id in _live(subscription, tailer, cut_id, last_id, settings):
+            for chunk, seen_id in _live(subscription, tailer, cut_id, last_id, settings):
+                last_id = seen_id
                 yield chunk
             if subscription.closing:
                 # Spread the reconnects of a shutting-down worker's clients.

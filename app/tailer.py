@@ -12,6 +12,7 @@ its backlog ended, so that it can drop the live events it already sent.
 from __future__ import annotations
 
 import logging
+
 import gevent
 import gevent.event
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 class Tailer:
     """Follows the store in a greenlet and publishes to the hub."""
 
-    def __init__(self, store: MessageStore, hub: Hub, *, backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
+    def __init__(self, store: MessageStore, hub: Hub, *,
+                 backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
         self.store = store
         self.hub = hub
         self.backoff_initial = backoff_initial

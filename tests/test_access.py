@@ -170,7 +170,14 @@ def test_csp_forbids_inline_script_and_foreign_connections():
 
     assert policy["script-src"] == "'self'" and "unsafe-inline" not in SECURITY_HEADERS["Content-Security-Policy"]
     assert policy["connect-src"] == "'self'"
-    assert policy["object-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+
+
+def test_the_demo_page_keeps_a_policy_without_inline_script(client):
+    policy = client.get("/").headers["Content-Security-Policy"]
+
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert client.get("/").headers["X-Content-Type-Options"] == "nosniff"
 
 
 # -- settings --------------------------------------------------------------------------------------

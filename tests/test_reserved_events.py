@@ -1,10 +1,12 @@
-"""Regression: a client could publish under the server's own ``reset`` event name."""
+"""Regression: a client could publish under ``error``/``open``, the events EventSource fires itself.
+
+(``reset`` was fixed on main, tests/test_reserved_event_names.py.)"""
 import pytest
 
 from app.schemas import RESERVED_EVENTS
 
 
-@pytest.mark.parametrize("event", RESERVED_EVENTS)
+@pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))
 def test_published_event_cannot_impersonate_server_or_eventsource_events(client, event):
     reply = client.post("/messages", json={"room": "r", "text": "you were reset", "event": event})
 
@@ -12,8 +14,3 @@ def test_published_event_cannot_impersonate_server_or_eventsource_events(client,
     assert "reserved" in reply.json["errors"]["event"][0]
     assert client.get("/messages/history?room=r").json["messages"] == []
 
-
-def test_event_names_that_merely_contain_a_reserved_word_are_fine(client):
-    reply = client.post("/messages", json={"room": "r", "text": "x", "event": "reset-password"})
-
-    assert reply.status_code == 201

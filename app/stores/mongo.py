@@ -29,7 +29,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import gevent
 import gevent.event
@@ -122,7 +122,7 @@ class MongoStore:
     def append(self, room: str, text: str, event: str) -> Message:
         """Insert a message; a retry after a lost reply never stores it twice."""
         self.prepare()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
         doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}

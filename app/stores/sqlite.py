@@ -12,9 +12,12 @@ instead of silently skipping everything up to its seq.
 Bound: like a MongoDB capped collection, the oldest messages are evicted once
 there are more than ``max_messages`` or their sizes add up past ``max_bytes``.
 
-Writes run in gevent's thread pool, so a locked or unwritable file delays the
-publisher that hit it, never the heartbeats of the worker's other streams.
-Reads are short indexed queries and run in place.
+Writes run on one native thread of their own (a gevent ThreadPool of size
+one), so a locked or unwritable file delays the publishers waiting on it, never
+the heartbeats of the worker's other streams; one thread also serialises them
+without a lock (a threading.Lock is a gevent lock once the worker is patched,
+and blocking on it from a native thread deadlocks). Reads are short indexed
+queries and run in place.
 """
 from __future__ import annotations
 
@@ -23,13 +26,12 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-import gevent
 import gevent.event
+from gevent.threadpool import ThreadPool
 
 from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable
 
@@ -63,7 +65,7 @@ class SQLiteStore:
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.poll_interval = poll_interval
-        self._write_lock = threading.Lock()
+        self._write_pool: ThreadPool | None = None  # made on first write: after the fork
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self.epoch = self._initialise()
@@ -118,42 +120,45 @@ class SQLiteStore:
 
     def _message(self, row: tuple) -> Message:
         seq, room, text, event, created_ms = row
-        created = datetime.fromtimestamp(created_ms / 1000, tz=timezone.utc)
+        created = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
         return Message(id=self._make_id(seq), room=room, text=text, event=event, created_at=created)
 
     # -- writing -------------------------------------------------------------
     def append(self, room: str, text: str, event: str) -> Message:
         """Store a message, evicting the oldest beyond the bound, and return it."""
-        return gevent.get_hub().threadpool.apply(self._append_blocking, (room, text, event))
+        if self._write_pool is None:
+            self._write_pool = ThreadPool(1)
+        return self._write_pool.apply(self._append_blocking, (room, text, event))
 
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
         size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
         created_ms = int(time.time() * 1000)
-        with self._write_lock:
+        try:
+            if self._writer is None:
+                self._writer = self._connect(busy_ms=2000)
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._writer is None:
-                    self._writer = self._connect(busy_ms=2000)
-                conn = self._writer
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    seq = conn.execute(
-                        "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
-                        (room, text, event, created_ms, size),
-                    ).lastrowid
-                    self._evict(conn, size)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                self._drop_writer()
-                raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+                seq = conn.execute(
+                    "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
+                    (room, text, event, created_ms, size),
+                ).lastrowid
+                self._evict(conn, size)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._drop_writer()
+            raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
         return self._message((seq, room, text, event, created_ms))
 
     def _evict(self, conn: sqlite3.Connection, added_size: int) -> None:
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added_size,))
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'count'")
-        total, count = (row[0] for row in conn.execute("SELECT value FROM meta WHERE key IN ('bytes', 'count') ORDER BY key"))
+        total, count = (
+            row[0] for row in conn.execute("SELECT value FROM meta WHERE key IN ('bytes', 'count') ORDER BY key")
+        )
         while count > self.max_messages or total > self.max_bytes:
             (freed,) = conn.execute(
                 "DELETE FROM messages WHERE seq = (SELECT min(seq) FROM messages) RETURNING size"
@@ -232,7 +237,9 @@ class SQLiteStore:
                     f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT {_FEED_BATCH}", (last,)
                 )
                 if rows and rows[0][0] != last + 1:
-                    raise PositionLost(f"messages {last + 1}..{rows[0][0] - 1} were evicted before this worker read them")
+                    raise PositionLost(
+                        f"messages {last + 1}..{rows[0][0] - 1} were evicted before this worker read them"
+                    )
                 if rows:
                     last = rows[-1][0]
                     yield [(row[0], self._message(row)) for row in rows]
@@ -243,6 +250,9 @@ class SQLiteStore:
             wakeup.clear()
 
     def close(self) -> None:
+        if self._write_pool is not None:
+            self._write_pool.kill()
+            self._write_pool = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
