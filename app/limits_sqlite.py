@@ -7,18 +7,20 @@ has SQLite in WAL mode, which several processes may write safely.
 
 Only what the fixed-window strategy needs is here: one row per key holding a
 count and the moment its window ends. ``incr`` is a single UPSERT, so a
-read-modify-write race between workers cannot lose a hit. Writes go through
-gevent's thread pool (as the message store's do), so a busy file delays the
-publisher that hit it, not the other streams of its worker.
+read-modify-write race between workers cannot lose a hit. Every statement
+runs on one native thread of its own (a gevent ThreadPool of size one, as the
+message store's writes do): a busy file delays the publishers waiting on it,
+not the other streams of the worker, and one thread serialises the use of the
+connection without a lock (a threading.Lock is a gevent lock once the worker
+is patched, and blocking on it from a native thread deadlocks).
 """
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from urllib.parse import unquote, urlsplit
 
-import gevent
+from gevent.threadpool import ThreadPool
 from limits.storage import Storage
 
 SCHEME = "sse-sqlite"
@@ -56,7 +58,7 @@ class SQLiteStorage(Storage):
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: float | str | bool) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.path = unquote(urlsplit(uri).path)[1:]  # sse-sqlite:///var/x -> var/x, :////abs -> /abs
-        self._lock = threading.Lock()
+        self._pool: ThreadPool | None = None  # made on first use: after the fork
         self._increments = 0
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 2000")
@@ -69,11 +71,12 @@ class SQLiteStorage(Storage):
         return sqlite3.Error
 
     def _run(self, sql: str, params: dict | tuple = ()) -> list[tuple]:
-        return gevent.get_hub().threadpool.apply(self._run_blocking, (sql, params))
+        if self._pool is None:
+            self._pool = ThreadPool(1)
+        return self._pool.apply(self._run_blocking, (sql, params))
 
     def _run_blocking(self, sql: str, params: dict | tuple) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        return self._conn.execute(sql, params).fetchall()
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """Add ``amount`` hits to the key's window (a new one if it ended) and return its hits."""
@@ -105,8 +108,9 @@ class SQLiteStorage(Storage):
 
     def reset(self) -> int | None:
         """Forget every counter."""
-        with self._lock:
-            return self._conn.execute("DELETE FROM rate_limits").rowcount
+        if self._pool is None:
+            self._pool = ThreadPool(1)
+        return self._pool.apply(lambda: self._conn.execute("DELETE FROM rate_limits").rowcount)
 
     def clear(self, key: str) -> None:
         """Forget one key's counter."""
