@@ -29,7 +29,9 @@ from .errors import error_response
 def limiter_storage(settings: Settings) -> tuple[str, dict[str, str]]:
     """Return the storage URI and options shared by all workers for this deployment."""
     if settings.mongodb_uri:
-        return settings.mongodb_uri, {"database": settings.mongodb_database}
+        return settings.mongodb_uri, {"database_name": settings.mongodb_database,
+                                      "counter_collection_name": "rate_limit_counters",
+                                      "window_collection_name": "rate_limit_windows"}
     base, _ = os.path.splitext(settings.sqlite_path)
     return limits_sqlite.storage_uri(base + "-ratelimit.sqlite3"), {}
 

@@ -78,8 +78,14 @@ def test_counters_live_with_the_deployment_store():
     mongo = Settings.from_env({"MONGODB_URI": "mongodb://db.internal/", "MONGODB_DATABASE": "chat"})
     embedded = Settings.from_env({"SQLITE_PATH": "/srv/var/messages.sqlite3"})
 
-    assert limiter_storage(mongo) == ("mongodb://db.internal/", {"database": "chat"})
     assert limiter_storage(embedded) == ("sse-sqlite:////srv/var/messages-ratelimit.sqlite3", {})
+    uri, options = limiter_storage(mongo)
+    # limits connects lazily: this checks the option names it is given, not a server (none here).
+    storage = storage_from_string(uri, **options)
+    assert type(storage).__name__ == "MongoDBStorage"
+    assert storage._database_name == "chat"
+    assert storage._collection_mapping == {"counters": "rate_limit_counters", "windows": "rate_limit_windows"}
+    assert storage._storage is None
 
 
 def _publish_from_own_process(sqlite_path: str, attempts: int, queue) -> None:
