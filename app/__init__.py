@@ -6,9 +6,13 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from .access import init_access
 from .config import Settings
 from .errors import register_error_handlers
 from .hub import Hub
+from .openapi import init_openapi
+from .ratelimit import init_rate_limit
+from .security import init_security
 from .services import Services
 from .stores import StoreUnavailable, open_store
 from .tailer import Tailer
@@ -38,5 +42,9 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(messages.bp)
     app.register_blueprint(pages.bp)
     register_error_handlers(app)
+    init_security(app)
+    init_access(app, settings)
+    init_rate_limit(app, settings)  # wraps the token check, so failed attempts count too
+    init_openapi(app, settings)
     log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
     return app
