@@ -33,11 +33,23 @@ class Tailer:
         self.backoff_max = backoff_max
         self.wakeup = gevent.event.Event()
         self.restarts = 0
-        self.last_id: str | None = None
+        self.last_id: str | None = None  # None once started: from the oldest message
+        self._started = False
+        self._lost = False
         self._greenlet: gevent.Greenlet | None = None
 
     def ensure_running(self) -> None:
+        """Start following, from the newest message now, unless already started.
+
+        The start point is fixed here, before the caller reads any backlog, and
+        kept across restarts: everything committed after it is delivered live,
+        everything before it is in the backlog of whoever joins. Raises
+        StoreUnavailable if the store cannot say where it ends.
+        """
         if self._greenlet is None or self._greenlet.dead:
+            if not self._started:
+                self.last_id = self.store.newest_id()
+                self._started = True
             self._greenlet = gevent.spawn(self._run)
 
     def poke(self) -> None:
@@ -57,6 +69,12 @@ class Tailer:
         delay = self.backoff_initial
         while True:
             try:
+                if self._lost:
+                    # Start again from the newest message *before* telling the
+                    # streams: what they re-read covers everything up to it.
+                    self.last_id = self.store.newest_id()
+                    self._lost = False
+                    self.hub.resync_all()
                 for batch in self.store.follow(self.last_id, self.wakeup):
                     delay = self.backoff_initial
                     if batch:
@@ -65,8 +83,7 @@ class Tailer:
             except PositionLost as exc:
                 log.warning("tailer lost its place (%s); streams re-read from the store", exc)
                 self.restarts += 1
-                self.last_id = None
-                self.hub.resync_all()
+                self._lost = True
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)
                 self.restarts += 1

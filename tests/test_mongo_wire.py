@@ -171,8 +171,7 @@ def get_more(cursor_id: int) -> dict:
 def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, store):
     """find() has no max_await_time_ms argument: it is set on the cursor and sent as getMore's maxTimeMS."""
     newest = doc(text="already there")
-    follower = Follower(store, None)
-    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([newest]))
+    follower = Follower(store, str(newest["_id"]))
     receive(server, "find", TAIL_FIND).replies(first_batch([newest], cursor_id=42))
     receive(server, "getMore", get_more(42)).replies(next_batch([], 42))
     assert follower.delivered.empty() and follower.error is None
@@ -181,14 +180,28 @@ def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, 
 def test_regression_tail_cursor_has_no_try_next(server, store):
     """PyMongo's Cursor has no try_next(): an empty awaitData batch must read as "nothing yet", not crash."""
     newest, fresh = doc(text="old"), doc(text="new")
-    follower = Follower(store, None)
-    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([newest]))
+    follower = Follower(store, str(newest["_id"]))
     receive(server, "find", TAIL_FIND).replies(first_batch([newest], cursor_id=42))
     receive(server, "getMore", get_more(42)).replies(next_batch([], 42))
     receive(server, "getMore", get_more(42)).replies(next_batch([fresh], 42))
     [(_, message)] = follower.take(1)
     assert (message.id, message.text) == (str(fresh["_id"]), "new")
     assert follower.error is None
+
+
+def test_newest_id_reads_the_last_document_in_natural_order(server, store):
+    newest = doc(text="newest")
+    asking = go(store.newest_id)
+    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([newest]))
+    assert asking() == str(newest["_id"])
+
+
+def test_follow_from_none_delivers_the_whole_window(server, store):
+    """None is where a tailer that started on an empty collection begins: everything is new."""
+    first, second = doc(text="first"), doc(text="second")
+    follower = Follower(store, None)
+    receive(server, "find", TAIL_FIND).replies(first_batch([first, second], cursor_id=42))
+    assert [m.text for _, m in follower.take(2)] == ["first", "second"]
 
 
 # -- prepare(): the capped collection -----------------------------------------
@@ -461,8 +474,7 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
                                                           "firstBatch": [CAPPED]})
     store = open_store(server)
     a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
-    follower = Follower(store, None)
-    receive(server, "find", NEWEST_LOOKUP).replies(first_batch([a]))
+    follower = Follower(store, str(a["_id"]))
     receive(server, "find", TAIL_FIND).replies(first_batch([a], cursor_id=9))
     receive(server, "getMore", get_more(9)).replies(next_batch([b], 9))
     assert [m.text for _, m in follower.take(1)] == ["b"]
@@ -554,8 +566,6 @@ def test_tailer_under_gevent_delivers_each_message_once_through_a_reset_and_a_ki
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # MockupDB, probe exit
-@pytest.mark.xfail(strict=True, reason="core bug, reported: a tailer that fails before its first delivery "
-                   "restarts follow(None) at the newest message *then*, skipping what was stored in between")
 def test_tailer_keeps_messages_stored_before_a_reset_that_precedes_its_first_delivery(server):
     fake = FakeCappedCollection(server)
     fake.add(doc(text="before the tailer started"))

@@ -151,7 +151,7 @@ def test_follow_yields_new_messages_in_order_with_growing_positions(make_store):
     store = make_store()
     store.append("r", "old", "message")
     received: list = []
-    follower = follow_into(store, None, received)
+    follower = follow_into(store, store.newest_id(), received)  # where a tailer starts
     gevent.sleep(0.3)
     sent = [store.append("r" if i % 2 else "s", f"m{i}", "message") for i in range(10)]
     assert wait_until(lambda: len(received) >= 10), received
@@ -160,6 +160,24 @@ def test_follow_yields_new_messages_in_order_with_growing_positions(make_store):
     positions = [p for p, _ in received]
     assert positions == sorted(positions) and len(set(positions)) == 10
     assert all(store.position_of(m.id) == p for p, m in received)
+
+
+def test_newest_id_is_none_when_empty_then_the_last_appended(make_store):
+    store = make_store()
+    assert store.newest_id() is None
+    store.append("a", "one", "message")
+    last = store.append("b", "two", "message")
+    assert store.newest_id() == last.id
+
+
+def test_follow_from_none_yields_the_whole_window(make_store):
+    store = make_store()
+    sent = [store.append("r", f"m{i}", "message") for i in range(3)]
+    received: list = []
+    follower = follow_into(store, None, received)
+    assert wait_until(lambda: len(received) >= 3)
+    follower.kill()
+    assert [m.id for _, m in received] == [m.id for m in sent]
 
 
 def test_follow_resumes_exactly_after_an_id(make_store):

@@ -57,8 +57,7 @@ def publish() -> tuple[Response, int]:
         message = svc.store.append(fields["room"], fields["text"], fields["event"])
     except StoreUnavailable as exc:
         raise _store_unavailable(exc) from None
-    svc.tailer.ensure_running()
-    svc.tailer.poke()
+    svc.tailer.poke()  # streams of this worker see it now, not at the next poll
     return jsonify(message.to_json()), 201
 
 
@@ -74,7 +73,10 @@ def stream() -> Response:
     if svc.hub.stream_count >= svc.settings.max_streams_per_worker:
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
-    svc.tailer.ensure_running()
+    try:
+        svc.tailer.ensure_running()  # fixes where live delivery starts, before any backlog read
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc) from None
     body = message_stream(
         room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
         settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms),

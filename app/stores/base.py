@@ -73,7 +73,11 @@ class MessageStore(Protocol):
 
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
 
-    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]: ...
+    def newest_id(self) -> str | None:
+        """Return the id of the newest message in the window, or None if it is empty."""
+
+    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
+        """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order."""
 
     def position_of(self, message_id: str) -> int | None:
         """Return the position of an id, or None if this worker's follower has not read it yet."""

@@ -192,14 +192,21 @@ class MongoStore:
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB ping failed: {exc}") from exc
 
+    def newest_id(self) -> str | None:
+        self.prepare()
+        try:
+            newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
+        return None if newest is None else str(newest["_id"])
+
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
-        """Yield new documents in natural order, forever, after ``after_id`` (or after the newest)."""
+        """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""
         try:
             self.prepare()
             if after_id is None:
-                newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
-                last = newest["_id"] if newest else None
+                last = None  # the whole window
             elif ObjectId.is_valid(after_id):
                 last = ObjectId(after_id)
             else:

@@ -217,15 +217,16 @@ class SQLiteStore:
     def ping(self) -> None:
         self._query("SELECT 1")
 
+    def newest_id(self) -> str | None:
+        (newest,) = self._query("SELECT max(seq) FROM messages")[0]
+        return None if newest is None else self._make_id(newest)
+
     # -- following -----------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
-        """Yield new messages in seq order, polling the file and waking early on ``wakeup``."""
-        if after_id is None:
-            (last,) = self._query("SELECT coalesce(max(seq), 0) FROM messages")[0]
-        else:
-            last = self._seq_of(after_id)
-            if last is None:
-                raise PositionLost(f"{after_id!r} is not from this store")
+        """Yield messages after ``after_id`` in seq order, polling the file and waking early on ``wakeup``."""
+        last = 0 if after_id is None else self._seq_of(after_id)
+        if last is None:
+            raise PositionLost(f"{after_id!r} is not from this store")
         seen_version = None
         while True:
             # data_version changes whenever another connection commits: a
