@@ -14,9 +14,8 @@ from flask import Flask, Response, request
 
 from .errors import ApiError
 
-# The same policy as the demo page's own (app/blueprints/pages.py), which it
-# keeps: nothing by default, same-origin scripts, styles, images and
-# connections, no inline script, no framing.
+# Nothing by default; same-origin scripts, styles, images and connections (all
+# the demo page needs); no inline script; no framing.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
     "script-src 'self'",
