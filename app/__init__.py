@@ -6,11 +6,15 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from .access import init_access
 from .admission import StreamSlots
 from .config import Settings
 from .errors import register_error_handlers
 from .hub import Hub
+from .openapi import init_openapi
+from .ratelimit import init_rate_limit
 from .request_log import register_request_log
+from .security import init_security
 from .services import Services
 from .stores import StoreUnavailable, open_store
 from .tailer import Tailer
@@ -35,11 +39,16 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     tailer = Tailer(store, hub)
     app.extensions["sse"] = Services(settings, store, hub, tailer, StreamSlots(settings.max_streams_per_worker))
 
-    from .blueprints import messages, ops
+    from .blueprints import messages, ops, pages
 
     app.register_blueprint(messages.bp)
+    app.register_blueprint(pages.bp)
     app.register_blueprint(ops.bp)
     register_error_handlers(app)
+    init_security(app)
+    init_access(app, settings)
+    init_rate_limit(app, settings)  # wraps the token check, so failed attempts count too
+    init_openapi(app, settings)
     register_request_log(app)
     log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
     return app

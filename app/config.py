@@ -6,6 +6,7 @@ than surfacing later as a confusing failure under load.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -36,6 +37,11 @@ class Settings:
     stream_write_timeout_seconds: float = 30.0
     sqlite_poll_ms: int = 10
     log_level: str = "info"
+    # Access (see README "Security settings"): empty means off.
+    publish_token: str | None = None
+    publish_rate: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: int = 0
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -52,10 +58,12 @@ class Settings:
         summary = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.mongodb_uri:
             summary["mongodb_uri"] = _redact_uri(self.mongodb_uri)
+        if self.publish_token:
+            summary["publish_token"] = "***"
         return summary
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (``os.environ`` by default)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -66,7 +74,8 @@ class Settings:
             try:
                 values[name.lower()] = parse(raw.strip())
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+                shown = "'***'" if name in _SECRET_VARIABLES else repr(raw)
+                raise ConfigError(f"{name}={shown} is not valid: {exc}") from None
         return cls(**values)
 
 
@@ -107,6 +116,41 @@ def _log_level(raw: str) -> str:
     return raw.lower()
 
 
+def _publish_token(raw: str) -> str:
+    # Visible ASCII only: the token travels in an HTTP header and is compared as bytes.
+    if not re.fullmatch(r"[\x21-\x7e]{16,512}", raw):
+        raise ValueError("must be 16 to 512 visible ASCII characters (no spaces)")
+    return raw
+
+
+def _rate_limits(raw: str) -> str:
+    from limits import parse_many  # the same parser Flask-Limiter applies later
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ValueError("must look like '20/second' or '20/second; 600/hour'") from None
+    return raw
+
+
+_ORIGIN = re.compile(r"\Ahttps?://[^/?#@\s]+\Z", re.IGNORECASE)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(filter(None, re.split(r"[\s,]+", raw)))
+    for origin in origins:
+        if origin == "*":
+            # Credentials are allowed for listed origins, so a wildcard would
+            # amount to trusting every site on the web with a user's session.
+            raise ValueError("'*' is not allowed: list each origin, e.g. https://app.example.com")
+        if not _ORIGIN.match(origin):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com[:port] (no path)")
+    return tuple(origin.rstrip("/").lower() for origin in origins)
+
+
+# Never echoed back, not even in the start-up error that rejects them.
+_SECRET_VARIABLES = frozenset({"PUBLISH_TOKEN"})
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "HOST": str,
     "PORT": _int_in(0, 65535),
@@ -125,4 +169,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "STREAM_WRITE_TIMEOUT_SECONDS": _positive_float(3600),
     "SQLITE_POLL_MS": _int_in(1, 10_000),
     "LOG_LEVEL": _log_level,
+    "PUBLISH_TOKEN": _publish_token,
+    "PUBLISH_RATE": _rate_limits,
+    "CORS_ORIGINS": _origins,
+    "TRUSTED_PROXIES": _int_in(0, 10),
 }

@@ -9,6 +9,29 @@ ROOM_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
 EVENT_PATTERN = r"\A[A-Za-z0-9_.:-]{1,64}\Z"
 ROOM_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
 EVENT_RULE = "1-64 characters from A-Z a-z 0-9 _ . : -"
+# Event types the server sends on its own; a message of such a type would be
+# indistinguishable from them to every EventSource listening on the room.
+# ``error`` and ``open`` are the events EventSource itself fires: a published
+# one would run other clients' connection-state handlers.
+RESERVED_EVENTS = frozenset({"reset", "error", "open"})
+
+
+def _contains_non_whitespace_pattern() -> str:
+    """Return a pattern for "has a character that str.strip() keeps", valid in Python and ECMA-262."""
+    # \S differs between the two (Python counts U+001C-U+001F and U+0085 as
+    # whitespace, ECMA counts U+FEFF), so the class lists Python's own set.
+    # U+3000 is the last code point Python calls whitespace.
+    spaces = "".join(f"\\u{ord(char):04x}" for char in map(chr, range(0x3001)) if char.isspace())
+    return f"[^{spaces}]"
+
+
+TEXT_PATTERN = _contains_non_whitespace_pattern()
+
+
+def json_schema_pattern(python_pattern: str) -> str:
+    """Return a \\A...\\Z pattern as the ^...$ that JSON Schema (ECMA-262) understands."""
+    # Without the m flag, ECMA's ^ and $ match only at the very ends, as \A and \Z do in Python.
+    return "^" + python_pattern.removeprefix(r"\A").removesuffix(r"\Z") + "$"
 
 
 def valid_room(room: str | None) -> bool:
@@ -22,15 +45,28 @@ class MessageIn(Schema):
     class Meta:
         unknown = RAISE
 
-    room = fields.String(required=True, validate=validate.Regexp(ROOM_PATTERN, error=f"room must be {ROOM_RULE}"))
-    text = fields.String(required=True)
+    room = fields.String(required=True, validate=validate.Regexp(ROOM_PATTERN, error=f"room must be {ROOM_RULE}"),
+                         metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+    text = fields.String(required=True, metadata={
+        "minLength": 1, "pattern": TEXT_PATTERN,
+        "description": "Any Unicode text with at least one non-whitespace character (no lone surrogates)",
+    })
     event = fields.String(
-        load_default="message", validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}")
+        load_default="message",
+        validate=validate.Regexp(EVENT_PATTERN, error=f"event must be {EVENT_RULE}"),
+        metadata={"pattern": json_schema_pattern(EVENT_PATTERN), "not": {"enum": sorted(RESERVED_EVENTS)}},
     )
+
+    @validates("event")
+    def _check_event(self, event: str, **_: object) -> None:
+        if event in RESERVED_EVENTS:
+            raise ValidationError(f"event {event!r} is reserved for the server's own events")
 
     def __init__(self, *, max_text_chars: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.max_text_chars = max_text_chars
+        # Per instance: the OpenAPI document states the limit this server runs with.
+        self.fields["text"].metadata["maxLength"] = max_text_chars
 
     @validates("text")
     def _check_text(self, text: str, **_: object) -> None:
@@ -47,8 +83,49 @@ class MessageIn(Schema):
 class MessageOut(Schema):
     """A stored message as returned by the API (documentation of the shape)."""
 
-    id = fields.String(dump_only=True)
-    room = fields.String(dump_only=True)
-    text = fields.String(dump_only=True)
-    event = fields.String(dump_only=True)
-    createdAt = fields.String(dump_only=True)
+    id = fields.String(dump_only=True, required=True)
+    room = fields.String(dump_only=True, required=True)
+    text = fields.String(dump_only=True, required=True)
+    event = fields.String(dump_only=True, required=True)
+    createdAt = fields.String(dump_only=True, required=True, metadata={"format": "date-time"})
+
+
+# -- Documentation schemas: the shapes /openapi.json describes (the views build these by hand) --
+
+class ErrorOut(Schema):
+    """Every 4xx/5xx body (app.errors)."""
+
+    code = fields.Integer(required=True, metadata={"example": 422})
+    status = fields.String(required=True, metadata={"example": "Unprocessable Entity"})
+    message = fields.String(required=True)
+    errors = fields.Dict(required=True, metadata={"description": "Field name to list of problems; may be empty"})
+
+
+class HistoryOut(Schema):
+    """The body of ``GET /messages/history``."""
+
+    room = fields.String(required=True)
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+    reset = fields.String(required=True, allow_none=True,
+                          metadata={"description": "Why `after` was not found (the page starts at the oldest)"})
+    hasMore = fields.Boolean(required=True)
+
+
+class RoomQuery(Schema):
+    """The room every read names in its query string."""
+
+    room = fields.String(required=True, metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+
+
+class StreamQuery(RoomQuery):
+    """The query string of ``GET /messages`` (the SSE stream)."""
+
+    lastEventId = fields.String(validate=validate.Length(max=256), metadata={
+        "description": "Resume after this id; the Last-Event-ID header wins when both are sent"})
+
+
+class HistoryQuery(RoomQuery):
+    """The query string of ``GET /messages/history``."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    after = fields.String(validate=validate.Length(max=256), metadata={"description": "Start after this id"})

@@ -40,8 +40,6 @@ from .tailer import Tailer
 log = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE_COMMENT = b": store unavailable, reconnect later\n\n"
-# How long a joining stream waits for its worker's tailer to fix its start point.
-TAILER_START_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +72,6 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
             subscription = hub.subscribe(room)
             try:
                 try:
-                    if not tailer.wait_following(TAILER_START_WAIT_SECONDS):
-                        raise StoreUnavailable("the tailer could not start following the store")
                     chunk, count, last_id, cut_id = _catch_up(store, room, last_id)
                 except StoreUnavailable:
                     STORE_ERRORS.labels("stream").inc()

@@ -26,22 +26,31 @@ log = logging.getLogger(__name__)
 class Tailer:
     """Follows the store in a greenlet and publishes to the hub."""
 
-    def __init__(self, store: MessageStore, hub: Hub, *, backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
+    def __init__(self, store: MessageStore, hub: Hub, *,
+                 backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
         self.store = store
         self.hub = hub
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.wakeup = gevent.event.Event()
-        # Set once the feed's start point is fixed; a stream reads its backlog
-        # only after that, or a message committed between its backlog read
-        # and the tailer's start would be in neither.
-        self.following = gevent.event.Event()
         self.restarts = 0
-        self.last_id: str | None = None
+        self.last_id: str | None = None  # None once started: from the oldest message
+        self._started = False
+        self._lost = False
         self._greenlet: gevent.Greenlet | None = None
 
     def ensure_running(self) -> None:
+        """Start following, from the newest message now, unless already started.
+
+        The start point is fixed here, before the caller reads any backlog, and
+        kept across restarts: everything committed after it is delivered live,
+        everything before it is in the backlog of whoever joins. Raises
+        StoreUnavailable if the store cannot say where it ends.
+        """
         if self._greenlet is None or self._greenlet.dead:
+            if not self._started:
+                self.last_id = self.store.newest_id()
+                self._started = True
             self._greenlet = gevent.spawn(self._run)
 
     def poke(self) -> None:
@@ -53,11 +62,6 @@ class Tailer:
             self._greenlet.kill(block=False)
             self._greenlet = None
 
-    def wait_following(self, timeout: float) -> bool:
-        """Wait until the feed's start point is fixed; False if it is not within ``timeout``."""
-        self.ensure_running()
-        return self.following.wait(timeout)
-
     def position_of(self, message_id: str) -> int | None:
         """Return the position of an id, or None if the tailer has not read it yet."""
         return self.store.position_of(message_id)
@@ -66,18 +70,21 @@ class Tailer:
         delay = self.backoff_initial
         while True:
             try:
+                if self._lost:
+                    # Start again from the newest message *before* telling the
+                    # streams: what they re-read covers everything up to it.
+                    self.last_id = self.store.newest_id()
+                    self._lost = False
+                    self.hub.resync_all()
                 for batch in self.store.follow(self.last_id, self.wakeup):
                     delay = self.backoff_initial
-                    self.following.set()
                     if batch:
                         self.last_id = batch[-1][1].id
                         self.hub.publish(batch)
             except PositionLost as exc:
                 log.warning("tailer lost its place (%s); streams re-read from the store", exc)
                 self._count_restart()
-                self.last_id = None
-                self.following.clear()  # the streams' re-reads wait for the new start point
-                self.hub.resync_all()
+                self._lost = True
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)
                 STORE_ERRORS.labels("tailer").inc()

@@ -1,7 +1,7 @@
 """MongoDB faults: capped wrap (6), failover during getMore and insert (8), outage and recovery (2).
 
 Real gunicorn with gevent workers and real PyMongo talk over the wire to a
-capped collection served by MockupDB (tests/support/fake_capped.py), which
+capped collection served by MockupDB (tests/support/wire_capped.py), which
 injects each fault: a hang-up (connection reset) or an error reply such as
 NotWritablePrimary, before or after applying the command. No MongoDB server
 runs here; these prove the client-side behaviour against MongoDB's wire
@@ -19,9 +19,9 @@ from bson import ObjectId
 
 from tests.support.capped_wrap import assert_reset_then_window, resume_after_wrap
 from tests.support.eventsource import EventSourceClient
-from tests.support.fake_capped import NOT_WRITABLE_PRIMARY, FakeCappedCollection, Fault
 from tests.support.faults import metric, wait_until
 from tests.support.mongo_live import follow_while, has_everything_stored, stored_ids
+from tests.support.wire_capped import NOT_WRITABLE_PRIMARY, FakeCappedCollection, Fault
 
 ROOMS = ["mongo-a", "mongo-b"]
 

@@ -4,15 +4,17 @@
 (TypeError), and after that, ``Cursor.try_next()`` does not exist on a
 PyMongo cursor (AttributeError; only change streams have it). The tailer
 caught both as crashes and restarted for ever, with backoff: streams on the
-MongoDB store got their backlog and heartbeats, and nothing live.
+MongoDB store got their backlog and heartbeats, and nothing live. (Found
+here and, independently, on main in db66aa4, whose fix is the one kept;
+this test drives it through live gunicorn.)
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.support.fake_capped import FakeCappedCollection
 from tests.support.faults import metric
 from tests.support.mongo_live import follow_while, has_everything_stored, stored_ids
+from tests.support.wire_capped import FakeCappedCollection
 
 
 @pytest.mark.slow

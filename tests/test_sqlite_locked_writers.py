@@ -1,10 +1,10 @@
 """Regression: writers queued behind a locked SQLite file waited their turn for the busy timeout each.
 
 With the file locked by another process, every write waits out the 2 s
-busy timeout, and this process's writers took turns doing so: the n-th
-concurrent publisher got its 503 only after n x 2 s (over 30 s with 16
-publishers in the live outage test). Each now waits at most the busy
-timeout for the process's writer and the busy timeout for the file.
+busy timeout, and this worker's writes take turns (one writer thread): the
+n-th concurrent publisher got its 503 only after n x 2 s (over 30 s with 16
+publishers in the live outage test). A write now gives up when it has
+waited the busy timeout for its turn, so each answers within about twice it.
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Regression: a message committed between a stream's backlog read and its tailer's start was lost.
 
-A worker's tailer starts lazily, at its first stream, and then follows the
-store from the newest message *at that moment*. The joining stream read its
-backlog before the tailer had fixed that point, so a message another worker
-committed in between was neither in the backlog nor in the live feed: lost
-for that stream (and for every stream joining while it happened; the same
-after a tailer restart that starts over from the newest). It showed up as
+A worker's tailer starts lazily, at its first stream, and followed the
+store from the newest message *at the moment its greenlet ran*. The joining
+stream read its backlog before that, so a message another worker committed
+in between was neither in the backlog nor in the live feed. It showed up as
 about one run in four of the MongoDB live test losing its first message.
-Streams now read their backlog only once the tailer's start point is fixed.
+(Main fixed it in e52e619 by fixing the start point in ensure_running();
+this test pins the behaviour with a write that lands just as the tailer's
+feed starts.)
 """
 from __future__ import annotations
 

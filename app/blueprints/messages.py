@@ -64,8 +64,7 @@ def publish() -> tuple[Response, int]:
     finally:
         PUBLISH_LATENCY.observe(time.perf_counter() - started)
     MESSAGES_PUBLISHED.inc()
-    svc.tailer.ensure_running()
-    svc.tailer.poke()
+    svc.tailer.poke()  # streams of this worker see it now, not at the next poll
     return jsonify(message.to_json()), 201
 
 
@@ -78,10 +77,14 @@ def stream() -> Response:
     last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     if last_id is not None and len(last_id) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"Last-Event-ID must be at most {MAX_LAST_EVENT_ID} characters")
+    try:
+        svc.tailer.ensure_running()  # fixes where live delivery starts, before any backlog read
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc, "stream") from None
+    # Taken last: from here on, only closing the response gives the slot back.
     if not svc.slots.acquire():
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
-    svc.tailer.ensure_running()
     body = message_stream(
         room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
         settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms,

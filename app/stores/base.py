@@ -7,9 +7,7 @@ store itself committed them in) and offers three things:
 * ``read_room``: a room's messages after a given id, in store order, or a
   ``reset_reason`` when that id is no longer (or never was) in the window;
 * ``follow``: an endless feed of new messages in store order, for the one
-  tailer each worker runs. Its first batch is empty and says "the start
-  point is fixed": everything committed after that moment will be in the
-  feed, so a stream that reads its backlog after it misses nothing. Each message in the feed carries a *position*, an
+  tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, so a stream can tell which live events
   it already sent from its backlog.
 """
@@ -75,7 +73,11 @@ class MessageStore(Protocol):
 
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
 
-    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]: ...
+    def newest_id(self) -> str | None:
+        """Return the id of the newest message in the window, or None if it is empty."""
+
+    def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
+        """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order."""
 
     def position_of(self, message_id: str) -> int | None:
         """Return the position of an id, or None if this worker's follower has not read it yet."""

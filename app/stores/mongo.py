@@ -19,7 +19,12 @@ Failures, and what each becomes:
   from the last document read, sleeping with a growing delay between tries
   so an empty collection is never polled in a busy loop;
 * ``CappedPositionLost`` or the last document no longer found -> PositionLost
-  (streams re-read from the store and get ``reset`` if they fell out);
+  (streams re-read from the store and get ``reset`` if they fell out).
+  PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
+  from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
+  False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
+  up here as a dead cursor whose reopening cannot find ``last`` again; the
+  explicit error-code branches below stay for a driver that does raise them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
   with backoff from the last message it delivered).
 """
@@ -29,7 +34,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import gevent
 import gevent.event
@@ -50,6 +55,7 @@ from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured,
 log = logging.getLogger(__name__)
 
 CAPPED_POSITION_LOST = 136
+NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
 
@@ -91,7 +97,12 @@ class MongoStore:
                 database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
                 log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
             except CollectionInvalid:
-                pass  # it exists (perhaps another worker made it a moment ago)
+                pass  # it exists
+            except OperationFailure as exc:
+                # Another worker created it between our existence check and our
+                # create: the options check below still decides.
+                if exc.code != NAMESPACE_EXISTS:
+                    raise
             options = self.collection.options()
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
@@ -123,7 +134,7 @@ class MongoStore:
     def append(self, room: str, text: str, event: str) -> Message:
         """Insert a message; a retry after a lost reply never stores it twice."""
         self.prepare()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
         doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
@@ -184,20 +195,25 @@ class MongoStore:
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB ping failed: {exc}") from exc
 
+    def newest_id(self) -> str | None:
+        self.prepare()
+        try:
+            newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
+        return None if newest is None else str(newest["_id"])
+
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
-        """Yield new documents in natural order, forever, after ``after_id`` (or after the newest)."""
+        """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""
         try:
             self.prepare()
             if after_id is None:
-                newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
-                last = newest["_id"] if newest else None
+                last = None  # the whole window
             elif ObjectId.is_valid(after_id):
                 last = ObjectId(after_id)
             else:
                 raise PositionLost(f"{after_id!r} is not from this store")
-            # Fixed: the cursor below walks to `last` and delivers all after it.
-            yield []
             wait = self.dead_cursor_wait[0]
             while True:
                 for doc in self._tail_after(last):
@@ -217,17 +233,17 @@ class MongoStore:
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
         """Yield the documents after ``last`` from one tailable cursor, until it dies."""
-        # max_await_time_ms is a Cursor method, not a find() argument.
-        cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(
-            self.await_ms
-        )
+        # max_await_time_ms is a cursor setting (sent as getMore's maxTimeMS),
+        # not an argument of find().
+        cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT)
+        cursor.max_await_time_ms(self.await_ms)
         found = last is None
         try:
             while cursor.alive:
                 try:
-                    # PyMongo's Cursor has no try_next() (only change streams do);
-                    # a tailable cursor raises StopIteration when a getMore
-                    # comes back empty, while it stays alive.
+                    # Cursor has no try_next() (only CommandCursor does); next()
+                    # raises StopIteration when an awaitData getMore came back
+                    # empty while the cursor is still alive.
                     doc = next(cursor, None)
                 except OperationFailure as exc:
                     if exc.code in CURSOR_GONE:

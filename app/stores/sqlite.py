@@ -12,9 +12,12 @@ instead of silently skipping everything up to its seq.
 Bound: like a MongoDB capped collection, the oldest messages are evicted once
 there are more than ``max_messages`` or their sizes add up past ``max_bytes``.
 
-Writes run in gevent's thread pool, so a locked or unwritable file delays the
-publisher that hit it, never the heartbeats of the worker's other streams.
-Reads are short indexed queries and run in place.
+Writes run on one native thread of their own (a gevent ThreadPool of size
+one), so a locked or unwritable file delays the publishers waiting on it, never
+the heartbeats of the worker's other streams; one thread also serialises them
+without a lock (a threading.Lock is a gevent lock once the worker is patched,
+and blocking on it from a native thread deadlocks). Reads are short indexed
+queries and run in place.
 """
 from __future__ import annotations
 
@@ -25,11 +28,10 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-import gevent
 import gevent.event
-from gevent.monkey import get_original
+from gevent.threadpool import ThreadPool
 
 from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable
 
@@ -53,12 +55,8 @@ _ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
 # overhead close to the BSON framing MongoDB counts for the same document.
 _OVERHEAD_BYTES = 64
 _FEED_BATCH = 1000
-# The writer lock is taken in gevent's pool threads, which are real threads:
-# it must be the interpreter's own lock, not the cooperative one that
-# monkey-patching puts in `threading` (made for greenlets of one thread).
-_native_lock = get_original("_thread", "allocate_lock")
-# How long one write may wait for the file's write lock (SQLite's busy
-# timeout), and as long again for this process's own writer.
+# How long a write may wait for the file's write lock (SQLite's busy
+# timeout), and as long again for its turn on this worker's writer thread.
 _WRITE_BUSY_MS = 2000
 
 
@@ -70,7 +68,7 @@ class SQLiteStore:
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.poll_interval = poll_interval
-        self._write_lock = _native_lock()
+        self._write_pool: ThreadPool | None = None  # made on first write: after the fork
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self.epoch = self._initialise()
@@ -125,18 +123,26 @@ class SQLiteStore:
 
     def _message(self, row: tuple) -> Message:
         seq, room, text, event, created_ms = row
-        created = datetime.fromtimestamp(created_ms / 1000, tz=timezone.utc)
+        created = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
         return Message(id=self._make_id(seq), room=room, text=text, event=event, created_at=created)
 
     # -- writing -------------------------------------------------------------
     def append(self, room: str, text: str, event: str) -> Message:
         """Store a message, evicting the oldest beyond the bound, and return it."""
-        outcome = gevent.get_hub().threadpool.apply(self._append_or_failure, (room, text, event))
+        if self._write_pool is None:
+            self._write_pool = ThreadPool(1)
+        outcome = self._write_pool.apply(self._append_or_failure, (room, text, event, time.monotonic()))
         if isinstance(outcome, StoreUnavailable):
             raise outcome  # raised here, not in the pool thread, where gevent would print a traceback
         return outcome
 
-    def _append_or_failure(self, room: str, text: str, event: str) -> Message | StoreUnavailable:
+    def _append_or_failure(self, room: str, text: str, event: str, queued_at: float) -> Message | StoreUnavailable:
+        # Writes take turns on one thread. While the file is locked each one
+        # waits out the busy timeout, so without this check the n-th of n
+        # concurrent publishers would get its 503 only after n busy timeouts.
+        if time.monotonic() - queued_at > _WRITE_BUSY_MS / 1000:
+            return StoreUnavailable("SQLite write failed: waited too long for this worker's writer "
+                                    "(is the file locked?)")
         try:
             return self._append_blocking(room, text, event)
         except StoreUnavailable as exc:
@@ -145,38 +151,32 @@ class SQLiteStore:
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
         size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
         created_ms = int(time.time() * 1000)
-        # Waiting for our own writer is bounded too: when the file is locked,
-        # every write in turn waits out the busy timeout, and an unbounded
-        # queue of publishers would wait publishers x timeout for their 503.
-        if not self._write_lock.acquire(timeout=_WRITE_BUSY_MS / 1000):
-            raise StoreUnavailable("SQLite write failed: this worker's writer stayed busy (is the file locked?)")
         try:
+            if self._writer is None:
+                self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._writer is None:
-                    self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
-                conn = self._writer
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    seq = conn.execute(
-                        "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
-                        (room, text, event, created_ms, size),
-                    ).lastrowid
-                    self._evict(conn, size)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                self._drop_writer()
-                raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
-        finally:
-            self._write_lock.release()
+                seq = conn.execute(
+                    "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
+                    (room, text, event, created_ms, size),
+                ).lastrowid
+                self._evict(conn, size)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._drop_writer()
+            raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
         return self._message((seq, room, text, event, created_ms))
 
     def _evict(self, conn: sqlite3.Connection, added_size: int) -> None:
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added_size,))
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'count'")
-        total, count = (row[0] for row in conn.execute("SELECT value FROM meta WHERE key IN ('bytes', 'count') ORDER BY key"))
+        total, count = (
+            row[0] for row in conn.execute("SELECT value FROM meta WHERE key IN ('bytes', 'count') ORDER BY key")
+        )
         while count > self.max_messages or total > self.max_bytes:
             (freed,) = conn.execute(
                 "DELETE FROM messages WHERE seq = (SELECT min(seq) FROM messages) RETURNING size"
@@ -235,16 +235,16 @@ class SQLiteStore:
     def ping(self) -> None:
         self._query("SELECT 1")
 
+    def newest_id(self) -> str | None:
+        (newest,) = self._query("SELECT max(seq) FROM messages")[0]
+        return None if newest is None else self._make_id(newest)
+
     # -- following -----------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
-        """Yield new messages in seq order, polling the file and waking early on ``wakeup``."""
-        if after_id is None:
-            (last,) = self._query("SELECT coalesce(max(seq), 0) FROM messages")[0]
-        else:
-            last = self._seq_of(after_id)
-            if last is None:
-                raise PositionLost(f"{after_id!r} is not from this store")
-        yield []  # the start point is fixed (see MessageStore.follow)
+        """Yield messages after ``after_id`` in seq order, polling the file and waking early on ``wakeup``."""
+        last = 0 if after_id is None else self._seq_of(after_id)
+        if last is None:
+            raise PositionLost(f"{after_id!r} is not from this store")
         seen_version = None
         while True:
             # data_version changes whenever another connection commits: a
@@ -256,7 +256,9 @@ class SQLiteStore:
                     f"SELECT {_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT {_FEED_BATCH}", (last,)
                 )
                 if rows and rows[0][0] != last + 1:
-                    raise PositionLost(f"messages {last + 1}..{rows[0][0] - 1} were evicted before this worker read them")
+                    raise PositionLost(
+                        f"messages {last + 1}..{rows[0][0] - 1} were evicted before this worker read them"
+                    )
                 if rows:
                     last = rows[-1][0]
                     yield [(row[0], self._message(row)) for row in rows]
@@ -267,6 +269,9 @@ class SQLiteStore:
             wakeup.clear()
 
     def close(self) -> None:
+        if self._write_pool is not None:
+            self._write_pool.kill()
+            self._write_pool = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()

@@ -1,20 +1,15 @@
-"""A capped collection served over MongoDB's wire protocol by MockupDB, with faults on demand.
+"""A capped collection played by MockupDB handlers: a test double for MongoDB, not MongoDB.
 
-Real PyMongo talks to it; it answers the commands MongoStore sends (hello,
-ping, create, listCollections, find -- plain and tailable --, getMore,
-insert, killCursors, endSessions) the way a one-member replica set would,
-including the parts the fault tests lean on:
+It answers the handful of commands MongoStore sends (listCollections, create,
+insert, find, getMore, killCursors, ping) from a Python list kept in insertion
+order, the way a capped collection keeps natural order, and evicts the oldest
+documents past ``max_messages``. Tailable cursors remember the record they
+stopped at, as the server does: if that record was evicted, getMore fails with
+CappedPositionLost (136). Faults for the next getMore can be queued.
 
-* capped eviction, and ``CappedPositionLost`` (136) for a tailable cursor
-  whose last document was evicted;
-* retryable writes: an insert repeated with the same ``lsid``/``txnNumber``
-  is acknowledged without being applied twice, and a second insert of the
-  same ``_id`` is a duplicate key error (11000), as MongoDB does;
-* one-shot faults: hang up, or answer an error, on the next matching
-  command -- optionally after applying it (the reply is what gets lost).
-
-It is a stand-in for a server for these tests, not a MongoDB: no query
-language beyond an equality filter on ``room``, no indexes, one collection.
+What it does not do: sizes in bytes, indexes, filters other than equality on
+``room``, sessions, replication. Anything it is not asked to answer falls
+through to the test's own ``receives()``.
 """
 from __future__ import annotations
 
@@ -22,180 +17,127 @@ import itertools
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from mockupdb import MockupDB
 
-NOT_WRITABLE_PRIMARY = 10107
-CAPPED_POSITION_LOST = 136
-DUPLICATE_KEY = 11000
-
-
-@dataclass
-class Fault:
-    """What to do to the next command called ``command``."""
-
-    command: str
-    action: str  # "hangup" or "error"
-    code: int = 0
-    apply_first: bool = False  # apply the command, then lose the reply
-
 
 class FakeCappedCollection:
-    """The documents and cursors of one capped collection, served by a MockupDB."""
+    """One capped collection, served by ``server`` until it stops."""
 
-    def __init__(self, max_messages: int, name: str = "messages", set_name: str = "rs0") -> None:
+    def __init__(self, server: MockupDB, *, database: str = "sse", name: str = "messages",
+                 max_messages: int = 1000) -> None:
+        self.ns = f"{database}.{name}"
         self.name = name
         self.max_messages = max_messages
-        self.set_name = set_name
-        self.docs: deque[tuple[int, dict]] = deque()  # (natural position, document)
-        self.seq = itertools.count(1)
-        self.cursors: dict[int, int] = {}  # cursor id -> natural position of the last document returned
-        self.cursor_ids = itertools.count(1000)
-        self.txns: set[tuple[bytes, int]] = set()
-        self.faults: list[Fault] = []
-        self.commands: list[str] = []  # every command name received, in order
-        self.inserted: list = []  # _id of every document actually inserted
-        self.lock = threading.Lock()
-        self.server: MockupDB | None = None
+        self._records: list[tuple[int, dict]] = []  # (record id, document), natural order
+        self._record_ids = itertools.count(1)
+        self._cursor_ids = itertools.count(1000)
+        self._cursors: dict[int, int] = {}  # cursor id -> last record id returned (0: none yet)
+        self._changed = threading.Condition()
+        self._getmore_faults: deque[Callable] = deque()
+        self.tail_finds: list[float] = []  # monotonic time of each tailable find
+        self.getmore_faults_fired = 0
+        server.autoresponds(self._handle)
 
-    # -- serving ---------------------------------------------------------------
-    def start(self, port: int | None = None) -> MockupDB:
-        """Serve the collection (again) on ``port``, or on a free port."""
-        self.server = MockupDB(port=port, request_timeout=int(1e6))
-        self.server.autoresponds(self._handle)
-        self.server.run()
-        return self.server
+    # -- what a test does to the collection ------------------------------------
+    def add(self, *documents: dict) -> None:
+        """Insert documents (as another process would) and wake waiting getMores."""
+        with self._changed:
+            for document in documents:
+                self._records.append((next(self._record_ids), document))
+            del self._records[:max(0, len(self._records) - self.max_messages)]
+            self._changed.notify_all()
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+    def evict(self, count: int) -> None:
+        """Drop the oldest ``count`` documents, as a capped collection does when it wraps."""
+        with self._changed:
+            del self._records[:count]
 
-    def uri(self, **options: str) -> str:
-        query = "&".join(f"{key}={value}" for key, value in {"replicaSet": self.set_name, **options}.items())
-        return f"mongodb://{self.server.address_string}/?{query}"
+    @property
+    def documents(self) -> list[dict]:
+        with self._changed:
+            return [document for _, document in self._records]
 
-    def inject(self, fault: Fault) -> None:
-        with self.lock:
-            self.faults.append(fault)
+    def fail_next_getmore(self, fault: Callable) -> None:
+        """Answer the next getMore with ``fault(request)`` (e.g. ``lambda r: r.hangup()``)."""
+        self._getmore_faults.append(fault)
 
-    def _take_fault(self, command: str) -> Fault | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault.command == command:
-                    self.faults.remove(fault)
-                    return fault
-        return None
-
+    # -- the wire ---------------------------------------------------------------
     def _handle(self, request) -> bool:
-        command = request.command_name
-        name = command.lower() if command else ""
-        self.commands.append(command)
-        fault = self._take_fault(command) if command else None
-        if fault is not None and not fault.apply_first:
-            return self._fail(request, fault)
-        reply = getattr(self, f"_on_{name}", self._on_unknown)(request)
-        if fault is not None:
-            return self._fail(request, fault)
-        if isinstance(reply, tuple):  # (code, message): a command error
-            return request.command_err(reply[0], reply[1])
-        return request.replies(reply)
+        name = request.command_name
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is None or name in ("find", "insert", "create") and request[name] != self.name:
+            return False  # not ours: the next responder or the test's receives() answers it
+        return handler(request)
 
-    @staticmethod
-    def _fail(request, fault: Fault) -> bool:
-        if fault.action == "hangup":
-            return request.hangup()
-        return request.command_err(fault.code, f"injected fault {fault.code}")
+    def _on_ping(self, request) -> bool:
+        return request.ok()
 
-    def insert_directly(self, docs: list[dict]) -> None:
-        """Append documents as another writer would (no wire round trip), evicting as capped does."""
-        with self.lock:
-            for doc in docs:
-                self.docs.append((next(self.seq), doc))
-                self.inserted.append(doc["_id"])
-            while len(self.docs) > self.max_messages:
-                self.docs.popleft()
+    def _on_listCollections(self, request) -> bool:  # noqa: N802 -- the command's name
+        entry = {"name": self.name, "type": "collection", "options": {"capped": True, "max": self.max_messages}}
+        return request.ok(cursor={"id": 0, "ns": f"{self.ns.split('.')[0]}.$cmd.listCollections",
+                                  "firstBatch": [entry]})
 
-    # -- commands --------------------------------------------------------------
-    def _hello(self, request) -> dict:
-        return {
-            "ismaster": True, "isWritablePrimary": True, "secondary": False,
-            "setName": self.set_name, "hosts": [self.server.address_string], "me": self.server.address_string,
-            "primary": self.server.address_string, "setVersion": 1,
-            "electionId": __import__("bson").ObjectId("7fffffff0000000000000001"),
-            "minWireVersion": 0, "maxWireVersion": 17, "logicalSessionTimeoutMinutes": 30,
-            "maxBsonObjectSize": 16 * 2**20, "maxMessageSizeBytes": 48 * 2**20, "maxWriteBatchSize": 100_000,
-        }
+    def _on_create(self, request) -> bool:
+        return request.command_err(code=48, errmsg=f"Collection {self.ns} already exists.", codeName="NamespaceExists")
 
-    _on_hello = _on_ismaster = _hello
+    def _on_insert(self, request) -> bool:
+        with self._changed:
+            known = {document["_id"] for _, document in self._records}
+        fresh = [document for document in request["documents"] if document["_id"] not in known]
+        self.add(*fresh)
+        if len(fresh) < len(request["documents"]):
+            return request.ok(n=len(fresh), writeErrors=[{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}])
+        return request.ok(n=len(fresh))
 
-    def _on_ping(self, request) -> dict:
-        return {}
+    def _on_killCursors(self, request) -> bool:  # noqa: N802 -- the command's name
+        with self._changed:
+            for cursor_id in request["cursors"]:
+                self._cursors.pop(cursor_id, None)
+        return request.ok(cursorsKilled=request["cursors"])
 
-    _on_endsessions = _on_killcursors = _on_ping
+    def _on_find(self, request) -> bool:
+        with self._changed:
+            records = list(self._records)
+        if request.doc.get("tailable"):
+            self.tail_finds.append(time.monotonic())
+            if not records:
+                return request.ok(cursor={"id": 0, "ns": self.ns, "firstBatch": []})  # dead at start
+            cursor_id = next(self._cursor_ids)
+            with self._changed:
+                self._cursors[cursor_id] = records[-1][0]
+            return request.ok(cursor={"id": cursor_id, "ns": self.ns, "firstBatch": [d for _, d in records]})
+        room = request["filter"].get("room")
+        documents = [d for _, d in records if room is None or d["room"] == room]
+        if request.doc.get("sort", {}).get("$natural") == -1:
+            documents.reverse()
+        if request.doc.get("limit"):
+            documents = documents[:request["limit"]]
+        return request.ok(cursor={"id": 0, "ns": self.ns, "firstBatch": documents})
 
-    def _on_create(self, request) -> dict:
-        return {}
-
-    def _on_listcollections(self, request) -> dict:
-        options = {"capped": True, "size": 10**9, "max": self.max_messages}
-        batch = [{"name": self.name, "type": "collection", "options": options}]
-        return {"cursor": {"id": 0, "ns": f"{request.namespace}.$cmd.listCollections", "firstBatch": batch}}
-
-    def _on_insert(self, request) -> dict | tuple:
-        txn = (request.doc["lsid"]["id"], request.doc["txnNumber"]) if "txnNumber" in request.doc else None
-        with self.lock:
-            if txn is not None and txn in self.txns:
-                return {"n": 1}  # a retry of a write already applied: acknowledge, apply nothing
-            ids = {doc["_id"] for _, doc in self.docs}
-            for doc in request.doc["documents"]:
-                if doc["_id"] in ids:
-                    return {"n": 0, "writeErrors": [{"index": 0, "code": DUPLICATE_KEY,
-                                                     "errmsg": f"E11000 duplicate key: {doc['_id']}"}]}
-                self.docs.append((next(self.seq), doc))
-                self.inserted.append(doc["_id"])
-                while len(self.docs) > self.max_messages:
-                    self.docs.popleft()
-            if txn is not None:
-                self.txns.add(txn)
-        return {"n": len(request.doc["documents"])}
-
-    def _on_find(self, request) -> dict | tuple:
-        spec = request.doc
-        ns = f"{request.namespace}.{self.name}"
-        with self.lock:
-            docs = list(self.docs)
-        descending = spec.get("sort", {}).get("$natural") == -1
-        if descending:
-            docs.reverse()
-        wanted = spec.get("filter", {})
-        docs = [(position, doc) for position, doc in docs
-                if all(doc.get(key) == value for key, value in wanted.items())]
-        if spec.get("limit"):
-            docs = docs[:spec["limit"]]
-        if spec.get("tailable"):
-            cursor_id = next(self.cursor_ids)
-            with self.lock:
-                self.cursors[cursor_id] = docs[-1][0] if docs else 0
-            return {"cursor": {"id": cursor_id, "ns": ns, "firstBatch": [doc for _, doc in docs]}}
-        return {"cursor": {"id": 0, "ns": ns, "firstBatch": [doc for _, doc in docs]}}
-
-    def _on_getmore(self, request) -> dict | tuple:
-        cursor_id = request.doc["getMore"]
-        ns = f"{request.namespace}.{self.name}"
-        with self.lock:
-            last = self.cursors.get(cursor_id)
-            if last is None:
-                return 43, "cursor not found"
-            if last and self.docs and self.docs[0][0] > last + 1 and last not in {p for p, _ in self.docs}:
-                del self.cursors[cursor_id]
-                return CAPPED_POSITION_LOST, "CollectionScan died due to position in capped collection being deleted"
-            batch = [(position, doc) for position, doc in self.docs if position > last]
+    def _on_getMore(self, request) -> bool:  # noqa: N802 -- the command's name
+        if self._getmore_faults:
+            self.getmore_faults_fired += 1
+            return self._getmore_faults.popleft()(request)
+        cursor_id = request["getMore"]
+        deadline = time.monotonic() + request.doc.get("maxTimeMS", 1000) / 1000
+        with self._changed:
+            if cursor_id not in self._cursors:
+                return request.command_err(code=43, errmsg=f"cursor id {cursor_id} not found",
+                                           codeName="CursorNotFound")
+            while True:
+                last = self._cursors[cursor_id]
+                record_ids = [record_id for record_id, _ in self._records]
+                if last not in record_ids:
+                    del self._cursors[cursor_id]
+                    return request.command_err(code=136, errmsg="CollectionScan died due to position in capped"
+                                               " collection being deleted", codeName="CappedPositionLost")
+                batch = self._records[record_ids.index(last) + 1:]
+                remaining = deadline - time.monotonic()
+                if batch or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
             if batch:
-                self.cursors[cursor_id] = batch[-1][0]
-        if not batch:
-            time.sleep(0.01)  # a short stand-in for awaitData, so an idle tailer does not spin
-        return {"cursor": {"id": cursor_id, "ns": ns, "nextBatch": [doc for _, doc in batch]}}
-
-    def _on_unknown(self, request) -> tuple:
-        return 59, f"no such command in the fake: {request.command_name}"
+                self._cursors[cursor_id] = batch[-1][0]
+        return request.ok(cursor={"id": cursor_id, "ns": self.ns, "nextBatch": [d for _, d in batch]})

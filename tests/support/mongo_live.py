@@ -5,9 +5,9 @@ import asyncio
 from collections.abc import Callable
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.fake_capped import FakeCappedCollection
 from tests.support.faults import wait_until
 from tests.support.live import LiveServer
+from tests.support.wire_capped import FakeCappedCollection
 
 
 def stored_ids(fake: FakeCappedCollection, room: str) -> list[str]:

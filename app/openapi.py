@@ -1,0 +1,156 @@
+"""``GET /openapi.json``: an OpenAPI 3 document built by apispec from our marshmallow schemas.
+
+The document is built once per app from its settings, so it states the limits
+and the access rules this server actually runs with (text length, body size,
+whether publishing needs a token or is rate limited). The schemathesis test
+holds the server to it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Flask, Response, current_app, jsonify
+
+from .config import Settings
+from .schemas import ErrorOut, HistoryOut, HistoryQuery, MessageIn, MessageOut, StreamQuery
+
+bp = Blueprint("openapi", __name__)
+
+OPENAPI_VERSION = "3.0.3"
+SSE_DESCRIPTION = """\
+An endless `text/event-stream` (Server-Sent Events). It opens with a `retry:` line,
+then the room's stored messages after the resume point, then live ones. Each message
+is one event: `id:` is the message id, `event:` its type (left out for `message`),
+and a single `data:` line holds the message JSON (as in the POST reply). A resume id
+that is unknown, evicted or from another room gives `event: reset` (data
+`{"reason": ...}`) followed by the whole stored window. Comment lines (`:`) are
+heartbeats."""
+
+
+def _error(description: str, **headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": "ErrorOut"}}}
+    if headers:
+        response["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                               for name, text in headers.items()}
+    return response
+
+
+_UNAVAILABLE = _error("The message store is unavailable", **{"Retry-After": "Seconds to wait"})
+_QUERY_TOO_LONG = _error("The query string is too long")
+
+
+def _publish(settings: Settings) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "201": {"description": "Stored; the reply is the message as streams will carry it",
+                "content": {"application/json": {"schema": "MessageOut"}}},
+        "400": _error("The body is not valid UTF-8 or not valid JSON"),
+        "413": _error(f"The body is larger than {settings.max_body_bytes} bytes"),
+        "414": _QUERY_TOO_LONG,
+        "415": _error("Content-Type is not application/json"),
+        "422": _error("The JSON is not a valid message (see `errors`)"),
+        "503": _UNAVAILABLE,
+    }
+    operation: dict[str, Any] = {
+        "summary": "Publish a message to a room",
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": MessageIn(max_text_chars=settings.max_text_chars)}}},
+        "responses": responses,
+    }
+    if settings.publish_token:
+        operation["security"] = [{"bearerAuth": []}]
+        responses["401"] = _error("The bearer token is missing or wrong",
+                                  **{"WWW-Authenticate": "The Bearer challenge"})
+    if settings.publish_rate:
+        responses["429"] = _error(f"Too many publishes from this client (limit {settings.publish_rate})",
+                                  **{"Retry-After": "Seconds until the limit resets"})
+    return operation
+
+
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+# Before OpenAPI 3.2 (itemSchema) the schema of a text/event-stream describes
+# one event as {id, event, data, retry}; the JSON in `data` is described with
+# contentMediaType/contentSchema, as OpenAPI 3.2 does.
+SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"description": "A stored message",
+     "type": "object", "required": ["id", "data"],
+     "properties": {"id": {"type": "string", "minLength": 1},
+                    "event": {"type": "string", "not": {"enum": ["reset"]}},
+                    "data": _json_data({"$ref": "#/components/schemas/MessageOut"})}},
+    {"description": "The resume point was not found: the whole stored window follows",
+     "type": "object", "required": ["event", "data"],
+     "properties": {"id": {"type": "string", "maxLength": 0},
+                    "event": {"type": "string", "enum": ["reset"]},
+                    "data": _json_data({"type": "object", "required": ["reason"],
+                                        "properties": {"reason": {"type": "string"}}})}},
+]}
+
+
+def _stream() -> dict[str, Any]:
+    return {
+        "summary": "Follow a room as Server-Sent Events",
+        "parameters": [
+            {"in": "query", "schema": StreamQuery},
+            {"in": "header", "name": "Last-Event-ID", "required": False,
+             "schema": {"type": "string", "maxLength": 256},
+             "description": "Resume after this id (browsers send it on reconnect)"},
+        ],
+        "responses": {
+            "200": {"description": SSE_DESCRIPTION,
+                    "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+            "400": _error("The room is missing or invalid, or Last-Event-ID is too long"),
+            "414": _QUERY_TOO_LONG,
+            "503": _error("This worker holds its maximum number of streams",
+                          **{"Retry-After": "Seconds to wait"}),
+        },
+    }
+
+
+def _history() -> dict[str, Any]:
+    return {
+        "summary": "Read a room's stored messages as JSON, oldest first",
+        "parameters": [{"in": "query", "schema": HistoryQuery}],
+        "responses": {
+            "200": {"description": "A page of messages",
+                    "content": {"application/json": {"schema": HistoryOut}}},
+            "400": _error("The room, limit or after parameter is invalid"),
+            "414": _QUERY_TOO_LONG,
+            "503": _UNAVAILABLE,
+        },
+    }
+
+
+def build_spec(settings: Settings) -> dict[str, Any]:
+    """Return the OpenAPI document for a server running with these settings."""
+    spec = APISpec(
+        title="SSE rooms", version="1", openapi_version=OPENAPI_VERSION, plugins=[MarshmallowPlugin()],
+        info={"description": "Publish messages to rooms over HTTP; follow a room live with Server-Sent Events."},
+    )
+    spec.components.schema("ErrorOut", schema=ErrorOut)
+    spec.components.schema("MessageOut", schema=MessageOut)
+    if settings.publish_token:
+        spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    spec.path(path="/messages", operations={"post": _publish(settings), "get": _stream()})
+    spec.path(path="/messages/history", operations={"get": _history()})
+    spec.path(path="/openapi.json", operations={"get": {
+        "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {
+            "type": "object"}}}}},
+    }})
+    return spec.to_dict()
+
+
+def init_openapi(app: Flask, settings: Settings) -> None:
+    """Build the document for this app and serve it."""
+    app.extensions["openapi"] = build_spec(settings)
+    app.register_blueprint(bp)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(current_app.extensions["openapi"])

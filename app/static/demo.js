@@ -1,0 +1,277 @@
+// The demo page: follow one room with EventSource, send with fetch.
+// No framework and no build step; loaded with `defer`, so the DOM is ready.
+// Message text only ever reaches the page through textContent, never as HTML.
+"use strict";
+
+const DEFAULT_EVENT = "message";
+const MAX_SHOWN = 500; // keeps a long-open tab's memory bounded
+const RETRY_CAP_MS = 30000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  roomForm: $("room-form"),
+  roomInput: $("room-input"),
+  roomError: $("room-error"),
+  roomName: $("room-name"),
+  state: $("state"),
+  toggle: $("toggle"),
+  notice: $("notice"),
+  empty: $("empty"),
+  feed: document.querySelector(".feed"),
+  list: $("messages"),
+  sendForm: $("send-form"),
+  sendButton: document.querySelector("#send-form button[type=submit]"),
+  text: $("text"),
+  eventType: $("event-type"),
+  sendError: $("send-error"),
+};
+const serverRetryMs = Number(document.body.dataset.retryMs) || 3000;
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
+// EventSource hands named events only to listeners registered for that name,
+// so the page listens to the types named in ?types=a,b and to any it sends.
+const listenedTypes = new Set(
+  (new URLSearchParams(location.search).get("types") || "").split(",").map((t) => t.trim()).filter(Boolean),
+);
+
+let current = null; // { room, source, lastEventId, timer, failures }
+
+// -- connection ---------------------------------------------------------------
+
+function follow(room) {
+  close();
+  current = { room, source: null, lastEventId: null, timer: null, failures: 0 };
+  ui.list.replaceChildren();
+  ui.empty.hidden = false;
+  ui.roomName.textContent = `#${room}`;
+  ui.roomInput.value = room;
+  document.title = `#${room} · SSE rooms`;
+  hide(ui.notice);
+  open(current);
+}
+
+function open(follower) {
+  const params = new URLSearchParams({ room: follower.room });
+  // A fresh EventSource forgets the last id; the query parameter carries it.
+  if (follower.lastEventId) params.set("lastEventId", follower.lastEventId);
+  const source = new EventSource(`/messages?${params}`);
+  follower.source = source;
+  setState("connecting");
+  source.onopen = () => {
+    if (follower !== current) return;
+    follower.failures = 0;
+    setState("live");
+  };
+  source.onerror = () => {
+    if (follower !== current) return;
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up for good (an error status, such as a proxy's 502
+      // while the server restarts): retry ourselves, backing off.
+      follower.failures += 1;
+      const delay = Math.min(serverRetryMs * 2 ** (follower.failures - 1), RETRY_CAP_MS);
+      setState("reconnecting", delay);
+      follower.timer = setTimeout(() => open(follower), delay);
+    } else {
+      setState("reconnecting", serverRetryMs); // the browser retries by itself
+    }
+  };
+  source.onmessage = (event) => onMessage(follower, event);
+  source.addEventListener("reset", (event) => onReset(follower, event));
+  for (const type of listenedTypes) listenOn(follower, type);
+}
+
+function listenOn(follower, type) {
+  if (type !== DEFAULT_EVENT && type !== "reset") {
+    follower.source.addEventListener(type, (event) => onMessage(follower, event));
+  }
+}
+
+function listen(type) {
+  if (listenedTypes.has(type)) return;
+  listenedTypes.add(type);
+  if (current && current.source) listenOn(current, type);
+}
+
+function close() {
+  if (!current) return;
+  clearTimeout(current.timer);
+  if (current.source) current.source.close();
+  current.source = null;
+}
+
+function setState(state, delayMs) {
+  const labels = {
+    connecting: "connecting…",
+    live: "live",
+    reconnecting: `reconnecting (retry in ${Math.round(delayMs / 100) / 10} s)`,
+    stopped: "stopped",
+  };
+  ui.state.dataset.state = state;
+  ui.state.textContent = labels[state];
+  ui.toggle.textContent = state === "stopped" ? "Resume" : "Stop";
+}
+
+// -- events -------------------------------------------------------------------
+
+function parse(data) {
+  try {
+    return JSON.parse(data);
+  } catch {
+    return null;
+  }
+}
+
+function onMessage(follower, event) {
+  if (follower !== current) return;
+  const message = parse(event.data);
+  if (!message || message.room !== follower.room) return;
+  follower.lastEventId = event.lastEventId || follower.lastEventId;
+  if (ui.state.dataset.state !== "live") setState("live");
+  show(message);
+}
+
+function onReset(follower, event) {
+  if (follower !== current) return;
+  const data = parse(event.data);
+  if (!data || typeof data.reason !== "string") return;
+  // The server could not resume from our last id; what follows is a full
+  // replay of the room, so start the list again from it.
+  follower.lastEventId = null;
+  ui.list.replaceChildren();
+  ui.empty.hidden = false;
+  ui.notice.textContent = `Some messages were missed (${data.reason}); the list below is rebuilt from what the server still has.`;
+  ui.notice.hidden = false;
+}
+
+function show(message) {
+  const item = document.createElement("li");
+  item.className = "message";
+  item.dataset.id = message.id;
+
+  const time = document.createElement("time");
+  time.dateTime = message.createdAt;
+  const created = new Date(message.createdAt);
+  time.textContent = Number.isNaN(created.getTime()) ? "" : timeFormat.format(created);
+  item.append(time);
+
+  if (message.event && message.event !== DEFAULT_EVENT) {
+    const type = document.createElement("span");
+    type.className = "type";
+    type.textContent = message.event;
+    item.append(type);
+  }
+
+  const text = document.createElement("p");
+  text.className = "text";
+  text.textContent = message.text;
+  item.append(text);
+
+  const atBottom = ui.feed.scrollHeight - ui.feed.scrollTop - ui.feed.clientHeight < 40;
+  ui.list.append(item);
+  while (ui.list.childElementCount > MAX_SHOWN) ui.list.firstElementChild.remove();
+  ui.empty.hidden = true;
+  if (atBottom) ui.feed.scrollTop = ui.feed.scrollHeight;
+}
+
+// -- sending ------------------------------------------------------------------
+
+async function send() {
+  const body = { room: current.room, text: ui.text.value };
+  const type = ui.eventType.value.trim();
+  if (type) {
+    body.event = type;
+    listen(type); // before sending: the event can arrive before the reply
+  }
+  ui.sendButton.disabled = true;
+  try {
+    const reply = await fetch("/messages", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (reply.ok) {
+      ui.text.value = "";
+      hide(ui.sendError);
+    } else {
+      showError(ui.sendError, await describeError(reply));
+    }
+  } catch {
+    showError(ui.sendError, "Could not reach the server; the message was not sent.");
+  } finally {
+    ui.sendButton.disabled = false;
+    ui.text.focus();
+  }
+}
+
+async function describeError(reply) {
+  const payload = parse(await reply.text());
+  if (!payload || typeof payload.message !== "string") {
+    return `The server answered ${reply.status} ${reply.statusText}.`;
+  }
+  const details = Object.entries(payload.errors || {}).flatMap(([field, messages]) =>
+    [].concat(messages).map((text) => (String(text).startsWith(field) ? String(text) : `${field}: ${text}`)),
+  );
+  return details.length ? details.join(" ") : payload.message;
+}
+
+// -- the page -----------------------------------------------------------------
+
+function showError(element, text) {
+  element.textContent = text;
+  element.hidden = false;
+}
+
+function hide(element) {
+  element.hidden = true;
+  element.textContent = "";
+}
+
+function roomUrl(room) {
+  const url = new URL(location.href);
+  url.searchParams.set("room", room);
+  return url;
+}
+
+ui.roomForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const room = ui.roomInput.value.trim();
+  ui.roomInput.value = room;
+  if (!ui.roomInput.checkValidity()) {
+    showError(ui.roomError, "A room name is 1-64 characters from A-Z a-z 0-9 _ . -");
+    return;
+  }
+  hide(ui.roomError);
+  if (current && room === current.room) return;
+  history.pushState({ room }, "", roomUrl(room));
+  follow(room);
+});
+
+window.addEventListener("popstate", () => {
+  const room = new URLSearchParams(location.search).get("room") || document.body.dataset.room;
+  ui.roomInput.value = room;
+  if (ui.roomInput.checkValidity()) follow(room);
+});
+
+ui.toggle.addEventListener("click", () => {
+  if (ui.state.dataset.state === "stopped") {
+    current.failures = 0;
+    open(current); // resumes after the last message shown
+  } else {
+    close();
+    setState("stopped");
+  }
+});
+
+ui.sendForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send();
+});
+
+ui.text.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.sendForm.requestSubmit();
+  }
+});
+
+follow(document.body.dataset.room);

@@ -1,0 +1,125 @@
+"""Real nginx (Debian's) on a loopback port, running deploy/nginx.conf in front of a LiveServer.
+
+The server block is rendered from deploy/nginx.conf by replacing only its
+DEPLOY: values -- ports, the static path and, where a test asks, the stream's
+read timeout -- so what is tested is what is deployed. The http {} around it
+is the test's own, with every file nginx writes kept in a temp folder.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.live import ROOT, free_port
+
+NGINX = Path(os.environ.get("NGINX", "/usr/sbin/nginx"))
+DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
+
+_HTTP_WRAPPER = """\
+# Written by tests/support/nginx.py: a minimal main context around deploy/nginx.conf.
+{user}worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include {dir}/sse-rooms.conf;
+}}
+"""
+
+
+def render_server_block(*, upstream_port: int, listen_port: int, read_timeout: str = "60s") -> str:
+    """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test."""
+    text = DEPLOY_CONF.read_text()
+    replacements = {
+        "server 127.0.0.1:8080;": f"server 127.0.0.1:{upstream_port};",
+        "listen 80;": f"listen 127.0.0.1:{listen_port};",
+        "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
+        "proxy_read_timeout 60s;": f"proxy_read_timeout {read_timeout};",
+    }
+    for old, new in replacements.items():
+        count = text.count(old)
+        if count != 1:
+            raise AssertionError(f"deploy/nginx.conf must contain {old!r} exactly once, found {count}")
+        text = text.replace(old, new)
+    return text
+
+
+class LiveNginx:
+    """An nginx master in the foreground, with its config and logs in ``directory``."""
+
+    def __init__(self, directory: Path, upstream_port: int, read_timeout: str = "60s") -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.read_timeout = read_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.directory / "nginx.conf"
+
+    def write_config(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "sse-rooms.conf").write_text(
+            render_server_block(upstream_port=self.upstream_port, listen_port=self.port,
+                                read_timeout=self.read_timeout))
+        # As root, nginx would run its worker as "nobody", which cannot enter
+        # pytest's private temp folder; the test's own user can.
+        user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+        self.conf_path.write_text(_HTTP_WRAPPER.format(dir=self.directory, user=user))
+
+    def _command(self, *extra: str) -> list[str]:
+        return [str(NGINX), "-p", str(self.directory), "-c", str(self.conf_path),
+                "-e", str(self.directory / "error.log"), *extra]
+
+    def start(self, timeout: float = 10.0) -> LiveNginx:
+        if not NGINX.is_file():
+            raise RuntimeError(f"{NGINX} missing: install Debian's nginx (make system-deps, as root)")
+        self.write_config()
+        check = subprocess.run(self._command("-t"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx -t rejected the rendered config:\n{check.stderr}")
+        self.process = subprocess.Popen(self._command("-g", "daemon off;"), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nginx did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        """Stop at once (SIGTERM is nginx's fast shutdown; open streams are not waited for)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""

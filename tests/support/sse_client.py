@@ -1,0 +1,65 @@
+"""A test SSE subscriber: real HTTP, parsed by sseclient-py (not our own code)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+import sseclient
+
+
+class StreamReader:
+    """Follow one SSE stream in a background thread, collecting parsed events."""
+
+    def __init__(self, url: str, last_event_id: str | None = None) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self.response = requests.get(url, headers=headers, stream=True, timeout=(5, 30))
+        self.response.raise_for_status()
+        self.events: list[sseclient.Event] = []
+        self.received_at: list[float] = []
+        self.error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in sseclient.SSEClient(self.response.iter_content(chunk_size=None)).events():
+                self.received_at.append(time.monotonic())
+                self.events.append(event)
+        except Exception as exc:  # closed by us, or the server went away
+            if not self._closed:
+                self.error = exc
+
+    @property
+    def messages(self) -> list[sseclient.Event]:
+        return [event for event in self.events if event.event != "reset"]
+
+    @property
+    def last_id(self) -> str | None:
+        ids = [event.id for event in self.events if event.id is not None]
+        return ids[-1] if ids else None
+
+    def wait_for(self, predicate: Callable[[list[sseclient.Event]], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.events):
+                return True
+            time.sleep(0.01)
+        return predicate(self.events)
+
+    def close(self) -> None:
+        """Drop the connection abruptly, as a browser tab that goes away would."""
+        self._closed = True
+        try:
+            sock = self.response.raw.connection.sock
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+        self.response.close()
+        self._thread.join(5)

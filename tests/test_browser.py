@@ -1,0 +1,212 @@
+"""The demo page in real headless Chromium against real gunicorn (2 gevent workers)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from app.config import Settings
+from app.stores import open_store
+from tests.support.browser import DemoPage, start_chromium, wait_for
+from tests.support.live import ROOT, LiveServer
+from tests.support.nginx import LiveNginx
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOT = ROOT / "docs" / "demo.png"
+EVENT_SOURCE_OPEN, EVENT_SOURCE_CLOSED = 1, 2
+
+
+@pytest.fixture(scope="module")
+def browsers(tmp_path_factory) -> Iterator[Callable[[int], WebDriver]]:
+    """Start Chromium instances on demand (at most two) and share them across this module."""
+    started: list[WebDriver] = []
+
+    def browser(index: int) -> WebDriver:
+        while len(started) <= index:
+            started.append(start_chromium(tmp_path_factory.mktemp("chromium-profile")))
+        return started[index]
+
+    yield browser
+    for driver in started:
+        driver.quit()
+
+
+@pytest.fixture
+def open_page(browsers) -> Iterator[Callable[..., DemoPage]]:
+    """Open the demo page for a room in browser 0 or 1; leave it blank afterwards."""
+    used: list[WebDriver] = []
+
+    def open_page(server: LiveServer | LiveNginx, room: str, browser: int = 0, query: str = "") -> DemoPage:
+        driver = browsers(browser)
+        used.append(driver)
+        return DemoPage(driver, server.url).open(room, query)
+
+    yield open_page
+    for driver in used:
+        driver.get("about:blank")  # closes the page's stream before its server goes
+
+
+def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(live_server, open_page):
+    page_a = open_page(live_server, "pair", browser=0)
+    page_b = open_page(live_server, "pair", browser=1)
+
+    sent_at = time.monotonic()
+    page_a.send("hello from A")
+    wait_for(lambda: "hello from A" in page_b.texts(), 1.0, "page B did not show A's message within 1 s")
+    delay_b = time.monotonic() - sent_at
+    wait_for(lambda: "hello from A" in page_a.texts(), 1.0, "page A did not show its own message")
+
+    print(f"A -> B delay as a person would see it: {delay_b * 1000:.0f} ms")
+    assert page_a.texts() == page_b.texts() == ["hello from A"]
+    assert page_a.send_error() == ""
+
+
+def test_markup_in_a_message_is_shown_as_literal_text(live_server, open_page):
+    payload = '<img src=x onerror="window.__xss=1">'
+    page_a = open_page(live_server, "xss", browser=0)
+    page_b = open_page(live_server, "xss", browser=1)
+
+    page_a.send(payload)
+    wait_for(lambda: page_b.texts() == [payload], 2.0, "page B did not show the markup as text")
+    wait_for(lambda: page_a.texts() == [payload], 2.0, "page A did not show the markup as text")
+    time.sleep(0.3)  # an <img src=x> would have failed to load and run onerror by now
+
+    for page in (page_a, page_b):
+        assert page.driver.execute_script("return typeof window.__xss") == "undefined"
+        assert page.driver.execute_script("return document.querySelectorAll('#messages img').length") == 0
+
+
+def test_validation_errors_from_the_server_are_shown_next_to_the_send_box(live_server, open_page):
+    page = open_page(live_server, "errors")
+
+    page.send("fine text", event="not a valid type!")
+    error = wait_for(page.send_error, 2.0, "no error was shown for a bad event type")
+    assert "event must be" in error
+
+    page.driver.find_element("id", "text").clear()
+    page.send("   ", event="")
+    wait_for(lambda: "non-whitespace" in page.send_error(), 2.0, "no error was shown for blank text")
+    assert page.texts() == []
+
+
+def test_page_reconnects_after_a_restart_and_shows_each_message_once_in_order(start_server, sqlite_path, open_page):
+    server = start_server(RETRY_MS="500")
+    room = "restart"
+    before = server.publish(room, "before the restart")
+    page = open_page(server, room)
+    wait_for(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
+
+    stop_seconds = server.stop()
+    wait_for(lambda: page.state() == "reconnecting", 5.0, "the page did not say it is reconnecting")
+    reconnecting_label = page.state_text()
+    store = open_store(Settings.from_env({"SQLITE_PATH": sqlite_path}))
+    while_down = [store.append(room, f"while down {n}", "message").id for n in (1, 2)]
+    store.close()
+    server.start()
+    after_up = [server.publish(room, f"after the restart {n}")["id"] for n in (3, 4, 5)]
+
+    expected = [before["id"], *while_down, *after_up]
+    wait_for(lambda: page.ids() == expected, 10.0, "the page did not catch up exactly once, in order")
+    time.sleep(1.0)  # a duplicate would arrive late, after a second reconnect
+    print(f"graceful stop took {stop_seconds:.1f} s; state while down: {reconnecting_label!r}")
+    assert page.ids() == expected
+    assert page.texts() == ["before the restart", "while down 1", "while down 2",
+                            "after the restart 3", "after the restart 4", "after the restart 5"]
+    assert page.state() == "live"
+    assert reconnecting_label == "reconnecting (retry in 0.5 s)"
+
+
+def test_a_reset_is_shown_as_a_notice_and_the_list_is_rebuilt(start_server, sqlite_path, open_page):
+    server = start_server(RETRY_MS="500")
+    room = "reset"
+    server.publish(room, "from the old store")
+    page = open_page(server, room)
+    wait_for(lambda: page.texts() == ["from the old store"], 5.0, "the page did not show the first message")
+
+    server.kill()
+    for leftover in Path(sqlite_path).parent.glob(Path(sqlite_path).name + "*"):
+        leftover.unlink()  # a new store: the page's last event id is unknown to it
+    server.start()
+    server.publish(room, "from the new store")
+
+    wait_for(lambda: page.texts() == ["from the new store"], 10.0, "the list was not rebuilt from the replay")
+    assert "some messages were missed" in page.notice().lower()
+    assert page.state() == "live"
+
+
+def test_page_behind_nginx_opens_a_new_stream_itself_after_502s(start_server, sqlite_path, tmp_path, open_page):
+    """While gunicorn is down nginx answers 502, and EventSource gives up for good on an error status."""
+    server = start_server(RETRY_MS="300")
+    nginx = LiveNginx(tmp_path / "nginx", server.port).start()
+    try:
+        room = "proxied"
+        before = server.publish(room, "before")
+        page = open_page(nginx, room)
+        wait_for(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
+
+        server.kill()
+        wait_for(lambda: EVENT_SOURCE_CLOSED in [state for _, state in page.event_source_states()], 5.0,
+                 "the browser did not give up on the stream after nginx's 502")
+        assert page.state() == "reconnecting"
+        store = open_store(Settings.from_env({"SQLITE_PATH": sqlite_path}))
+        while_down = store.append(room, "while down", "message").id
+        store.close()
+        server.start()
+        after_up = server.publish(room, "after")["id"]
+
+        expected = [before["id"], while_down, after_up]
+        wait_for(lambda: page.ids() == expected, 15.0, "the page did not resume exactly once, in order")
+        time.sleep(0.5)
+        assert page.ids() == expected
+        assert page.state() == "live"
+        sources = page.event_source_states()
+        assert len(sources) >= 2 and sources[-1][1] == EVENT_SOURCE_OPEN
+        assert f"lastEventId={before['id']}" in sources[-1][0]
+    finally:
+        nginx.stop()
+
+
+def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page):
+    page = open_page(live_server, "old")
+    live_server.publish("old", "old 1")
+    wait_for(lambda: page.texts() == ["old 1"], 2.0, "the page did not show the old room's message")
+
+    page.switch_room("new")
+    wait_for(lambda: page.driver.current_url.endswith("/?room=new"), 2.0, "the URL did not name the new room")
+    page.wait_until_live()
+    live_server.publish("old", "old 2")
+    live_server.publish("new", "new 1")
+    wait_for(lambda: page.texts() == ["new 1"], 2.0, "the page did not show the new room's message")
+    time.sleep(0.3)
+
+    assert page.texts() == ["new 1"]
+    sources = page.event_source_states()
+    assert [state for _, state in sources] == [EVENT_SOURCE_CLOSED, EVENT_SOURCE_OPEN]
+    assert sources[0][0].endswith("/messages?room=old") and sources[1][0].endswith("/messages?room=new")
+
+    page.driver.back()  # the room is in the URL, so history works too
+    wait_for(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
+
+
+def test_demo_page_screenshot(live_server, open_page):
+    room = "lobby"
+    for text, event in [
+        ("Morning! The deploy window opens at 10:00.", "message"),
+        ("Release 2.4 is tagged; notes are in the tracker.", "announcement"),
+        ("Rollout finished on all hosts.\nNo errors in the last 5 minutes.", "message"),
+        ("<b>Markup</b> stays text here.", "message"),
+    ]:
+        live_server.publish(room, text, event=event)
+    page = open_page(live_server, room, query="&types=announcement")
+    page.send("Thanks, following along from the demo page.")
+    wait_for(lambda: len(page.texts()) == 5, 2.0, "the page did not show all five messages")
+
+    assert page.driver.execute_script("return document.querySelector('#messages .type').textContent") \
+        == "announcement"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert page.driver.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000

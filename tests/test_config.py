@@ -1,0 +1,47 @@
+"""Configuration: defaults, parsing, and a clear stop on bad values."""
+import subprocess
+
+import pytest
+
+from app.config import ConfigError, Settings
+from tests.support.live import GUNICORN, ROOT
+
+
+def test_defaults_match_the_readme():
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.web_concurrency) == ("127.0.0.1", 8080, 2)
+    assert (settings.capped_size_bytes, settings.capped_max_messages) == (5_000_000, 10_000)
+    assert (settings.heartbeat_seconds, settings.retry_ms, settings.max_text_chars) == (15.0, 3000, 4096)
+    assert settings.store_kind == "sqlite"
+
+
+def test_values_are_parsed():
+    settings = Settings.from_env({"PORT": "9000", "HEARTBEAT_SECONDS": "0.5", "CAPPED_SIZE_BYTES": "1_000_000",
+                                  "MONGODB_URI": "mongodb://db:27017", "MAX_TEXT_CHARS": "100"})
+    assert (settings.port, settings.heartbeat_seconds, settings.capped_size_bytes) == (9000, 0.5, 1_000_000)
+    assert settings.store_kind == "mongodb"
+    assert settings.max_body_bytes == 6 * 100 + 1024
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PORT", "eighty"), ("PORT", "70000"), ("WEB_CONCURRENCY", "0"), ("HEARTBEAT_SECONDS", "-1"),
+    ("HEARTBEAT_SECONDS", "soon"), ("CAPPED_MAX_MESSAGES", "0"), ("CAPPED_SIZE_BYTES", "10"),
+    ("RETRY_MS", "-5"), ("MAX_TEXT_CHARS", "1.5"), ("MONGODB_URI", "localhost:27017"), ("LOG_LEVEL", "loud"),
+])
+def test_bad_values_stop_with_a_sentence_naming_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_secrets_are_not_logged():
+    summary = Settings.from_env({"MONGODB_URI": "mongodb://user:hunter2@db:27017/x"}).public_summary()
+    assert "hunter2" not in str(summary) and summary["mongodb_uri"] == "mongodb://***@db:27017/x"
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_to_start_with_a_bad_value():
+    result = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, timeout=30,
+                            env={"PATH": "/usr/bin:/bin", "HEARTBEAT_SECONDS": "never"},
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "HEARTBEAT_SECONDS='never' is not valid" in result.stderr

@@ -1,0 +1,159 @@
+"""A table of hostile requests against real gunicorn: each gets its documented 4xx, and nothing is stored.
+
+Rows whose request gunicorn itself refuses before the app sees it (a request
+line or a header past gunicorn's limits) are marked: gunicorn answers them
+with its own small HTML 414/431, not our JSON shape. Nothing from them can reach
+the store either.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+
+from app.security import SECURITY_HEADERS
+
+MAX_TEXT_CHARS = 100
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Hostile:
+    method: str
+    path: str
+    status: int
+    message: str  # a piece of the error message ("" for gunicorn's own answers)
+    data: bytes | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    by_gunicorn: bool = False
+
+
+def post(body: bytes | str, status: int, message: str, headers: dict[str, str] | None = None) -> Hostile:
+    return Hostile("POST", "/messages", status, message, body, JSON if headers is None else headers)
+
+
+TABLE = {
+    # -- the body of POST /messages --------------------------------------------------------------
+    "invalid JSON": post('{"room": "a", "text": ', 400, "not valid JSON"),
+    "JSON with trailing garbage": post('{"room": "a", "text": "x"} x', 400, "not valid JSON"),
+    "empty body": post("", 400, "not valid JSON"),
+    "JSON array, not an object": post('["room", "text"]', 422, "invalid"),
+    "JSON string, not an object": post('"hello"', 422, "invalid"),
+    "JSON null": post("null", 422, "invalid"),
+    "room is a number": post('{"room": 5, "text": "x"}', 422, "invalid"),
+    "text is a list": post('{"room": "a", "text": ["x"]}', 422, "invalid"),
+    "event is an object": post('{"room": "a", "text": "x", "event": {}}', 422, "invalid"),
+    "unknown field": post('{"room": "a", "text": "x", "admin": true}', 422, "invalid"),
+    "missing text": post('{"room": "a"}', 422, "invalid"),
+    "empty text": post('{"room": "a", "text": ""}', 422, "invalid"),
+    "whitespace-only text": post('{"room": "a", "text": " \\t\\r\\n\\u2028\\u3000"}', 422, "invalid"),
+    "text one character too long": post('{"room": "a", "text": "%s"}' % ("x" * (MAX_TEXT_CHARS + 1)), 422, "invalid"),
+    "lone surrogate in text": post('{"room": "a", "text": "x\\ud800"}', 422, "invalid"),
+    "body over MAX_BODY_BYTES": post('{"room": "a", "text": "%s"}' % ("x" * 7000), 413, ""),
+    "invalid UTF-8 bytes": post(b'{"room": "a", "text": "\xff\xfe"}', 400, "UTF-8"),
+    "UTF-8 encoded surrogate (CESU)": post(b'{"room": "a", "text": "\xed\xa0\x80"}', 400, "UTF-8"),
+    "room with CR LF": post('{"room": "a\\r\\nevent: x", "text": "x"}', 422, "invalid"),
+    "room with NUL": post('{"room": "a\\u0000", "text": "x"}', 422, "invalid"),
+    "room with a space": post('{"room": "a b", "text": "x"}', 422, "invalid"),
+    "room too long": post('{"room": "%s", "text": "x"}' % ("r" * 65), 422, "invalid"),
+    "event with LF (field injection)": post('{"room": "a", "text": "x", "event": "x\\ndata: forged"}', 422, "invalid"),
+    "event with CR": post('{"room": "a", "text": "x", "event": "x\\rid: 1"}', 422, "invalid"),
+    "event with NUL": post('{"room": "a", "text": "x", "event": "x\\u0000"}', 422, "invalid"),
+    "event with a space": post('{"room": "a", "text": "x", "event": "x y"}', 422, "invalid"),
+    "event named reset (forged control event)": post('{"room": "a", "text": "x", "event": "reset"}', 422, "invalid"),
+    "Content-Type text/plain": post('{"room": "a", "text": "x"}', 415, "application/json",
+                                    {"Content-Type": "text/plain"}),
+    "Content-Type form": post("room=a&text=x", 415, "application/json",
+                              {"Content-Type": "application/x-www-form-urlencoded"}),
+    "no Content-Type": post('{"room": "a", "text": "x"}', 415, "application/json", {}),
+    # -- wrong methods ---------------------------------------------------------------------------
+    "PUT /messages": Hostile("PUT", "/messages", 405, "not allowed"),
+    "DELETE /messages": Hostile("DELETE", "/messages?room=a", 405, "not allowed"),
+    "PATCH /messages": Hostile("PATCH", "/messages", 405, "not allowed"),
+    "POST /messages/history": Hostile("POST", "/messages/history?room=a", 405, "not allowed"),
+    "DELETE /openapi.json": Hostile("DELETE", "/openapi.json", 405, "not allowed"),
+    # -- query strings -----------------------------------------------------------------------------
+    "stream without room": Hostile("GET", "/messages", 400, "room"),
+    "stream room with CR LF": Hostile("GET", "/messages?room=a%0d%0aevent:%20x", 400, "room"),
+    "stream room with NUL": Hostile("GET", "/messages?room=a%00", 400, "room"),
+    "stream room with a space": Hostile("GET", "/messages?room=a%20b", 400, "room"),
+    "stream room with invalid UTF-8": Hostile("GET", "/messages?room=%ff%fe", 400, "room"),
+    "history limit not a number": Hostile("GET", "/messages/history?room=a&limit=ten", 400, "limit"),
+    "history limit zero": Hostile("GET", "/messages/history?room=a&limit=0", 400, "limit"),
+    "history limit huge": Hostile("GET", "/messages/history?room=a&limit=99999999999999999999", 400, "limit"),
+    "history after too long": Hostile("GET", "/messages/history?room=a&after=" + "9" * 257, 400, "after"),
+    "huge query string": Hostile("GET", "/messages?room=a&pad=" + "x" * 3000, 414, "query string"),
+    "query string past gunicorn's request line limit": Hostile(
+        "GET", "/messages?room=a&pad=" + "x" * 5000, 414, "", by_gunicorn=True),
+    # -- Last-Event-ID -----------------------------------------------------------------------------
+    "Last-Event-ID over 256 characters": Hostile("GET", "/messages?room=a", 400, "Last-Event-ID",
+                                                 headers={"Last-Event-ID": "1" * 257}),
+    "lastEventId query over 256 characters": Hostile("GET", "/messages?room=a&lastEventId=" + "1" * 257, 400,
+                                                     "Last-Event-ID"),
+    "Last-Event-ID past gunicorn's header limit": Hostile("GET", "/messages?room=a", 431, "",
+                                                          headers={"Last-Event-ID": "1" * 9000}, by_gunicorn=True),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory):
+    from tests.support.live import LiveServer
+
+    directory = tmp_path_factory.mktemp("hostile")
+    server = LiveServer({"SQLITE_PATH": str(directory / "messages.sqlite3"), "MAX_TEXT_CHARS": str(MAX_TEXT_CHARS)},
+                        directory / "gunicorn.log").start()
+    yield server
+    server.kill()
+
+
+RESUME_ROOM = "garbage-resume"  # the one room the resume tests below publish to
+
+
+def _stored_messages(server) -> int:
+    with sqlite3.connect(server.env["SQLITE_PATH"]) as conn:
+        return conn.execute("SELECT count(*) FROM messages WHERE room != ?", (RESUME_ROOM,)).fetchone()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", TABLE.values(), ids=TABLE.keys())
+def test_hostile_request_gets_its_error_and_stores_nothing(hostile_server, row: Hostile):
+    reply = requests.request(row.method, hostile_server.url + row.path, data=row.data,
+                             headers={"Connection": "close", **row.headers}, timeout=5, stream=True)
+    try:
+        assert reply.status_code == row.status, reply.text[:300]
+        body = reply.text
+    finally:
+        reply.close()
+    assert "Traceback" not in body and 'File "' not in body
+    if row.by_gunicorn:
+        return  # gunicorn's own HTML refusal: the app never saw the request
+    assert reply.headers["Content-Type"] == "application/json"
+    error = reply.json()
+    assert set(error) == {"code", "status", "message", "errors"}
+    assert error["code"] == row.status
+    assert row.message in error["message"] + str(error["errors"]), error
+    for name, value in SECURITY_HEADERS.items():
+        assert reply.headers[name] == value
+    if row.status == 405:
+        assert "Allow" in reply.headers
+    assert _stored_messages(hostile_server) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("last_id", ["garbage", "../../etc/passwd", "0-1", "ffffffff-1", "1' OR '1'='1"])
+def test_garbage_last_event_id_resets_rather_than_skipping(hostile_server, last_id):
+    hostile_server.publish(RESUME_ROOM, "kept")
+    with requests.get(hostile_server.url + f"/messages?room={RESUME_ROOM}", headers={"Last-Event-ID": last_id},
+                      stream=True, timeout=5) as reply:
+        assert reply.status_code == 200
+        head = b""
+        deadline = time.monotonic() + 5
+        for chunk in reply.iter_content(chunk_size=None):
+            head += chunk
+            if b'"text":"kept"' in head or time.monotonic() > deadline:
+                break
+    assert b"event: reset\n" in head
+    assert head.index(b"event: reset") < head.index(b'"text":"kept"')

@@ -1,0 +1,182 @@
+"""Real nginx running deploy/nginx.conf in front of real gunicorn (2 gevent workers)."""
+from __future__ import annotations
+
+import json
+import queue
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.config import Settings
+from tests.support.live import LiveServer
+from tests.support.nginx import DEPLOY_CONF, LiveNginx
+from tests.support.sse_reader import EOF, StreamReader
+
+HEARTBEAT = b": keep-alive\n"
+
+
+@pytest.fixture
+def proxied(start_server, tmp_path: Path) -> Iterator[Callable[..., tuple[LiveServer, LiveNginx]]]:
+    """Start gunicorn (env overrides as keywords) and nginx in front of it."""
+    started: list[LiveNginx] = []
+    readers: list[StreamReader] = []
+
+    def start(read_timeout: str = "60s", **env: str) -> tuple[LiveServer, LiveNginx]:
+        server = start_server(**env)
+        nginx = LiveNginx(tmp_path / f"nginx-{len(started)}", server.port, read_timeout).start()
+        started.append(nginx)
+        return server, nginx
+
+    start.readers = readers  # streams opened by a test, closed here even when it fails
+    yield start
+    for reader in readers:
+        reader.close()
+    for nginx in started:
+        nginx.stop()
+
+
+def _open_stream(proxied, nginx: LiveNginx, room: str) -> StreamReader:
+    reader = StreamReader(nginx.url, room)
+    proxied.readers.append(reader)
+    assert reader.response.status == 200
+    reader.wait_for(lambda line: line.startswith(b"retry:"), 5.0)
+    return reader
+
+
+def _deploy_directive(name: str) -> str:
+    values = re.findall(rf"^\s*{name}\s+([^;]+);", DEPLOY_CONF.read_text(), flags=re.M)
+    assert len(values) == 1, f"expected one {name} in deploy/nginx.conf, found {values}"
+    return values[0]
+
+
+# -- the file itself ----------------------------------------------------------
+
+def test_nginx_body_limit_matches_the_apps_default():
+    assert int(_deploy_directive("client_max_body_size")) == Settings().max_body_bytes
+
+
+def test_nginx_read_timeout_is_well_above_the_heartbeat():
+    assert int(_deploy_directive("proxy_read_timeout").rstrip("s")) >= 3 * Settings().heartbeat_seconds
+
+
+def test_nginx_never_compresses_the_event_stream():
+    assert "text/event-stream" not in _deploy_directive("gzip_types")
+
+
+# -- nginx running it ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_event_published_through_nginx_reaches_a_subscriber_through_nginx_within_500ms(proxied):
+    server, nginx = proxied()
+    stream = _open_stream(proxied, nginx, "fast")
+    time.sleep(0.3)  # let the subscription settle, so what is measured is the live path
+
+    delays = []
+    for n in range(5):
+        sent = time.monotonic()
+        reply = requests.post(nginx.url + "/messages", json={"room": "fast", "text": f"through nginx {n}"}, timeout=5)
+        assert reply.status_code == 201
+        arrived, _ = stream.wait_for(lambda line, n=n: f'"text":"through nginx {n}"'.encode() in line, 2.0)
+        delays.append(arrived - sent)
+
+    print(f"publish -> event through nginx, 5 events: median {statistics.median(delays) * 1000:.1f} ms, "
+          f"max {max(delays) * 1000:.1f} ms")
+    assert max(delays) < 0.5
+    assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+    assert stream.response.getheader("Content-Encoding") is None  # asked for gzip, and did not get it
+
+
+@pytest.mark.slow
+def test_heartbeats_keep_a_stream_open_through_nginx_longer_than_its_read_timeout(proxied):
+    server, nginx = proxied(read_timeout="2s", HEARTBEAT_SECONDS="1")
+    stream = _open_stream(proxied, nginx, "quiet")
+    opened = time.monotonic()
+
+    heartbeats = 0
+    while time.monotonic() - opened < 5.0:  # 2.5 times the read timeout
+        try:
+            _, line = stream.next_line(timeout=0.5)
+        except queue.Empty:
+            continue
+        assert line is not EOF, f"nginx closed the stream after {time.monotonic() - opened:.1f} s"
+        heartbeats += line == HEARTBEAT
+
+    assert heartbeats >= 3
+    server.publish("quiet", "still here")
+    stream.wait_for(lambda line: b'"text":"still here"' in line, 2.0)
+
+
+@pytest.mark.slow
+def test_without_heartbeats_nginx_cuts_a_silent_stream_at_its_read_timeout(proxied):
+    """The control for the test above: the short read timeout is really in force."""
+    server, nginx = proxied(read_timeout="2s", HEARTBEAT_SECONDS="30")
+    stream = _open_stream(proxied, nginx, "silent")
+    opened = time.monotonic()
+
+    while True:
+        arrived, line = stream.next_line(timeout=6.0)
+        if line is EOF:
+            break
+    assert 1.5 < arrived - opened < 4.0
+
+
+@pytest.mark.slow
+def test_publish_and_history_through_nginx(proxied):
+    server, nginx = proxied()
+
+    reply = requests.post(nginx.url + "/messages", json={"room": "post", "text": "via nginx", "event": "note"},
+                          timeout=5)
+    history = requests.get(nginx.url + "/messages/history?room=post", timeout=5)
+
+    assert reply.status_code == 201
+    message = reply.json()
+    assert (message["room"], message["text"], message["event"]) == ("post", "via nginx", "note")
+    assert history.status_code == 200
+    assert history.json()["messages"] == [message]
+
+
+def _body_of_exactly(size: int) -> bytes:
+    empty = json.dumps({"room": "big", "text": ""}).encode()
+    body = json.dumps({"room": "big", "text": "x" * (size - len(empty))}).encode()
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.slow
+def test_a_body_at_the_limit_reaches_the_app_and_one_byte_more_gets_a_json_413(proxied):
+    server, nginx = proxied()
+    limit = Settings().max_body_bytes
+    headers = {"Content-Type": "application/json"}
+
+    at_limit = requests.post(nginx.url + "/messages", data=_body_of_exactly(limit), headers=headers, timeout=5)
+    over_limit = requests.post(nginx.url + "/messages", data=_body_of_exactly(limit + 1), headers=headers, timeout=5)
+
+    # At the limit the app itself answers: the text is longer than MAX_TEXT_CHARS.
+    assert at_limit.status_code == 422
+    assert at_limit.json()["errors"]["text"]
+    assert over_limit.status_code == 413
+    assert over_limit.headers["Content-Type"] == "application/json"
+    assert over_limit.json() == {"code": 413, "status": "Request Entity Too Large",
+                                 "message": f"the request body is larger than {limit} bytes", "errors": {}}
+
+
+@pytest.mark.slow
+def test_the_page_and_its_static_files_through_nginx(proxied):
+    server, nginx = proxied()
+
+    page = requests.get(nginx.url + "/?room=lobby", timeout=5)
+    script = requests.get(nginx.url + "/static/demo.js", timeout=5)
+
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers.get("Content-Encoding") == "gzip"
+    assert script.status_code == 200
+    assert script.content == (Path(__file__).parents[1] / "app" / "static" / "demo.js").read_bytes()
+    # Served by nginx from disk: Flask would have said no-cache, not max-age.
+    assert script.headers["Cache-Control"] == "max-age=300"
+    assert script.headers.get("Content-Encoding") == "gzip"

@@ -1,0 +1,236 @@
+"""The store contract, run against every backend.
+
+SQLite runs always. MongoDB runs when MONGODB_URI points at a real server
+(the GitHub workflow provides one) and is skipped, with the reason, otherwise.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from datetime import UTC, datetime
+
+import gevent
+import gevent.event
+import pytest
+
+from app.stores.base import PositionLost
+
+MONGODB_URI = os.environ.get("MONGODB_URI")
+needs_mongodb = pytest.mark.skipif(
+    not MONGODB_URI, reason="MONGODB_URI is not set: no MongoDB server on this machine (the CI workflow has one)"
+)
+
+
+def open_sqlite(path: str, max_messages: int, max_bytes: int):
+    from app.stores.sqlite import SQLiteStore
+
+    return SQLiteStore(path, max_bytes=max_bytes, max_messages=max_messages, poll_interval=0.005)
+
+
+def open_mongodb(database: str, max_messages: int, max_bytes: int):
+    from app.stores.mongo import MongoStore
+
+    store = MongoStore(MONGODB_URI, database, max_bytes=max_bytes, max_messages=max_messages, await_ms=200)
+    store.prepare()
+    return store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=[needs_mongodb, pytest.mark.mongodb])])
+def make_store(request, tmp_path):
+    """Return a factory of fresh stores of one backend, and where to find them again."""
+    kind = request.param
+    location = str(tmp_path / "store.sqlite3") if kind == "sqlite" else f"sse_test_{uuid.uuid4().hex[:12]}"
+    opened = []
+
+    def make(max_messages: int = 1000, max_bytes: int = 5_000_000):
+        opener = open_sqlite if kind == "sqlite" else open_mongodb
+        store = opener(location, max_messages, max_bytes)
+        opened.append(store)
+        return store
+
+    make.kind, make.location = kind, location
+    yield make
+    if kind == "mongodb" and opened:
+        opened[0].client.drop_database(location)
+    for store in opened:
+        store.close()
+
+
+def texts(backlog) -> list[str]:
+    return [message.text for message in backlog.messages]
+
+
+def follow_into(store, after_id, received: list, wakeup=None):
+    """Run store.follow in a greenlet, appending (position, message) pairs."""
+    def run():
+        for batch in store.follow(after_id, wakeup or gevent.event.Event()):
+            received.extend(batch)
+    return gevent.spawn(run)
+
+
+def wait_until(predicate, timeout=5.0):
+    with gevent.Timeout(timeout, False):
+        while not predicate():
+            gevent.sleep(0.01)
+    return predicate()
+
+
+def test_append_returns_the_stored_message(make_store):
+    store = make_store()
+    before = datetime.now(UTC)
+    message = store.append("room1", "hello\nworld", "chat")
+    assert (message.room, message.text, message.event) == ("room1", "hello\nworld", "chat")
+    assert message.id and isinstance(message.id, str)
+    assert before.replace(microsecond=0) <= message.created_at <= datetime.now(UTC)
+    assert message.to_json()["createdAt"].endswith("Z")
+    assert store.read_room("room1").messages == [message]
+
+
+def test_read_room_returns_only_that_room_in_order(make_store):
+    store = make_store()
+    for i in range(5):
+        store.append("a", f"a{i}", "message")
+        store.append("b", f"b{i}", "message")
+    assert texts(store.read_room("a")) == [f"a{i}" for i in range(5)]
+    assert texts(store.read_room("b")) == [f"b{i}" for i in range(5)]
+    assert store.read_room("empty").messages == []
+
+
+def test_resume_after_an_id_gives_exactly_the_rest(make_store):
+    store = make_store()
+    sent = [store.append("r", f"m{i}", "message") for i in range(6)]
+    for i, message in enumerate(sent):
+        backlog = store.read_room("r", after_id=message.id)
+        assert backlog.reset_reason is None
+        assert texts(backlog) == [f"m{j}" for j in range(i + 1, 6)]
+    assert texts(store.read_room("r", after_id=sent[1].id, limit=2)) == ["m2", "m3"]
+
+
+@pytest.mark.parametrize("bad_id", ["garbage", "", "ffffffff-1", "0" * 24, "x" * 256])
+def test_unknown_or_malformed_id_gives_reset_and_the_whole_window(make_store, bad_id):
+    store = make_store()
+    store.append("r", "m0", "message")
+    store.append("r", "m1", "message")
+    backlog = store.read_room("r", after_id=bad_id)
+    assert backlog.reset_reason
+    assert texts(backlog) == ["m0", "m1"]
+
+
+def test_id_from_another_room_gives_reset(make_store):
+    store = make_store()
+    other = store.append("other", "x", "message")
+    store.append("r", "m0", "message")
+    backlog = store.read_room("r", after_id=other.id)
+    assert backlog.reset_reason and texts(backlog) == ["m0"]
+
+
+def test_oldest_are_evicted_beyond_max_messages_and_resume_there_resets(make_store):
+    store = make_store(max_messages=5)
+    sent = [store.append("r", f"m{i}", "message") for i in range(8)]
+    assert texts(store.read_room("r")) == [f"m{i}" for i in range(3, 8)]
+    evicted = store.read_room("r", after_id=sent[2].id)
+    assert evicted.reset_reason and texts(evicted) == [f"m{i}" for i in range(3, 8)]
+    kept = store.read_room("r", after_id=sent[3].id)
+    assert kept.reset_reason is None and texts(kept) == [f"m{i}" for i in range(4, 8)]
+
+
+def test_oldest_are_evicted_beyond_max_bytes(make_store):
+    if make_store.kind == "mongodb":
+        pytest.skip("MongoDB rounds capped sizes up to 256-byte multiples and counts BSON; covered by max_messages")
+    store = make_store(max_bytes=4096)
+    for i in range(20):
+        store.append("r", f"{i:03d}" + "x" * 500, "message")
+    kept = texts(store.read_room("r"))
+    assert 1 <= len(kept) < 20
+    assert kept[-1].startswith("019")
+    assert sum(len(t) + 64 for t in kept) <= 4096
+
+
+def test_follow_yields_new_messages_in_order_with_growing_positions(make_store):
+    store = make_store()
+    store.append("r", "old", "message")
+    received: list = []
+    follower = follow_into(store, store.newest_id(), received)  # where a tailer starts
+    gevent.sleep(0.3)
+    sent = [store.append("r" if i % 2 else "s", f"m{i}", "message") for i in range(10)]
+    assert wait_until(lambda: len(received) >= 10), received
+    follower.kill()
+    assert [m.id for _, m in received] == [m.id for m in sent]
+    positions = [p for p, _ in received]
+    assert positions == sorted(positions) and len(set(positions)) == 10
+    assert all(store.position_of(m.id) == p for p, m in received)
+
+
+def test_newest_id_is_none_when_empty_then_the_last_appended(make_store):
+    store = make_store()
+    assert store.newest_id() is None
+    store.append("a", "one", "message")
+    last = store.append("b", "two", "message")
+    assert store.newest_id() == last.id
+
+
+def test_follow_from_none_yields_the_whole_window(make_store):
+    store = make_store()
+    sent = [store.append("r", f"m{i}", "message") for i in range(3)]
+    received: list = []
+    follower = follow_into(store, None, received)
+    assert wait_until(lambda: len(received) >= 3)
+    follower.kill()
+    assert [m.id for _, m in received] == [m.id for m in sent]
+
+
+def test_follow_resumes_exactly_after_an_id(make_store):
+    store = make_store()
+    sent = [store.append("r", f"m{i}", "message") for i in range(5)]
+    received: list = []
+    follower = follow_into(store, sent[1].id, received)
+    assert wait_until(lambda: len(received) >= 3)
+    gevent.sleep(0.2)
+    follower.kill()
+    assert [m.text for _, m in received] == ["m2", "m3", "m4"]
+
+
+def test_follow_from_an_evicted_position_raises_position_lost(make_store):
+    store = make_store(max_messages=3)
+    sent = [store.append("r", f"m{i}", "message") for i in range(6)]
+    with pytest.raises(PositionLost):
+        with gevent.Timeout(5):
+            next(iter(store.follow(sent[0].id, gevent.event.Event())))
+
+
+def _write_many(kind: str, location: str, writer: int, count: int) -> None:
+    opener = open_sqlite if kind == "sqlite" else open_mongodb
+    store = opener(location, 10_000, 50_000_000)
+    for i in range(count):
+        store.append("shared", f"w{writer}-{i}", "message")
+    store.close()
+
+
+@pytest.mark.slow
+def test_concurrent_writers_in_several_processes_keep_one_order(make_store):
+    store = make_store(max_messages=10_000, max_bytes=50_000_000)
+    received: list = []
+    follower = follow_into(store, None, received)
+    gevent.sleep(0.3)
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(make_store.kind, make_store.location, w, 100))
+               for w in range(3)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    assert wait_until(lambda: len(received) >= 300, timeout=10)
+    follower.kill()
+
+    stored = store.read_room("shared").messages
+    assert len(stored) == 300 and len({m.id for m in stored}) == 300
+    # The follower saw exactly the store's order, not some other (e.g. id) order.
+    assert [m.id for _, m in received] == [m.id for m in stored]
+    for w in range(3):  # each writer's messages keep its own order
+        assert [m.text for m in stored if m.text.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(100)]
+    # Resuming after any message gives exactly the suffix of that order.
+    for cut in (0, 57, 150, 298, 299):
+        rest = store.read_room("shared", after_id=stored[cut].id).messages
+        assert [m.id for m in rest] == [m.id for m in stored[cut + 1:]]
