@@ -87,3 +87,8 @@ def post_worker_init(worker):
     from app.lifecycle import end_streams_on_sigterm
 
     end_streams_on_sigterm(worker)
+
+# gunicorn 27 opens a control socket at one fixed path per user; several
+# servers on one machine (tests, benchmarks, a second deployment) would fight
+# over it, and we do not use it.
+control_socket_disable = True
