@@ -91,7 +91,7 @@ class ClientPool:
         return sum(await self.live_per_process())
 
     async def open_streams(
-        self, count: int, host: str, port: int, path: str, timeout: float
+        self, count: int, host: str, port: int, path: str, timeout: float, wait_for_head: bool
     ) -> dict[str, Any]:
         """Open `count` more streams, spread so every process ends up even."""
         live = await self.live_per_process()
@@ -100,7 +100,7 @@ class ClientPool:
             *(
                 self.call(
                     i,
-                    ("open", host, port, path, share, self.source_ips[i], timeout),
+                    ("open", host, port, path, share, self.source_ips[i], timeout, wait_for_head),
                     timeout + RPC_GRACE_SECONDS,
                 )
                 for i, share in enumerate(shares)

@@ -16,6 +16,7 @@ import time
 MARKER_PATTERN = re.compile(rb"SSEB:(\d+):(\d+):(\d+);")
 
 
-def make_marker(tag: int, sequence: int) -> str:
-    """Return the marker for message `sequence` of scenario `tag`, stamped now."""
-    return f"SSEB:{tag}:{sequence}:{time.monotonic_ns()};"
+def make_marker(tag: int, sequence: int) -> tuple[str, int]:
+    """Return the marker for message `sequence` of scenario `tag` and its send time."""
+    sent_ns = time.monotonic_ns()
+    return f"SSEB:{tag}:{sequence}:{sent_ns};", sent_ns

@@ -140,7 +140,14 @@ class SubscriberProcess:
         self.records: dict[int, TagRecord] = {}
 
     async def open_streams(
-        self, host: str, port: int, path: str, count: int, source_ip: str, timeout: float
+        self,
+        host: str,
+        port: int,
+        path: str,
+        count: int,
+        source_ip: str,
+        timeout: float,
+        wait_for_head: bool,
     ) -> dict[str, Any]:
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
@@ -156,7 +163,9 @@ class SubscriberProcess:
                 if remaining <= 0:
                     reason = "open deadline passed"
                 else:
-                    reason = await self._open_one(host, port, source_ip, request, remaining)
+                    reason = await self._open_one(
+                        host, port, source_ip, request, remaining, wait_for_head
+                    )
                 if reason != "ok":
                     errors[reason] = errors.get(reason, 0) + 1
 
@@ -165,7 +174,13 @@ class SubscriberProcess:
         return {"opened": count - failed, "failed": failed, "errors": errors}
 
     async def _open_one(
-        self, host: str, port: int, source_ip: str, request: bytes, timeout: float
+        self,
+        host: str,
+        port: int,
+        source_ip: str,
+        request: bytes,
+        timeout: float,
+        wait_for_head: bool,
     ) -> str:
         protocol = StreamProtocol(self, request)
         try:
@@ -178,6 +193,8 @@ class SubscriberProcess:
         except (OSError, asyncio.TimeoutError) as error:
             return f"connect: {type(error).__name__}: {getattr(error, 'strerror', '') or ''}"
         self.streams.add(protocol)
+        if not wait_for_head:
+            return "ok"
         try:
             reason = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
         except asyncio.TimeoutError:
@@ -230,44 +247,55 @@ class SubscriberProcess:
 
 
 class CommandServer:
-    """Reads command tuples from the pipe and answers each with one dict."""
+    """Answers command tuples from the pipe, one dict per command.
+
+    The pipe is read and written only by a helper thread, in blocking mode:
+    handing its descriptor to the event loop would make it non-blocking, and
+    a large reply (a scenario's latencies) would then fail half-written.
+    """
 
     def __init__(self, pipe: Connection, process: SubscriberProcess) -> None:
         self.pipe = pipe
         self.process = process
-        self.stopped = process.loop.create_future()
 
-    def on_readable(self) -> None:
-        while self.pipe.poll():
-            command, *args = self.pipe.recv()
+    def serve_forever(self) -> None:
+        """Run in the helper thread until told to quit or the orchestrator goes away."""
+        loop = self.process.loop
+        while True:
+            try:
+                command, *args = self.pipe.recv()
+            except (EOFError, OSError):
+                command, args = "quit", []
+            future = asyncio.run_coroutine_threadsafe(self._answer(command, args), loop)
+            reply = future.result()
+            try:
+                self.pipe.send(reply)
+            except OSError:
+                pass
             if command == "quit":
-                self.process.close_streams(len(self.process.streams))
-                self.pipe.send({"quit": True})
-                if not self.stopped.done():
-                    self.stopped.set_result(None)
                 return
-            self.process.loop.create_task(self._answer(command, args))
 
-    async def _answer(self, command: str, args: list[Any]) -> None:
+    async def _answer(self, command: str, args: list[Any]) -> dict[str, Any]:
         process = self.process
         try:
             if command == "open":
-                reply = await process.open_streams(*args)
-            elif command == "close":
-                reply = {"closed": process.close_streams(*args)}
-            elif command == "begin":
-                reply = process.begin(*args)
-            elif command == "wait":
-                reply = await process.wait_for(*args)
-            elif command == "collect":
-                reply = process.collect(*args)
-            elif command == "status":
-                reply = process.status()
-            else:
-                reply = {"error": f"unknown command {command!r}"}
+                return await process.open_streams(*args)
+            if command == "close":
+                return {"closed": process.close_streams(*args)}
+            if command == "begin":
+                return process.begin(*args)
+            if command == "wait":
+                return await process.wait_for(*args)
+            if command == "collect":
+                return process.collect(*args)
+            if command == "status":
+                return process.status()
+            if command == "quit":
+                process.close_streams(len(process.streams))
+                return {"quit": True}
+            return {"error": f"unknown command {command!r}"}
         except Exception as error:  # noqa: BLE001 - the orchestrator must hear of it
-            reply = {"error": f"{type(error).__name__}: {error}"}
-        self.pipe.send(reply)
+            return {"error": f"{type(error).__name__}: {error}"}
 
 
 def raise_fd_limit() -> None:
@@ -285,7 +313,6 @@ def run_subscriber_process(pipe: Connection) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         server = CommandServer(pipe, SubscriberProcess(loop))
-        loop.add_reader(pipe.fileno(), server.on_readable)
-        await server.stopped
+        await asyncio.to_thread(server.serve_forever)
 
     uvloop.run(serve())

@@ -41,8 +41,9 @@ class System:
 
     name = ""
     description = ""
-    # gunicorn-style systems can tell which worker holds which stream.
-    reports_worker_spread = False
+    # False where the response head waits for the first event (Flask-SSE):
+    # a stream then counts as held once its request is sent and not refused.
+    head_before_first_event = True
 
     def __init__(self) -> None:
         self.port = 0
@@ -69,7 +70,6 @@ class System:
 class OurServer(System):
     name = "ours"
     description = "this repo: Flask + gevent + gunicorn, SQLite store"
-    reports_worker_spread = True
 
     def __init__(self, repo_root: Path) -> None:
         super().__init__()
@@ -97,6 +97,8 @@ class OurServer(System):
                 "SQLITE_PATH": str(workdir / "messages.sqlite3"),
                 "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
                 "MAX_STREAMS_PER_WORKER": "20000",
+                # Logs off, as for every peer: a line per request is CPU we measure.
+                "LOG_LEVEL": "warning",
             },
         )
         self.group = group
@@ -231,7 +233,9 @@ class Pushpin(System):
 class FlaskSse(System):
     name = "flask-sse"
     description = "Flask-SSE 1.0 + Redis 7 pub/sub, gunicorn 2 gevent workers"
-    reports_worker_spread = True
+    # Its generator yields nothing until the first message, and gunicorn sends
+    # the head with the first body chunk.
+    head_before_first_event = False
 
     def unavailable(self) -> str | None:
         if not shutil.which("redis-server"):
