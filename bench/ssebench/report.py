@@ -64,6 +64,7 @@ def summarise(results: Results, plan: Any) -> dict[str, dict[str, Any]]:
                         "subscribers", "one_last_ms", "one_first_ms", "burst_size",
                         "burst_all_ms", "burst_p50_ms", "burst_p99_ms",
                         "server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct",
+                        "lingering_closed_streams",
                     )
                 } | {
                     "lost": _total(runs, "lost"),
@@ -145,7 +146,12 @@ def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
                     f"{_fmt(cast['subscribers'], 0)} subs: 1 msg last delivery"
                     f" {_fmt(cast['one_last_ms'])} ms; burst of {_fmt(cast['burst_size'], 0)}"
                     f" all delivered {_fmt(cast['burst_all_ms'], 0)} ms"
-                    f" (p99 {_fmt(cast['burst_p99_ms'], 0)} ms)",
+                    f" (p99 {_fmt(cast['burst_p99_ms'], 0)} ms)"
+                    + (
+                        f"; {_fmt(cast['lingering_closed_streams'], 0)} closed streams still held"
+                        if cast["lingering_closed_streams"]
+                        else ""
+                    ),
                     cast,
                 )
             else:

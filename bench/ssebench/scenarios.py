@@ -211,7 +211,16 @@ class Repetition:
 
     async def broadcast(self, publisher: Publisher, size: int) -> dict[str, Any]:
         assert self.group is not None
+        closing = await self.pool.live() > size
         await self.resize(size)
+        # Streams we closed that the server still holds: a server that only
+        # notices a gone client when a write fails keeps them until the next
+        # message. One untimed message flushes them out, so the timed one
+        # measures N live subscribers, not N live plus the dead.
+        lingering = self._server_sockets("CLOSE_WAIT") if closing else 0
+        if closing:
+            await publisher.burst(0, 1)
+            await asyncio.sleep(self.plan.settle_seconds)
         timeout = self.plan.broadcast_timeout_seconds
         cpu = CpuWindow(self.group, self.pool)
         live, one, _, one_receipts = await self._deliver(
@@ -226,6 +235,7 @@ class Repetition:
         burst_loss = self._loss(burst_live, burst, burst_receipts)
         result = {
             "target": size,
+            "lingering_closed_streams": lingering,
             "subscribers": live,
             "one_last_ms": _since_ms(one.first_send_ns, one_receipts.last_ns),
             "one_first_ms": _since_ms(one.first_send_ns, one_receipts.first_ns),
@@ -244,7 +254,8 @@ class Repetition:
             f"broadcast {live}: one message last at {result['one_last_ms'] or -1:.1f} ms,"
             f" burst of {burst.ok} all at {result['burst_all_ms'] or -1:.0f} ms,"
             f" lost {result['lost']} dup {result['duplicated']},"
-            f" server {usage['server_cpu_pct']:.0f}% loadgen {usage['loadgen_cpu_pct']:.0f}% CPU"
+            f" server {usage['server_cpu_pct']:.0f}% loadgen {usage['loadgen_cpu_pct']:.0f}% CPU;"
+            f" {lingering} closed streams still held by the server before it"
         )
         return result
 
@@ -323,6 +334,20 @@ class Repetition:
         point["streams_per_worker"] = self._streams_per_worker()
         self._log_point("cross-worker", point)
         return point
+
+    def _server_sockets(self, status: str) -> int:
+        """Server-side sockets on the system's port in TCP state `status`."""
+        assert self.group is not None
+        total = 0
+        for pid in self.group.pids():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            total += sum(
+                1 for c in connections if c.laddr and c.laddr.port == self.system.port and c.status == status
+            )
+        return total
 
     def _streams_per_worker(self) -> list[int]:
         """Subscriber streams held by each worker process, where visible.

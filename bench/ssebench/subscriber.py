@@ -21,7 +21,9 @@ from .marker import MARKER_PATTERN
 
 # A stream whose tail grows past this without a newline is not SSE we understand.
 MAX_TAIL_BYTES = 1 << 16
-CONNECT_CONCURRENCY = 256
+# Subscribe requests in flight per process: a steady reconnect wave, not a
+# SYN flood (Pushpin answers 500/502 to part of a 1,000-wide storm).
+CONNECT_CONCURRENCY = 64
 
 
 class TagRecord:
