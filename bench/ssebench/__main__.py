@@ -60,7 +60,10 @@ def scaled(plan: Plan, scale: float) -> Plan:
     )
 
 
-async def run_all(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, list], dict[str, str]]:
+Outcome = tuple[dict[str, list], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
+
+
+async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     wanted = [name.strip() for name in args.systems.split(",") if name.strip()]
     systems = [s for s in all_systems(args.root.resolve()) if s.name in wanted]
     skipped: dict[str, str] = {}
@@ -92,7 +95,8 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> tuple[dict[str, list]
                     _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-{repeat + 1}")
     finally:
         await asyncio.to_thread(pool.stop)
-    return results, skipped
+    described = {s.name: (s.description, s.caveats) for s in runnable}
+    return results, skipped, described
 
 
 def _keep_logs(workdir: Path, destination: Path) -> None:
@@ -112,7 +116,7 @@ def main(argv: list[str]) -> int:
     print(f"ssebench: {plan.mode} mode, {plan.repeats} repetition(s), systems {args.systems}", flush=True)
     began = time.monotonic()
 
-    async def guarded() -> tuple[dict[str, list], dict[str, str]]:
+    async def guarded() -> Outcome:
         # TERM (run.sh's trap, a timeout) cancels the run, so every `finally`
         # stops its servers before the process exits.
         task = asyncio.current_task()
@@ -124,13 +128,13 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     try:
-        results, skipped = uvloop.run(guarded())
+        results, skipped, described = uvloop.run(guarded())
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
     command = "bash bench/run.sh" + (" (BENCH_QUICK=1)" if args.quick else "")
     path = write_report(
-        results, skipped, plan, args.results_dir, stem,
+        results, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
     )
     print(f"ssebench: report written to {path}", flush=True)

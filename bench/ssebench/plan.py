@@ -37,10 +37,11 @@ FULL = Plan(
     broadcast_sizes=(10000, 1000),
     burst_size=100,
     fanout_subscribers=1000,
-    ladder_rates=(10, 20, 50, 100, 200, 400, 800, 1600),
+    ladder_rates=(10, 20, 50, 100, 200, 400, 800),
     ladder_step_seconds=4.0,
     cross_rate=100,
     cross_seconds=10.0,
+    broadcast_timeout_seconds=30.0,
 )
 
 QUICK = Plan(

@@ -132,7 +132,8 @@ def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
                     system,
                     f"held {_fmt(idle['held'], 0)}/{streams:,};"
                     f" {_fmt(idle['rss_per_stream_kb'])} KB RSS/stream;"
-                    f" opened in {_fmt(idle['open_seconds'])} s",
+                    f" opened in {_fmt(idle['open_seconds'])} s"
+                    + (f"; open errors (retried) {idle['errors'][0]}" if idle["errors"] else ""),
                 )
             else:
                 row(f"1. idle {streams:,} streams", system, "not reached")
@@ -240,6 +241,7 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
 def write_report(
     results: Results,
     skipped: dict[str, str],
+    systems: dict[str, tuple[str, tuple[str, ...]]],
     plan: Any,
     out_dir: Path,
     stem: str,
@@ -269,6 +271,10 @@ def write_report(
         "",
         *[f"- {line}" for line in machine],
         "",
+        "## Systems",
+        "",
+        *[f"- **{name}**: {description}" for name, (description, _) in systems.items()],
+        "",
         "## Results",
         "",
         *_table(summary, plan),
@@ -277,9 +283,15 @@ def write_report(
         " condure/proxy/handler/zurl and GRIP backend), as % of one core over the scenario;"
         " 200% is the whole machine. Load-gen CPU: the subscriber processes plus the"
         " publisher. Other CPU: everything else busy on the machine at the time"
-        " (other jobs share it), so a saturated client or a noisy neighbour is visible.",
+        " (other jobs share it), so a saturated client or a noisy neighbour is visible."
+        " Lost: deliveries not received by the end of the scenario's wait"
+        f" ({plan.broadcast_timeout_seconds:.0f} s after a broadcast,"
+        f" {plan.drain_timeout_seconds:.0f} s after a rate step).",
         "",
     ]
+    caveats = [(name, c) for name, (_, notes) in systems.items() for c in notes]
+    if caveats:
+        lines += ["Caveats:", ""] + [f"- {name}: {c}" for name, c in caveats] + [""]
     if skipped:
         lines += ["Systems not run:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
     notes = [(name, note) for name, entry in summary.items() for note in entry["notes"]]

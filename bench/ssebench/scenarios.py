@@ -28,6 +28,7 @@ from .systems import System
 
 
 OPEN_PASSES = 2
+FLUSH_MESSAGES = 2
 
 
 class CpuWindow:
@@ -214,12 +215,15 @@ class Repetition:
         closing = await self.pool.live() > size
         await self.resize(size)
         # Streams we closed that the server still holds: a server that only
-        # notices a gone client when a write fails keeps them until the next
-        # message. One untimed message flushes them out, so the timed one
-        # measures N live subscribers, not N live plus the dead.
+        # notices a gone client when a write fails keeps them until it writes.
+        # The first write to a half-closed socket still succeeds (the peer
+        # answers it with RST), the second fails, so two untimed messages
+        # flush them out and the timed one measures N live subscribers only.
         lingering = self._server_sockets("CLOSE_WAIT") if closing else 0
         if closing:
-            await publisher.burst(0, 1)
+            for _ in range(FLUSH_MESSAGES):
+                await publisher.burst(0, 1)
+                await asyncio.sleep(0.5)
             await asyncio.sleep(self.plan.settle_seconds)
         timeout = self.plan.broadcast_timeout_seconds
         cpu = CpuWindow(self.group, self.pool)

@@ -41,6 +41,8 @@ class System:
 
     name = ""
     description = ""
+    # Caveats a reader of the report needs to read this system's rows right.
+    caveats: tuple[str, ...] = ()
     # False where the response head waits for the first event (Flask-SSE):
     # a stream then counts as held once its request is sent and not refused.
     head_before_first_event = True
@@ -164,6 +166,15 @@ class Nchan(System):
 class Pushpin(System):
     name = "pushpin"
     description = "Pushpin 1.36 (Debian) + GRIP backend, publish over HTTP"
+    caveats = (
+        "Seen while building this bench, with one subscriber and with many: once a channel"
+        " gets more than ~50 messages/s, Pushpin holds the stream output until publishing"
+        " pauses (1-2 s delays) while its processes sit nearly idle, whether messages are"
+        " published over HTTP or ZeroMQ; its fan-out ladder stops early for that reason.",
+        "Under a wide subscribe wave some requests get 502/500 from Pushpin, and a few"
+        " streams got a 200 head but never a subscription (they count as lost deliveries);"
+        " failed opens are retried once.",
+    )
 
     def unavailable(self) -> str | None:
         if not shutil.which("pushpin"):
@@ -236,6 +247,11 @@ class FlaskSse(System):
     # Its generator yields nothing until the first message, and gunicorn sends
     # the head with the first body chunk.
     head_before_first_event = False
+    caveats = (
+        "Flask-SSE sends no response head until the first message, so a stream counts as"
+        " held when its request was sent and the connection stayed open; each stream also"
+        " holds a Redis connection, whose memory (redis-server) is counted in its RSS.",
+    )
 
     def unavailable(self) -> str | None:
         if not shutil.which("redis-server"):
