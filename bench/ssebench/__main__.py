@@ -75,7 +75,7 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
             print(f"skip {system.name}: {reason}", flush=True)
         else:
             runnable.append(system)
-    budget_s = 60 * (args.budget_minutes or (4 if plan.mode == "quick" else 24))
+    budget_s = 60 * (args.budget_minutes or (3 if plan.mode == "quick" else 21))
     deadline = time.monotonic() + budget_s
     results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in runnable}
     pool = ClientPool(max(plan.idle_steps + plan.broadcast_sizes + (plan.fanout_subscribers,)))
