@@ -38,10 +38,13 @@ FULL = Plan(
     burst_size=100,
     fanout_subscribers=1000,
     ladder_rates=(10, 20, 50, 100, 200, 400, 800),
-    ladder_step_seconds=4.0,
+    ladder_step_seconds=3.0,
     cross_rate=100,
-    cross_seconds=10.0,
-    broadcast_timeout_seconds=30.0,
+    cross_seconds=8.0,
+    open_timeout_seconds=20.0,
+    drain_timeout_seconds=8.0,
+    broadcast_timeout_seconds=20.0,
+    repetition_budget_seconds=120.0,
 )
 
 QUICK = Plan(

@@ -112,7 +112,11 @@ class Repetition:
             if dead:
                 result.setdefault("notes", []).append(f"server died: {dead}")
             await asyncio.to_thread(self.group.stop)
-            await self.pool.close_streams(await self.pool.live())
+            try:
+                await self.pool.close_streams(await self.pool.live())
+            except (OSError, EOFError, RuntimeError, TimeoutError) as error:
+                # The load generators are gone (interrupted run): nothing to close.
+                self.log(f"could not close streams: {type(error).__name__}")
         return result
 
     def _skip(self, scenario: str, result: dict[str, Any]) -> bool:
