@@ -8,6 +8,7 @@ Usage (bench/run.sh does this for `make bench`):
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import dataclasses
 import datetime
@@ -27,6 +28,8 @@ from .subscriber import raise_fd_limit
 from .systems import BENCH_DIR, all_systems
 
 LOG_DIR = BENCH_DIR / "out" / "logs"
+# The environment settings of run.sh, quoted in the report as the command that made it.
+RUN_SETTINGS = ("BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCALE", "BENCH_REPEATS")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="stop starting repetitions after this long (default: by mode)")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--stem", default=None, help="report file name without extension")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only write the report again from a run's saved .json")
     return parser.parse_args(argv)
 
 
@@ -107,8 +112,27 @@ def _keep_logs(workdir: Path, destination: Path) -> None:
         shutil.copy(log, destination / log.name)
 
 
+def render_again(saved: Path) -> int:
+    """Write the report of an earlier run again from its .json (after a report change)."""
+    import json
+
+    data = json.loads(saved.read_text())
+    plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
+    meta = data["meta"]
+    systems = {name: (d, tuple(c)) for name, (d, c) in meta["systems"].items()}
+    path = write_report(
+        data["results"], data["skipped"], systems, plan, saved.parent, saved.stem,
+        meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
+        meta.get("machine"),
+    )
+    print(f"ssebench: report written to {path}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_again(args.render)
     plan = scaled(choose_plan(args.quick, args.repeats), args.scale)
     raise_fd_limit()
     started = datetime.datetime.now().astimezone()
@@ -132,7 +156,8 @@ def main(argv: list[str]) -> int:
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
-    command = "bash bench/run.sh" + (" (BENCH_QUICK=1)" if args.quick else "")
+    settings = [f"{name}={os.environ[name]}" for name in RUN_SETTINGS if os.environ.get(name)]
+    command = " ".join([*settings, "bash bench/run.sh"])
     path = write_report(
         results, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),

@@ -55,18 +55,26 @@ def _deliveries_vs_rate(summary: dict[str, Any], plan: Any, path: Path) -> tuple
         fan = entry.get("fanout")
         if not fan or not fan["points"]:
             continue
-        points = sorted(fan["points"][0], key=lambda p: p["rate"])  # first repetition
-        rates = [p["rate"] for p in points]
-        line = top.plot(rates, [p["deliveries_per_s"] for p in points], marker="o", label=system)[0]
-        bottom.plot(rates, [p["p99_ms"] for p in points], marker="o", color=line.get_color(), label=system)
-        failed = [p for p in points if not p["passed"]]
-        bottom.scatter([p["rate"] for p in failed], [p["p99_ms"] or 0 for p in failed],
-                       marker="x", s=80, color=line.get_color())
+        # Every repetition, one line each: the ladder is sensitive to one noisy
+        # step, and the spread between repetitions is part of the result.
+        color = None
+        for repetition, ladder in enumerate(fan["points"]):
+            points = sorted(ladder, key=lambda p: p["rate"])
+            rates = [p["rate"] for p in points]
+            label = system if repetition == 0 else None
+            line = top.plot(rates, [p["deliveries_per_s"] for p in points], marker="o",
+                            color=color, alpha=0.8, label=label)[0]
+            color = line.get_color()
+            bottom.plot(rates, [p["p99_ms"] for p in points], marker="o", color=color,
+                        alpha=0.8, label=label)
+            failed = [p for p in points if not p["passed"]]
+            bottom.scatter([p["rate"] for p in failed], [p["p99_ms"] or 0 for p in failed],
+                           marker="x", s=80, color=color)
     top.set_ylabel("deliveries/s received")
     top.set_title(title)
     bottom.axhline(plan.latency_budget_ms, color="grey", linestyle=":", label="p99 budget")
     bottom.set_ylabel("p99 publish->receive (ms)")
-    bottom.set_xlabel("publish rate (messages/s); x = failed step")
+    bottom.set_xlabel("publish rate (messages/s); one line per repetition; x = failed step")
     for axes in (top, bottom):
         axes.set_xscale("log")
         axes.set_yscale("log")

@@ -98,10 +98,17 @@ def summarise(results: Results, plan: Any) -> dict[str, dict[str, Any]]:
             } | {
                 "lost": _total(crosses, "lost"),
                 "duplicated": _total(crosses, "duplicated"),
+                "publish_failed": _total(crosses, "publish_failed"),
                 "streams_per_worker": [c.get("streams_per_worker") for c in crosses if c],
             }
         summary[system] = entry
     return summary
+
+
+def _publish_failures(figures: dict[str, Any]) -> str:
+    """A warning for the result text when publish requests failed (not in Lost)."""
+    failed = figures.get("publish_failed") or 0
+    return f"; **{failed:,} publish requests failed** (all repetitions)" if failed else ""
 
 
 def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
@@ -152,7 +159,8 @@ def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
                         f"; {_fmt(cast['lingering_closed_streams'], 0)} closed streams still held"
                         if cast["lingering_closed_streams"]
                         else ""
-                    ),
+                    )
+                    + _publish_failures(cast),
                     cast,
                 )
             else:
@@ -180,7 +188,8 @@ def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
                 system,
                 f"p50 {_fmt(cross['p50_ms'])} / p99 {_fmt(cross['p99_ms'])} /"
                 f" max {_fmt(cross['max_ms'])} ms at {_fmt(cross['achieved_rate'], 0)} msg/s"
-                + (f"; streams per worker {spread}" if spread else ""),
+                + (f"; streams per worker {spread}" if spread else "")
+                + _publish_failures(cross),
                 cross,
             )
         else:
@@ -249,17 +258,32 @@ def write_report(
     elapsed_s: float,
     command: str,
     server_root: Path,
+    machine: list[str] | None = None,
 ) -> Path:
     """Write <stem>.md, <stem>.json and the plots; return the Markdown path."""
     from .plots import draw_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, plan)
+    # Described when the run ends (or taken from the run's .json when a report is
+    # written again), so it names the server commit that was measured.
+    machine = machine or describe_machine(server_root)
+    meta = {
+        "machine": machine,
+        "started": started,
+        "elapsed_s": elapsed_s,
+        "command": command,
+        "server_root": str(server_root),
+        "systems": systems,
+    }
     (out_dir / f"{stem}.json").write_text(
-        json.dumps({"plan": plan.__dict__, "skipped": skipped, "results": results}, indent=1, default=str)
+        json.dumps(
+            {"plan": plan.__dict__, "skipped": skipped, "results": results, "meta": meta},
+            indent=1,
+            default=str,
+        )
     )
     plots = draw_plots(summary, results, plan, out_dir, stem)
-    machine = describe_machine(server_root)
     lines = [
         f"# SSE benchmark, {started}",
         "",
@@ -325,6 +349,9 @@ def write_report(
         " subscribers scan the raw stream for it, so latency is publish request -> receipt and"
         " every (stream, message) pair is checked for loss and duplication."
         " Only messages published during the scenario count.",
+        "- Publish requests that failed (error status or no answer in"
+        " 30 s) are not in Lost, which counts only published messages; the result"
+        " text flags them.",
         "- Fan-out: 1k subscribers, publish rate doubled step by step (open-loop schedule) until"
         f" p99 > {plan.latency_budget_ms:.0f} ms, a loss, a publish error or the publisher"
         " falling behind; one extra step halfway between the last pass and the failure."
