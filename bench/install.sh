@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Install what the benchmark needs on a fresh machine: the peer servers from
+# Debian and the bench's own Python packages in bench/.venv.
+# Idempotent: a second run finds everything in place and changes nothing.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEBIAN_PACKAGES=(nginx-light libnginx-mod-nchan pushpin redis-server)
+
+missing_debian_packages() {
+    local package
+    for package in "${DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || echo "$package"
+    done
+}
+
+install_debian_packages() {
+    local missing
+    missing="$(missing_debian_packages)"
+    if [[ -z "$missing" ]]; then
+        echo "install: Debian packages already present"
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "install: need root for apt-get (missing: $missing)" >&2
+        return 1
+    fi
+    # The bench starts every server itself, on loopback, with its own config:
+    # keep the packages' init scripts from starting system-wide copies that
+    # would hold ports and CPU during the measurements.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        created_policy=1
+    fi
+    apt-get update -qq
+    # shellcheck disable=SC2086  # one package a word on purpose
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+        || { [[ $created_policy == 1 ]] && rm -f "$policy"; return 1; }
+    [[ $created_policy == 1 ]] && rm -f "$policy"
+    echo "install: installed $(echo $missing | tr '\n' ' ')"
+}
+
+install_python_packages() {
+    # A venv of the bench's own keeps matplotlib, uvloop, flask-sse and redis
+    # out of the server's .venv, so measuring can never change what is measured.
+    local venv="$BENCH_DIR/.venv"
+    if [[ ! -x "$venv/bin/python" ]]; then
+        python3 -m venv "$venv"
+    fi
+    local stamp="$venv/.requirements.sha256"
+    local wanted
+    wanted="$(sha256sum "$BENCH_DIR/requirements.txt" | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+        echo "install: bench/.venv already up to date"
+        return
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$BENCH_DIR/requirements.txt"
+    echo "$wanted" >"$stamp"
+    echo "install: bench/.venv ready"
+}
+
+install_debian_packages
+install_python_packages

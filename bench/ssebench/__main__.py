@@ -1,0 +1,170 @@
+"""Run the SSE benchmark: every system, every scenario, then write the report.
+
+Usage (bench/run.sh does this for `make bench`):
+  python -m ssebench [--quick] [--systems ours,nchan,pushpin,flask-sse]
+                     [--root REPO] [--repeats N] [--scale F] [--budget-minutes M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import asyncio
+import dataclasses
+import datetime
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .clients import ClientPool
+from .plan import Plan, choose_plan
+from .report import write_report
+from .scenarios import Repetition
+from .subscriber import raise_fd_limit
+from .systems import BENCH_DIR, all_systems
+
+LOG_DIR = BENCH_DIR / "out" / "logs"
+# The environment settings of run.sh, quoted in the report as the command that made it.
+RUN_SETTINGS = ("BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCALE", "BENCH_REPEATS")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ssebench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small and short: ~3-4 minutes")
+    parser.add_argument("--systems", default="ours,nchan,pushpin,flask-sse")
+    parser.add_argument("--root", type=Path, default=BENCH_DIR.parent,
+                        help="repo whose server is 'ours' (default: this repo)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every stream count (development runs: 0.05)")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="stop starting repetitions after this long (default: by mode)")
+    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--stem", default=None, help="report file name without extension")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only write the report again from a run's saved .json")
+    return parser.parse_args(argv)
+
+
+def scaled(plan: Plan, scale: float) -> Plan:
+    if scale == 1.0:
+        return plan
+
+    def shrink(count: int) -> int:
+        return max(10, int(count * scale))
+
+    return dataclasses.replace(
+        plan,
+        idle_steps=tuple(shrink(n) for n in plan.idle_steps),
+        broadcast_sizes=tuple(shrink(n) for n in plan.broadcast_sizes),
+        fanout_subscribers=shrink(plan.fanout_subscribers),
+    )
+
+
+Outcome = tuple[dict[str, list], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
+
+
+async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
+    wanted = [name.strip() for name in args.systems.split(",") if name.strip()]
+    systems = [s for s in all_systems(args.root.resolve()) if s.name in wanted]
+    skipped: dict[str, str] = {}
+    runnable = []
+    for system in systems:
+        reason = system.unavailable()
+        if reason:
+            skipped[system.name] = reason
+            print(f"skip {system.name}: {reason}", flush=True)
+        else:
+            runnable.append(system)
+    budget_s = 60 * (args.budget_minutes or (3 if plan.mode == "quick" else 21))
+    deadline = time.monotonic() + budget_s
+    results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in runnable}
+    pool = ClientPool(max(plan.idle_steps + plan.broadcast_sizes + (plan.fanout_subscribers,)))
+    try:
+        # Systems take turns within each repetition, so a noisy minute on the
+        # shared machine spreads over all of them instead of hitting one.
+        for repeat in range(plan.repeats):
+            for system in runnable:
+                if time.monotonic() > deadline:
+                    print(f"time budget spent: {system.name} repetition {repeat + 1} not run", flush=True)
+                    results[system.name].append({"notes": [f"repetition {repeat + 1} not run: time budget spent"]})
+                    continue
+                print(f"== {system.name}, repetition {repeat + 1}/{plan.repeats}", flush=True)
+                with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-") as workdir:
+                    repetition = Repetition(system, plan, pool, Path(workdir))
+                    results[system.name].append(await repetition.run())
+                    _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-{repeat + 1}")
+    finally:
+        await asyncio.to_thread(pool.stop)
+    described = {s.name: (s.description, s.caveats) for s in runnable}
+    return results, skipped, described
+
+
+def _keep_logs(workdir: Path, destination: Path) -> None:
+    """Copy the servers' logs out of the temp dir before it goes (bench/out is git-ignored)."""
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True, exist_ok=True)
+    for log in workdir.rglob("*.log"):
+        shutil.copy(log, destination / log.name)
+
+
+def render_again(saved: Path) -> int:
+    """Write the report of an earlier run again from its .json (after a report change)."""
+    import json
+
+    data = json.loads(saved.read_text())
+    plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
+    meta = data["meta"]
+    systems = {name: (d, tuple(c)) for name, (d, c) in meta["systems"].items()}
+    path = write_report(
+        data["results"], data["skipped"], systems, plan, saved.parent, saved.stem,
+        meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
+        meta.get("machine"),
+    )
+    print(f"ssebench: report written to {path}", flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.render:
+        return render_again(args.render)
+    plan = scaled(choose_plan(args.quick, args.repeats), args.scale)
+    raise_fd_limit()
+    started = datetime.datetime.now().astimezone()
+    stem = args.stem or started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
+    print(f"ssebench: {plan.mode} mode, {plan.repeats} repetition(s), systems {args.systems}", flush=True)
+    began = time.monotonic()
+
+    async def guarded() -> Outcome:
+        # TERM (run.sh's trap, a timeout) cancels the run, so every `finally`
+        # stops its servers before the process exits.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+        return await run_all(args, plan)
+
+    import uvloop
+
+    try:
+        results, skipped, described = uvloop.run(guarded())
+    except asyncio.CancelledError:
+        print("ssebench: interrupted; servers stopped, no report written", flush=True)
+        return 130
+    settings = [f"{name}={os.environ[name]}" for name in RUN_SETTINGS if os.environ.get(name)]
+    command = " ".join([*settings, "bash bench/run.sh"])
+    path = write_report(
+        results, skipped, described, plan, args.results_dir, stem,
+        started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
+    )
+    print(f"ssebench: report written to {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,185 @@
+"""The orchestrator's handle on the load-generator processes.
+
+Each process gets its own loopback source address (127.0.0.2, .3, ...) so no
+single address runs out of its ~28k ephemeral ports, and holds at most
+`MAX_STREAMS_PER_PROCESS` streams so it stays well under the 20,000
+descriptors a process may have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+
+from .subscriber import run_subscriber_process
+
+MAX_STREAMS_PER_PROCESS = 6000
+RPC_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Receipts:
+    """Receipts of one scenario, merged over all load-generator processes."""
+
+    live_at_begin: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    latencies_ns: array = field(default_factory=lambda: array("q"))
+
+    def add(self, part: dict[str, Any]) -> None:
+        self.live_at_begin += part["live_at_begin"]
+        self.unique += part["unique"]
+        self.duplicates += part["duplicates"]
+        self.dropped += part["dropped"]
+        if part["first_ns"] and (not self.first_ns or part["first_ns"] < self.first_ns):
+            self.first_ns = part["first_ns"]
+        self.last_ns = max(self.last_ns, part["last_ns"])
+        if "latencies_ns" in part:
+            self.latencies_ns.frombytes(part["latencies_ns"])
+
+
+class ClientPool:
+    """Starts, commands and stops the subscriber processes."""
+
+    def __init__(self, max_streams: int, first_source_octet: int = 2) -> None:
+        count = max(2, math.ceil(max_streams / MAX_STREAMS_PER_PROCESS))
+        self.source_ips = [f"127.0.0.{first_source_octet + i}" for i in range(count)]
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=run_subscriber_process, args=(theirs,), daemon=True)
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        self.locks = [asyncio.Lock() for _ in range(count)]
+
+    def _rpc(self, index: int, command: tuple, timeout: float) -> dict[str, Any]:
+        pipe = self.pipes[index]
+        pipe.send(command)
+        if not pipe.poll(timeout):
+            raise TimeoutError(f"load generator {index} did not answer {command[0]!r}")
+        reply = pipe.recv()
+        if "error" in reply:
+            raise RuntimeError(f"load generator {index}: {reply['error']}")
+        return reply
+
+    async def call(self, index: int, command: tuple, timeout: float = RPC_GRACE_SECONDS) -> dict:
+        async with self.locks[index]:
+            return await asyncio.to_thread(self._rpc, index, command, timeout)
+
+    async def call_all(self, command: tuple, timeout: float = RPC_GRACE_SECONDS) -> list[dict]:
+        return await asyncio.gather(
+            *(self.call(i, command, timeout) for i in range(len(self.pipes)))
+        )
+
+    async def live_per_process(self) -> list[int]:
+        return [reply["live"] for reply in await self.call_all(("status",))]
+
+    async def live(self) -> int:
+        return sum(await self.live_per_process())
+
+    async def open_streams(
+        self, count: int, host: str, port: int, path: str, timeout: float, wait_for_head: bool
+    ) -> dict[str, Any]:
+        """Open `count` more streams, spread so every process ends up even."""
+        live = await self.live_per_process()
+        shares = _fill_evenly(live, count)
+        replies = await asyncio.gather(
+            *(
+                self.call(
+                    i,
+                    ("open", host, port, path, share, self.source_ips[i], timeout, wait_for_head),
+                    timeout + RPC_GRACE_SECONDS,
+                )
+                for i, share in enumerate(shares)
+                if share
+            )
+        )
+        errors: dict[str, int] = {}
+        for reply in replies:
+            for reason, number in reply["errors"].items():
+                errors[reason] = errors.get(reason, 0) + number
+        return {
+            "opened": sum(reply["opened"] for reply in replies),
+            "failed": sum(reply["failed"] for reply in replies),
+            "errors": errors,
+        }
+
+    async def close_streams(self, count: int) -> int:
+        """Close `count` streams, taking them from the fullest processes first."""
+        live = await self.live_per_process()
+        shares = _take_evenly(live, count)
+        replies = await asyncio.gather(
+            *(self.call(i, ("close", share)) for i, share in enumerate(shares) if share)
+        )
+        return sum(reply["closed"] for reply in replies)
+
+    async def begin(self, tag: int) -> int:
+        """Start counting receipts of scenario `tag`; return the streams that count."""
+        return sum(reply["live"] for reply in await self.call_all(("begin", tag)))
+
+    async def wait_for(self, tag: int, messages: int, timeout: float) -> Receipts:
+        """Wait until every counted stream has `messages` messages, or `timeout`."""
+        receipts = Receipts()
+        for part in await self.call_all(("wait", tag, messages, timeout), timeout + 30):
+            receipts.add(part)
+        return receipts
+
+    async def collect(self, tag: int) -> Receipts:
+        receipts = Receipts()
+        for part in await self.call_all(("collect", tag)):
+            receipts.add(part)
+        return receipts
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by all load-generator processes."""
+        total = 0.0
+        for process in self.processes:
+            try:
+                times = psutil.Process(process.pid).cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        for index, pipe in enumerate(self.pipes):
+            try:
+                self._rpc(index, ("quit",), 10)
+            except (OSError, EOFError, TimeoutError, RuntimeError):
+                pass
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+def _fill_evenly(live: list[int], extra: int) -> list[int]:
+    """Split `extra` new streams so the emptiest processes get them first."""
+    shares = [0] * len(live)
+    for _ in range(extra):
+        index = min(range(len(live)), key=lambda i: live[i] + shares[i])
+        shares[index] += 1
+    return shares
+
+
+def _take_evenly(live: list[int], count: int) -> list[int]:
+    """Split `count` closes so the fullest processes lose streams first."""
+    shares = [0] * len(live)
+    for _ in range(min(count, sum(live))):
+        index = max(range(len(live)), key=lambda i: live[i] - shares[i])
+        shares[index] += 1
+    return shares

@@ -1,0 +1,57 @@
+"""A few lines that say what the numbers were measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import psutil
+
+DEBIAN_PACKAGES = ("nginx-light", "libnginx-mod-nchan", "pushpin", "redis-server")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _package_versions() -> str:
+    versions = []
+    for package in DEBIAN_PACKAGES:
+        try:
+            version = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", package],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            version = ""
+        versions.append(f"{package} {version or 'not installed'}")
+    return ", ".join(versions)
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), "log", "-1", "--format=%h %s"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def describe_machine(server_root: Path) -> list[str]:
+    memory_gib = psutil.virtual_memory().total / 2**30
+    return [
+        f"{os.cpu_count()} cores ({_cpu_model()}), {memory_gib:.0f} GiB RAM,"
+        f" {platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "Shared machine: other jobs may run at the same time (see the Other CPU column).",
+        f"Peers: {_package_versions()}",
+        f"Our server: {server_root} at `{_git_commit(server_root)}`",
+    ]

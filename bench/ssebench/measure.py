@@ -1,0 +1,43 @@
+"""Small pure helpers that turn raw numbers into reported figures."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+from array import array
+from typing import Any, Sequence
+
+import psutil
+
+
+def percentiles_ms(latencies_ns: array | Sequence[int]) -> dict[str, float | None]:
+    """p50, p99 and max of a latency sample, in milliseconds."""
+    if not latencies_ns:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(latencies_ns)
+
+    def pick(fraction: float) -> float:
+        index = min(len(ordered) - 1, int(fraction * len(ordered)))
+        return ordered[index] / 1e6
+
+    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": ordered[-1] / 1e6}
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of the orchestrator itself (it is the publisher)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine, to spot a noisy neighbour."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
+
+
+def median_of(values: Sequence[Any]) -> Any:
+    """Median of the numbers present; None when there are none."""
+    numbers = [value for value in values if isinstance(value, (int, float))]
+    if not numbers:
+        return None
+    return statistics.median(numbers)

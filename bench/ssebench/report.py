@@ -1,0 +1,365 @@
+"""Turns the raw results of a run into bench/results/<date>.md and its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .machine import describe_machine
+from .measure import median_of
+
+Results = dict[str, list[dict[str, Any]]]  # system name -> one dict per repetition
+
+
+def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.{digits}f}"
+    else:
+        text = f"{value:,}"
+    return f"{text}{unit}"
+
+
+def _median(reps: list[dict[str, Any] | None], key: str) -> Any:
+    return median_of([rep.get(key) for rep in reps if rep])
+
+
+def _total(reps: list[dict[str, Any] | None], key: str) -> int:
+    return sum(rep.get(key) or 0 for rep in reps if rep)
+
+
+def _step(rep: dict[str, Any], scenario: str, field: str, value: int) -> dict[str, Any] | None:
+    return next((s for s in rep.get(scenario) or [] if s.get(field) == value), None)
+
+
+def summarise(results: Results, plan: Any) -> dict[str, dict[str, Any]]:
+    """Medians over repetitions of every figure the table and the targets use."""
+    summary: dict[str, dict[str, Any]] = {}
+    for system, reps in results.items():
+        entry: dict[str, Any] = {"repeats": len(reps), "notes": []}
+        for rep in reps:
+            entry["notes"].extend(rep.get("notes", []))
+        entry["idle"] = {}
+        for streams in plan.idle_steps:
+            steps = [_step(rep, "idle", "streams", streams) for rep in reps]
+            if any(steps):
+                entry["idle"][streams] = {
+                    "held": _median(steps, "held"),
+                    "rss_per_stream_kb": _median(steps, "rss_per_stream_kb"),
+                    "open_seconds": _median(steps, "open_seconds"),
+                    "errors": [s["open_errors"] for s in steps if s and s["open_errors"]],
+                }
+        entry["broadcast"] = {}
+        for size in plan.broadcast_sizes:
+            runs = [
+                next((b for b in rep.get("broadcast") or [] if b.get("target") == size), None)
+                for rep in reps
+            ]
+            if any(runs):
+                entry["broadcast"][size] = {
+                    key: _median(runs, key)
+                    for key in (
+                        "subscribers", "one_last_ms", "one_first_ms", "burst_size",
+                        "burst_all_ms", "burst_p50_ms", "burst_p99_ms",
+                        "server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct",
+                        "lingering_closed_streams",
+                    )
+                } | {
+                    "lost": _total(runs, "lost"),
+                    "duplicated": _total(runs, "duplicated"),
+                    "publish_failed": _total(runs, "publish_failed"),
+                }
+        fanouts = [rep.get("fanout") for rep in reps]
+        if any(fanouts):
+            bests = [f.get("best") if f else None for f in fanouts]
+            entry["fanout"] = {
+                "max_deliveries_per_s": _median(fanouts, "max_deliveries_per_s"),
+                "rate": _median(bests, "rate"),
+                "p99_ms": _median(bests, "p99_ms"),
+                "server_cpu_us_per_delivery": _median(bests, "server_cpu_us_per_delivery"),
+                "server_cpu_pct": _median(bests, "server_cpu_pct"),
+                "loadgen_cpu_pct": _median(bests, "loadgen_cpu_pct"),
+                "other_cpu_pct": _median(bests, "other_cpu_pct"),
+                "lost": _total(fanouts, "lost"),
+                "duplicated": _total(fanouts, "duplicated"),
+                "first_failures": [f["first_failure"] for f in fanouts if f and f["first_failure"]],
+                "points": [f["points"] for f in fanouts if f],
+            }
+        crosses = [rep.get("cross") for rep in reps]
+        if any(crosses):
+            entry["cross"] = {
+                key: _median(crosses, key)
+                for key in (
+                    "subscribers", "achieved_rate", "p50_ms", "p99_ms", "max_ms",
+                    "server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct",
+                )
+            } | {
+                "lost": _total(crosses, "lost"),
+                "duplicated": _total(crosses, "duplicated"),
+                "publish_failed": _total(crosses, "publish_failed"),
+                "streams_per_worker": [c.get("streams_per_worker") for c in crosses if c],
+            }
+        summary[system] = entry
+    return summary
+
+
+def _publish_failures(figures: dict[str, Any]) -> str:
+    """A warning for the result text when publish requests failed (not in Lost)."""
+    failed = figures.get("publish_failed") or 0
+    return f"; **{failed:,} publish requests failed** (all repetitions)" if failed else ""
+
+
+def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
+    lines = [
+        "| Scenario | System | Result (median) | Lost | Dup | Server CPU | Load-gen CPU | Other CPU |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(scenario: str, system: str, result: str, src: dict[str, Any] | None = None) -> None:
+        src = src or {}
+        lost = src.get("lost", "-")
+        dup = src.get("duplicated", "-")
+        lines.append(
+            f"| {scenario} | {system} | {result} | {lost} | {dup} |"
+            f" {_fmt(src.get('server_cpu_pct'), 0, '%')} |"
+            f" {_fmt(src.get('loadgen_cpu_pct'), 0, '%')} |"
+            f" {_fmt(src.get('other_cpu_pct'), 0, '%')} |"
+            if src
+            else f"| {scenario} | {system} | {result} | - | - | - | - | - |"
+        )
+
+    for streams in plan.idle_steps:
+        for system, entry in summary.items():
+            idle = entry["idle"].get(streams)
+            if idle:
+                row(
+                    f"1. idle {streams:,} streams",
+                    system,
+                    f"held {_fmt(idle['held'], 0)}/{streams:,};"
+                    f" {_fmt(idle['rss_per_stream_kb'])} KB RSS/stream;"
+                    f" opened in {_fmt(idle['open_seconds'])} s"
+                    + (f"; open errors (retried) {idle['errors'][0]}" if idle["errors"] else ""),
+                )
+            else:
+                row(f"1. idle {streams:,} streams", system, "not reached")
+    for size in plan.broadcast_sizes:
+        for system, entry in summary.items():
+            cast = entry["broadcast"].get(size)
+            if cast:
+                row(
+                    f"2. broadcast to {size:,}",
+                    system,
+                    f"{_fmt(cast['subscribers'], 0)} subs: 1 msg last delivery"
+                    f" {_fmt(cast['one_last_ms'])} ms; burst of {_fmt(cast['burst_size'], 0)}"
+                    f" all delivered {_fmt(cast['burst_all_ms'], 0)} ms"
+                    f" (p99 {_fmt(cast['burst_p99_ms'], 0)} ms)"
+                    + (
+                        f"; {_fmt(cast['lingering_closed_streams'], 0)} closed streams still held"
+                        if cast["lingering_closed_streams"]
+                        else ""
+                    )
+                    + _publish_failures(cast),
+                    cast,
+                )
+            else:
+                row(f"2. broadcast to {size:,}", system, "not run")
+    for system, entry in summary.items():
+        fan = entry.get("fanout")
+        if fan:
+            row(
+                f"3. sustained fan-out, {plan.fanout_subscribers:,} subs",
+                system,
+                f"max {_fmt(fan['max_deliveries_per_s'], 0)} deliveries/s at p99 <="
+                f" {plan.latency_budget_ms:.0f} ms ({_fmt(fan['rate'], 0)} msg/s,"
+                f" p99 {_fmt(fan['p99_ms'])} ms);"
+                f" {_fmt(fan['server_cpu_us_per_delivery'])} µs server CPU/delivery",
+                fan,
+            )
+        else:
+            row(f"3. sustained fan-out, {plan.fanout_subscribers:,} subs", system, "not run")
+    for system, entry in summary.items():
+        cross = entry.get("cross")
+        if cross:
+            spread = cross["streams_per_worker"][0] if cross["streams_per_worker"] else []
+            row(
+                f"4. cross-worker, {plan.cross_rate:.0f} msg/s",
+                system,
+                f"p50 {_fmt(cross['p50_ms'])} / p99 {_fmt(cross['p99_ms'])} /"
+                f" max {_fmt(cross['max_ms'])} ms at {_fmt(cross['achieved_rate'], 0)} msg/s"
+                + (f"; streams per worker {spread}" if spread else "")
+                + _publish_failures(cross),
+                cross,
+            )
+        else:
+            row(f"4. cross-worker, {plan.cross_rate:.0f} msg/s", system, "not run")
+    return lines
+
+
+def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
+    ours = summary.get("ours")
+    if not ours:
+        return ["Our server was not measured in this run, so no target is checked."]
+    lines = ["| Target | Measured | Met |", "|---|---|---|"]
+
+    def check(target: str, measured: str, met: bool | None) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if met else 'no' if met is False else 'n/a'} |")
+
+    held = max((i["held"] or 0 for i in ours["idle"].values()), default=0)
+    check(">= 20,000 concurrent streams held", f"{held:,}", held >= 20000)
+    # Judged at the largest step held: small steps carry start-up allocations.
+    held_steps = [n for n, i in ours["idle"].items() if i["rss_per_stream_kb"] and i["held"] == n]
+    largest = max(held_steps) if held_steps else None
+    rss = ours["idle"][largest]["rss_per_stream_kb"] if largest else None
+    check(
+        "<= 12 KB server RSS per idle stream",
+        f"{_fmt(rss)} KB at {largest or 0:,} streams",
+        rss is not None and rss <= 12,
+    )
+    cast = ours["broadcast"].get(10000)
+    one = cast["one_last_ms"] if cast else None
+    check(
+        "1 message to 10,000 subscribers: last delivery <= 100 ms",
+        f"{_fmt(one)} ms to {_fmt(cast['subscribers'], 0) if cast else 'n/a'} subs",
+        one is not None and one <= 100 and cast["subscribers"] >= 10000,
+    )
+    mine = (ours.get("fanout") or {}).get("max_deliveries_per_s")
+    for peer, factor in (("nchan", 0.5), ("pushpin", 1.0), ("flask-sse", 5.0)):
+        theirs = (summary.get(peer, {}).get("fanout") or {}).get("max_deliveries_per_s")
+        met = None if mine is None or theirs is None else mine >= factor * theirs
+        check(
+            f"sustained deliveries/s >= {factor:g} x {peer}",
+            f"{_fmt(mine, 0)} vs {_fmt(theirs, 0)}",
+            met,
+        )
+    p99 = (ours.get("cross") or {}).get("p99_ms")
+    check("cross-worker p99 <= 20 ms (1k subs x 100 msg/s)", f"{_fmt(p99)} ms", p99 is not None and p99 <= 20)
+    lost = sum(
+        [b["lost"] for b in ours["broadcast"].values()]
+        + [(ours.get("fanout") or {}).get("lost", 0), (ours.get("cross") or {}).get("lost", 0)]
+    )
+    dup = sum(
+        [b["duplicated"] for b in ours["broadcast"].values()]
+        + [(ours.get("fanout") or {}).get("duplicated", 0), (ours.get("cross") or {}).get("duplicated", 0)]
+    )
+    check("0 lost, 0 duplicated (all scenarios, all repetitions)", f"{lost} lost, {dup} duplicated", lost == 0 and dup == 0)
+    return lines
+
+
+def write_report(
+    results: Results,
+    skipped: dict[str, str],
+    systems: dict[str, tuple[str, tuple[str, ...]]],
+    plan: Any,
+    out_dir: Path,
+    stem: str,
+    started: str,
+    elapsed_s: float,
+    command: str,
+    server_root: Path,
+    machine: list[str] | None = None,
+) -> Path:
+    """Write <stem>.md, <stem>.json and the plots; return the Markdown path."""
+    from .plots import draw_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results, plan)
+    # Described when the run ends (or taken from the run's .json when a report is
+    # written again), so it names the server commit that was measured.
+    machine = machine or describe_machine(server_root)
+    meta = {
+        "machine": machine,
+        "started": started,
+        "elapsed_s": elapsed_s,
+        "command": command,
+        "server_root": str(server_root),
+        "systems": systems,
+    }
+    (out_dir / f"{stem}.json").write_text(
+        json.dumps(
+            {"plan": plan.__dict__, "skipped": skipped, "results": results, "meta": meta},
+            indent=1,
+            default=str,
+        )
+    )
+    plots = draw_plots(summary, results, plan, out_dir, stem)
+    lines = [
+        f"# SSE benchmark, {started}",
+        "",
+        f"Mode: **{plan.mode}** ({plan.repeats} repetition{'s' if plan.repeats > 1 else ''} per system,"
+        f" medians shown; lost/dup are totals over all repetitions). Wall time: {elapsed_s / 60:.1f} min.",
+        f"Produced by `{command}`.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {line}" for line in machine],
+        "",
+        "## Systems",
+        "",
+        *[f"- **{name}**: {description}" for name, (description, _) in systems.items()],
+        "",
+        "## Results",
+        "",
+        *_table(summary, plan),
+        "",
+        "Server CPU: all processes of the system (workers, master, Redis or Pushpin's"
+        " condure/proxy/handler/zurl and GRIP backend), as % of one core over the scenario;"
+        " 200% is the whole machine. Load-gen CPU: the subscriber processes plus the"
+        " publisher. Other CPU: everything else busy on the machine at the time"
+        " (other jobs share it), so a saturated client or a noisy neighbour is visible."
+        " Lost: deliveries not received by the end of the scenario's wait"
+        f" ({plan.broadcast_timeout_seconds:.0f} s after a broadcast,"
+        f" {plan.drain_timeout_seconds:.0f} s after a rate step).",
+        "",
+    ]
+    caveats = [(name, c) for name, (_, notes) in systems.items() for c in notes]
+    if caveats:
+        lines += ["Caveats:", ""] + [f"- {name}: {c}" for name, c in caveats] + [""]
+    if skipped:
+        lines += ["Systems not run:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
+    notes = [(name, note) for name, entry in summary.items() for note in entry["notes"]]
+    if notes:
+        lines += ["Notes from the run:", ""] + [f"- {name}: {note}" for name, note in notes] + [""]
+    failures = [
+        (name, failure)
+        for name, entry in summary.items()
+        for failure in (entry.get("fanout") or {}).get("first_failures", [])
+    ]
+    if failures:
+        lines += ["Fan-out ladder, first failing step per repetition:", ""]
+        for name, f in failures:
+            lines.append(
+                f"- {name}: {f['rate']:.0f} msg/s (sent {f['achieved_rate']:.0f}/s),"
+                f" {f['deliveries_per_s']:.0f} deliveries/s, p99 {_fmt(f['p99_ms'])} ms,"
+                f" lost {f['lost']}, server {f['server_cpu_pct']:.0f}%,"
+                f" load-gen {f['loadgen_cpu_pct']:.0f}% CPU"
+            )
+        lines.append("")
+    lines += ["## Targets for our server", "", *_targets(summary), ""]
+    lines += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots] + [""]
+    lines += [
+        "## How it was measured",
+        "",
+        "- Every system runs on loopback with 2 worker processes, logs off, 15 s heartbeats,"
+        " and is started fresh for each repetition; streams open once per repetition:"
+        " 1k -> 5k -> 10k -> 20k (idle RSS after each step, minus RSS before the first stream),"
+        " then closed down to each broadcast size, then to the fan-out size.",
+        "- Each message carries `SSEB:<scenario>:<seq>:<CLOCK_MONOTONIC ns at send>;` in its text;"
+        " subscribers scan the raw stream for it, so latency is publish request -> receipt and"
+        " every (stream, message) pair is checked for loss and duplication."
+        " Only messages published during the scenario count.",
+        "- Publish requests that failed (error status or no answer in"
+        " 30 s) are not in Lost, which counts only published messages; the result"
+        " text flags them.",
+        "- Fan-out: 1k subscribers, publish rate doubled step by step (open-loop schedule) until"
+        f" p99 > {plan.latency_budget_ms:.0f} ms, a loss, a publish error or the publisher"
+        " falling behind; one extra step halfway between the last pass and the failure."
+        " Server CPU µs per delivery = utime+stime of all server processes / deliveries.",
+        "- The load generator is asyncio + uvloop with raw sockets, several processes, each with"
+        " its own source address (127.0.0.2, ...). On a 2-core machine it competes with the"
+        " server for CPU: read the Load-gen CPU column before reading a throughput figure.",
+    ]
+    path = out_dir / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,333 @@
+"""One adapter per system under test: how to start it, subscribe and publish.
+
+Every adapter answers the same four questions, so the scenarios never know
+which system they drive:
+  start(workdir)            -> a ServerGroup, listening on loopback
+  subscribe_path(room)      -> the GET path of an SSE stream for the room
+  publish_request(room, t)  -> URL, body and content type that publish text t
+  unavailable()             -> why the system cannot run here, or None
+How receivers find our payload inside each system's events is the same for
+all of them (see marker.py), so no adapter needs to parse events.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .processes import ServerGroup, free_port, wait_for_port
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+PEERS_DIR = BENCH_DIR / "peers"
+BENCH_VENV_BIN = Path(sys.executable).parent
+
+# Every system gets the same shape: 2 worker processes, 15 s heartbeats.
+WORKERS = 2
+HEARTBEAT_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    url: str
+    body: bytes
+    content_type: str
+
+
+class System:
+    """Base adapter; subclasses fill in the four questions."""
+
+    name = ""
+    description = ""
+    # Caveats a reader of the report needs to read this system's rows right.
+    caveats: tuple[str, ...] = ()
+    # False where the response head waits for the first event (Flask-SSE):
+    # a stream then counts as held once its request is sent and not refused.
+    head_before_first_event = True
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.publish_base = ""
+        self.group: ServerGroup | None = None
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def start(self, workdir: Path) -> ServerGroup:
+        raise NotImplementedError
+
+    def subscribe_path(self, room: str) -> str:
+        raise NotImplementedError
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        raise NotImplementedError
+
+    def worker_pids(self) -> list[int]:
+        """Processes that hold client streams (for the cross-worker spread)."""
+        return []
+
+
+class OurServer(System):
+    name = "ours"
+    description = "this repo: Flask + gevent + gunicorn, SQLite store"
+
+    def __init__(self, repo_root: Path) -> None:
+        super().__init__()
+        self.repo_root = repo_root
+
+    def unavailable(self) -> str | None:
+        needed = [".venv/bin/gunicorn", "gunicorn.conf.py", "wsgi.py"]
+        missing = [name for name in needed if not (self.repo_root / name).exists()]
+        if missing:
+            return f"server not found in {self.repo_root} (missing {', '.join(missing)})"
+        return None
+
+    def start(self, workdir: Path) -> ServerGroup:
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        group = ServerGroup(workdir)
+        group.launch(
+            "ours",
+            [str(self.repo_root / ".venv/bin/gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=self.repo_root,
+            env={
+                "PORT": str(self.port),
+                "HOST": "127.0.0.1",
+                "WEB_CONCURRENCY": str(WORKERS),
+                "SQLITE_PATH": str(workdir / "messages.sqlite3"),
+                "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+                "MAX_STREAMS_PER_WORKER": "20000",
+                # Logs off, as for every peer: a line per request is CPU we measure.
+                "LOG_LEVEL": "warning",
+            },
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/messages?room={room}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        body = json.dumps({"room": room, "text": text}).encode()
+        return PublishRequest(f"{self.publish_base}/messages", body, "application/json")
+
+    def worker_pids(self) -> list[int]:
+        return self.group.pids()[1:] if self.group else []
+
+
+class Nchan(System):
+    name = "nchan"
+    description = "nginx 1.22 + Nchan 1.3.6 (Debian), 2 workers"
+
+    def unavailable(self) -> str | None:
+        module = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+        if not shutil.which("nginx") or not module.exists():
+            return "nginx or libnginx-mod-nchan not installed (run bench/install.sh)"
+        return None
+
+    def start(self, workdir: Path) -> ServerGroup:
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        prefix = workdir / "nginx"
+        prefix.mkdir(parents=True, exist_ok=True)
+        config = (PEERS_DIR / "nchan.conf").read_text()
+        config = config.replace("@PREFIX@", str(prefix)).replace("@PORT@", str(self.port))
+        (prefix / "nginx.conf").write_text(config)
+        group = ServerGroup(workdir)
+        group.launch(
+            "nchan",
+            [
+                shutil.which("nginx") or "nginx",
+                "-p", str(prefix),
+                "-c", str(prefix / "nginx.conf"),
+                "-e", str(prefix / "error.log"),
+                "-g", "daemon off;",
+            ],
+            cwd=prefix,
+            env={},
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/sub?room={room}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        return PublishRequest(f"{self.publish_base}/pub?room={room}", text.encode(), "text/plain")
+
+    def worker_pids(self) -> list[int]:
+        return self.group.pids()[1:] if self.group else []
+
+
+class Pushpin(System):
+    name = "pushpin"
+    description = "Pushpin 1.36 (Debian) + GRIP backend, publish over HTTP"
+    caveats = (
+        "Seen while building this bench, with one subscriber and with many: once a channel"
+        " gets more than ~50 messages/s, Pushpin holds the stream output until publishing"
+        " pauses (1-2 s delays) while its processes sit nearly idle, whether messages are"
+        " published over HTTP or ZeroMQ; its fan-out ladder stops early for that reason.",
+        "Under a wide subscribe wave some requests get 502/500 from Pushpin, and a few"
+        " streams got a 200 head but never a subscription (they count as lost deliveries);"
+        " failed opens are retried once.",
+    )
+
+    def unavailable(self) -> str | None:
+        if not shutil.which("pushpin"):
+            return "pushpin not installed (run bench/install.sh)"
+        return None
+
+    def start(self, workdir: Path) -> ServerGroup:
+        self.port = free_port()
+        backend_port = free_port()
+        # Pushpin adds port_offset to its fixed ZeroMQ ports 5560-5563 and to
+        # its publish port 5561; pick an offset that lands in free ports.
+        offset = _free_port_block(base=5560, width=4)
+        self.publish_base = f"http://127.0.0.1:{5561 + offset}"
+        rundir = workdir / "pushpin"
+        rundir.mkdir(parents=True, exist_ok=True)
+        config = (PEERS_DIR / "pushpin/pushpin.conf").read_text()
+        config = (
+            config.replace("@RUNDIR@", str(rundir))
+            .replace("@HTTP_PORT@", str(self.port))
+            .replace("@PORT_OFFSET@", str(offset))
+        )
+        (rundir / "pushpin.conf").write_text(config)
+        routes = (PEERS_DIR / "pushpin/routes").read_text()
+        (rundir / "routes").write_text(routes.replace("@BACKEND_PORT@", str(backend_port)))
+        group = ServerGroup(workdir)
+        group.launch(
+            "grip_backend",
+            [
+                str(BENCH_VENV_BIN / "gunicorn"),
+                "-k", "gevent", "-w", "1",
+                "--worker-connections", "2000",
+                "-b", f"127.0.0.1:{backend_port}",
+                "grip_backend:app",
+            ],
+            cwd=PEERS_DIR / "pushpin",
+            env={},
+        )
+        wait_for_port(backend_port, group)
+        group.launch(
+            "pushpin",
+            [
+                "pushpin",
+                "--config", str(rundir / "pushpin.conf"),
+                "--port", f"127.0.0.1:{self.port}",
+                "--merge-output",
+            ],
+            cwd=rundir,
+            env={},
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        wait_for_port(5561 + offset, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/messages?room={room}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        # Pushpin sends http-stream content verbatim, so the SSE framing is ours;
+        # the data line is JSON shaped like our server's message.
+        data = json.dumps({"room": room, "text": text}, separators=(",", ":"))
+        item = {"channel": room, "formats": {"http-stream": {"content": f"event: message\ndata: {data}\n\n"}}}
+        body = json.dumps({"items": [item]}).encode()
+        return PublishRequest(f"{self.publish_base}/publish/", body, "application/json")
+
+
+class FlaskSse(System):
+    name = "flask-sse"
+    description = "Flask-SSE 1.0 + Redis 7 pub/sub, gunicorn 2 gevent workers"
+    # Its generator yields nothing until the first message, and gunicorn sends
+    # the head with the first body chunk.
+    head_before_first_event = False
+    caveats = (
+        "Flask-SSE sends no response head until the first message, so a stream counts as"
+        " held when its request was sent and the connection stayed open; each stream also"
+        " holds a Redis connection, whose memory (redis-server) is counted in its RSS.",
+    )
+
+    def unavailable(self) -> str | None:
+        if not shutil.which("redis-server"):
+            return "redis-server not installed (run bench/install.sh)"
+        if not (BENCH_VENV_BIN / "gunicorn").exists():
+            return "bench/.venv has no gunicorn (run bench/install.sh)"
+        return None
+
+    def start(self, workdir: Path) -> ServerGroup:
+        self.port = free_port()
+        redis_port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        group = ServerGroup(workdir)
+        group.launch(
+            "redis",
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--bind", "127.0.0.1", "--port", str(redis_port),
+                "--save", "", "--appendonly", "no",
+                "--maxclients", "25000", "--dir", str(workdir),
+            ],
+            cwd=workdir,
+            env={},
+        )
+        wait_for_port(redis_port, group)
+        group.launch(
+            "flask_sse",
+            [
+                str(BENCH_VENV_BIN / "gunicorn"),
+                "-k", "gevent", "-w", str(WORKERS),
+                "--worker-connections", "20000",
+                "-b", f"127.0.0.1:{self.port}",
+                "flask_sse_app:app",
+            ],
+            cwd=PEERS_DIR,
+            env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/stream?channel={room}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        body = json.dumps({"room": room, "text": text}).encode()
+        return PublishRequest(f"{self.publish_base}/publish", body, "application/json")
+
+    def worker_pids(self) -> list[int]:
+        if not self.group or len(self.group.launched) < 2:
+            return []
+        import psutil
+
+        master = psutil.Process(self.group.launched[1].pid)
+        return [child.pid for child in master.children()]
+
+
+def _free_port_block(base: int, width: int) -> int:
+    """Return an offset such that base+offset .. base+offset+width-1 are all free."""
+    import socket
+
+    for offset in range(20000, 40000, 10):
+        probes = []
+        try:
+            for port in range(base + offset, base + offset + width):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return offset
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError("no free block of ports for Pushpin")
+
+
+def all_systems(repo_root: Path) -> list[System]:
+    return [OurServer(repo_root), Nchan(), Pushpin(), FlaskSse()]
