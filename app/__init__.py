@@ -35,7 +35,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
         store.prepare()
     except StoreUnavailable as exc:  # not fatal: readiness says so, and each use retries
         log.warning("message store not reachable at start-up (%s); will retry on use", exc)
-    hub = Hub(queue_limit=settings.stream_queue_limit)
+    hub = Hub(settings.stream_queue_limit, settings.heartbeat_seconds, settings.stream_write_timeout_seconds)
     tailer = Tailer(store, hub)
     app.extensions["sse"] = Services(settings, store, hub, tailer, StreamSlots(settings.max_streams_per_worker))
 

@@ -4,6 +4,16 @@ Rooms map to sets of subscriptions. A message is encoded to bytes once and the
 same bytes object is queued for every subscriber of its room; each stream then
 drains its whole queue into one socket write.
 
+Cost per delivery is what makes broadcast fast, so the hot path is lean:
+* a waiting stream parks on a bare ``gevent.hub.Waiter`` (no Event, no timer);
+  a publish queues the event for every subscriber and wakes all the parked
+  ones from **one** hub callback, instead of one callback per subscriber;
+* nothing on that path arms a timer: one *sweeper* greenlet per worker visits
+  every subscription a few times per heartbeat interval, to wake the silent
+  ones for a heartbeat, to reset the connection of a stream whose write has
+  made no progress for ``write_timeout`` (a reader that stopped reading), and
+  to add up the deliveries into the metrics once per visit.
+
 A subscription's queue is bounded: a reader that falls ``queue_limit`` events
 behind is marked ``overflowed`` and its stream ends. It loses nothing -- the
 client reconnects with Last-Event-ID and resumes from the store -- and it
@@ -11,14 +21,20 @@ cannot make the worker's memory grow without bound.
 """
 from __future__ import annotations
 
+import errno
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import gevent.event
+import gevent
+from gevent.hub import Waiter, get_hub
 
 from .events import message_event
-from .metrics import SUBSCRIPTIONS
+from .metrics import DROP_STALLED, EVENTS_DELIVERED, STREAMS_DROPPED, SUBSCRIPTIONS
 from .stores.base import Message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,49 +46,82 @@ class LiveEvent:
     payload: bytes
 
 
-class Subscription:
-    """One stream's mailbox."""
+class ReaderStalled(ConnectionResetError):
+    """A chunk could not be written in time: the server resets the connection.
 
-    __slots__ = ("room", "limit", "_items", "_ready", "overflowed", "resync", "closing")
+    ECONNRESET makes gunicorn close the socket quietly, as when a client leaves.
+    """
+
+
+class Subscription:
+    """One stream's mailbox, and what the sweeper needs to know about its stream."""
+
+    __slots__ = ("room", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
+                 "heartbeat_due", "stalled", "last_sent", "writing_since", "greenlet")
 
     def __init__(self, room: str, limit: int) -> None:
         self.room = room
         self.limit = limit
         self._items: list[LiveEvent] = []
-        self._ready = gevent.event.Event()
-        self.overflowed = False
+        self._waiter: Waiter | None = None
+        self.overflowed = False  # fell queue_limit events behind
         self.resync = False  # the tailer lost its place: re-read from the store
         self.closing = False  # the worker is shutting down
+        self.gone = False  # the client closed its end
+        self.heartbeat_due = False
+        self.stalled = False  # reset by the sweeper: a write made no progress
+        self.last_sent = time.monotonic()
+        self.writing_since: float | None = None
+        self.greenlet = gevent.getcurrent()
 
-    def offer(self, event: LiveEvent) -> None:
+    def offer(self, event: LiveEvent) -> Waiter | None:
+        """Queue an event; return the waiter to wake if the stream is parked."""
         if len(self._items) >= self.limit:
             self.overflowed = True
         else:
             self._items.append(event)
-        self._ready.set()
+        waiter, self._waiter = self._waiter, None
+        return waiter
 
     def wake(self) -> None:
-        self._ready.set()
+        """Wake the stream from any greenlet (it re-checks its flags)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            get_hub().loop.run_callback(waiter.switch, None)
 
-    def take(self, timeout: float | None) -> list[LiveEvent]:
-        """Return everything queued, waiting up to ``timeout`` seconds if nothing is."""
-        if not self._items and not self._ready.is_set():
-            self._ready.wait(timeout)
-        self._ready.clear()
+    def take(self) -> list[LiveEvent]:
+        """Return everything queued, parking until there is something or a flag is raised."""
+        if not self._items and not self.interrupted and not self.heartbeat_due:
+            waiter = self._waiter = Waiter()
+            try:
+                waiter.get()
+            finally:
+                self._waiter = None
         items, self._items = self._items, []
         return items
 
     @property
     def interrupted(self) -> bool:
-        return self.overflowed or self.resync or self.closing
+        return self.overflowed or self.resync or self.closing or self.gone
+
+
+def _switch_all(waiters: list[Waiter]) -> None:
+    for waiter in waiters:
+        waiter.switch(None)
 
 
 class Hub:
     """Routes live events of this worker to the subscriptions of their room."""
 
-    def __init__(self, queue_limit: int) -> None:
+    def __init__(self, queue_limit: int, heartbeat_seconds: float = 15.0, write_timeout_seconds: float = 30.0) -> None:
         self.queue_limit = queue_limit
+        self.heartbeat_seconds = heartbeat_seconds
+        self.write_timeout_seconds = write_timeout_seconds
+        # Often enough that a heartbeat is never more than a quarter late.
+        self.sweep_interval = min(1.0, heartbeat_seconds / 4)
         self._rooms: dict[str, set[Subscription]] = {}
+        self._sweeper: gevent.Greenlet | None = None
+        self.delivered = 0  # events written to clients since the last sweep
         self.closed = False  # close_all() was called: the worker is shutting down
 
     @property
@@ -80,11 +129,14 @@ class Hub:
         return sum(len(subs) for subs in self._rooms.values())
 
     def subscribe(self, room: str) -> Subscription:
+        """Register the calling greenlet's stream for a room's live events."""
         subscription = Subscription(room, self.queue_limit)
         # A stream that joins after shutdown began ends as the others did.
         subscription.closing = self.closed
         self._rooms.setdefault(room, set()).add(subscription)
         SUBSCRIPTIONS.inc()
+        if self._sweeper is None or self._sweeper.dead:
+            self._sweeper = gevent.spawn(self._sweep_forever)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -96,17 +148,22 @@ class Hub:
                 del self._rooms[subscription.room]
 
     def publish(self, entries: Iterable[tuple[int, Message]]) -> int:
-        """Queue each message for its room's subscribers; return the deliveries queued."""
-        delivered = 0
+        """Queue each message for its room's subscribers and wake them; return the deliveries queued."""
+        queued = 0
+        waiters: list[Waiter] = []
         for position, message in entries:
             subs = self._rooms.get(message.room)
             if not subs:
                 continue
             event = LiveEvent(position, message.id, message_event(message))
             for subscription in subs:
-                subscription.offer(event)
-            delivered += len(subs)
-        return delivered
+                waiter = subscription.offer(event)
+                if waiter is not None:
+                    waiters.append(waiter)
+            queued += len(subs)
+        if waiters:
+            get_hub().loop.run_callback(_switch_all, waiters)
+        return queued
 
     def _flag_all(self, flag: str) -> None:
         for subs in self._rooms.values():
@@ -122,3 +179,30 @@ class Hub:
         """Ask every stream to end, and any that joins later (worker shutdown)."""
         self.closed = True
         self._flag_all("closing")
+
+    def sweep(self, now: float) -> None:
+        """Wake silent streams for a heartbeat, reset stalled writers, flush delivery counts."""
+        for subs in list(self._rooms.values()):
+            for subscription in list(subs):
+                if subscription.writing_since is not None:
+                    if now - subscription.writing_since > self.write_timeout_seconds and not subscription.stalled:
+                        subscription.stalled = True
+                        STREAMS_DROPPED.labels(DROP_STALLED).inc()
+                        # Raised inside the blocked write; scheduled through the hub
+                        # so this greenlet carries on with the sweep.
+                        gevent.kill(subscription.greenlet, ReaderStalled(
+                            errno.ECONNRESET, f"no write progress for {self.write_timeout_seconds:g}s"))
+                elif now - subscription.last_sent >= self.heartbeat_seconds:
+                    subscription.heartbeat_due = True
+                    subscription.wake()
+        if self.delivered:
+            EVENTS_DELIVERED.inc(self.delivered)
+            self.delivered = 0
+
+    def _sweep_forever(self) -> None:
+        while True:
+            gevent.sleep(self.sweep_interval)
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # heartbeats of the whole worker depend on this loop
+                log.exception("hub sweep failed")

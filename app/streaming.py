@@ -13,27 +13,30 @@ The generator receives plain values (no request object) and releases its
 subscription in ``finally``, which runs when the client goes away (the
 failed heartbeat write closes the generator) or the stream ends.
 
-Every chunk is written under a deadline (``write_timeout_seconds``): a reader
-that stops reading fills the socket buffers, the server's write blocks, and
-without a deadline the stream would hold its slot for ever. When the deadline
-passes, the connection is reset (``ReaderStalled``) and the client resumes
-exactly from its Last-Event-ID on reconnect. Its bounded queue
-(``Subscription.limit``) caps the memory it can hold meanwhile.
+Every chunk written while subscribed is under a deadline: the stream marks
+when a write starts and the hub's sweeper resets the connection of one that
+makes no progress for ``write_timeout_seconds`` (a reader that stopped
+reading); the client resumes exactly from its Last-Event-ID on reconnect. Its
+bounded queue (``Subscription.limit``) caps the memory it can hold meanwhile.
+
+When the server can see the client's socket, it also watches it: a client
+that closes its end (FIN) releases its stream at once, not at the next write.
 """
 from __future__ import annotations
 
-import errno
+import _socket
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import gevent
+from gevent.hub import get_hub
 
 from .events import HEARTBEAT, message_event, reset_event, retry_line
 from .hub import Hub, Subscription
-from .metrics import DROP_SLOW, DROP_STALLED, EVENTS_DELIVERED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
+from .metrics import DROP_SLOW, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
 from .stores.base import MessageStore, StoreUnavailable
 from .tailer import Tailer
 
@@ -44,13 +47,7 @@ STORE_UNAVAILABLE_COMMENT = b": store unavailable, reconnect later\n\n"
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    heartbeat_seconds: float
     retry_ms: int
-    write_timeout_seconds: float = 30.0
-
-
-class ReaderStalled(ConnectionResetError):
-    """A chunk could not be written in time: the server resets the connection."""
 
 
 @dataclass(slots=True)
@@ -61,15 +58,16 @@ class _Outcome:
     ended_by: str = "client gone"
 
 
-def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: Hub,
-                   tailer: Tailer, settings: StreamSettings) -> Iterator[bytes]:
+def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: Hub, tailer: Tailer,
+                   settings: StreamSettings, client_socket: socket.socket | None = None) -> Iterator[bytes]:
     """Yield the bytes of one room's stream, resuming after ``last_id``."""
     started = time.monotonic()
     outcome = _Outcome()
     try:
-        yield from _send(retry_line(settings.retry_ms), settings, outcome)
+        yield retry_line(settings.retry_ms)
         while True:
             subscription = hub.subscribe(room)
+            watcher = _watch_for_close(client_socket, subscription)
             try:
                 try:
                     chunk, count, last_id, cut_id = _catch_up(store, room, last_id)
@@ -78,19 +76,19 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
                     outcome.ended_by = "store unavailable"
                     # A 200 stream that ends makes EventSource retry; an error
                     # status would make it give up for good.
-                    yield from _send(STORE_UNAVAILABLE_COMMENT, settings, outcome)
+                    yield STORE_UNAVAILABLE_COMMENT
                     return
                 if chunk:
-                    yield from _send(chunk, settings, outcome)
-                    _count_events(outcome, count)
-                for chunk, count, sent_last_id in _live(subscription, tailer, cut_id, last_id, settings):
-                    yield from _send(chunk, settings, outcome)
-                    _count_events(outcome, count)
+                    yield from _send(chunk, count, subscription, hub, outcome)
+                for chunk, count, sent_last_id in _live(subscription, tailer, cut_id, last_id):
+                    yield from _send(chunk, count, subscription, hub, outcome)
                     last_id = sent_last_id  # where a resync re-reads from
+                if subscription.gone:
+                    return
                 if subscription.closing:
                     outcome.ended_by = "shutdown"
                     # Spread the reconnects of a shutting-down worker's clients.
-                    yield from _send(retry_line(int(settings.retry_ms * (1 + random.random()))), settings, outcome)
+                    yield retry_line(int(settings.retry_ms * (1 + random.random())))
                     return
                 if not subscription.resync:
                     # Overflowed: the client resumes from the store on reconnect.
@@ -98,38 +96,63 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
                     STREAMS_DROPPED.labels(DROP_SLOW).inc()
                     return
             finally:
+                if watcher is not None:
+                    watcher.close()
                 hub.unsubscribe(subscription)
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
                  room, time.monotonic() - started, outcome.events, outcome.ended_by)
 
 
-def _send(chunk: bytes, settings: StreamSettings, outcome: _Outcome) -> Iterator[bytes]:
-    """Yield one chunk; if the server cannot write it in time, reset the connection.
+def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcome: _Outcome) -> Iterator[bytes]:
+    """Yield one chunk with the write deadline armed; count what it delivered.
 
-    The timer runs in this greenlet while it is suspended here, that is while
-    the WSGI server writes the chunk; ECONNRESET makes gunicorn close the
-    socket quietly, as it does when a client goes away.
+    The generator stays suspended here while the WSGI server writes the chunk,
+    so ``writing_since`` covers exactly the write. If the hub's sweeper resets
+    a stalled write, the server closes this generator right here.
     """
-    timer = gevent.Timeout.start_new(
-        settings.write_timeout_seconds,
-        ReaderStalled(errno.ECONNRESET, f"no write progress for {settings.write_timeout_seconds:g}s"),
-    )
+    subscription.writing_since = time.monotonic()
     try:
         yield chunk
     except GeneratorExit:
-        if not timer.pending:  # it fired: this was our reset, not the client's
+        if subscription.stalled:
             outcome.ended_by = "stalled"
-            STREAMS_DROPPED.labels(DROP_STALLED).inc()
         raise
-    finally:
-        timer.close()
-
-
-def _count_events(outcome: _Outcome, count: int) -> None:
+    subscription.writing_since = None
+    subscription.last_sent = time.monotonic()
     if count:
         outcome.events += count
-        EVENTS_DELIVERED.inc(count)  # one update per chunk, not per event
+        hub.delivered += count  # into the metrics at the next sweep, not per chunk
+
+
+def _watch_for_close(client_socket: socket.socket | None, subscription: Subscription):
+    """Mark the subscription gone as soon as the client closes its end; return the watcher."""
+    if client_socket is None:
+        return None
+    try:
+        fd = client_socket.fileno()
+    except OSError:
+        return None
+    watcher = get_hub().loop.io(fd, 1)  # 1: readable
+
+    def readable() -> None:
+        # Runs in the hub: peek through a plain socket object that cannot block.
+        probe = _socket.socket(fileno=fd)
+        try:
+            data = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        finally:
+            probe.detach()
+        watcher.stop()
+        if not data:  # EOF: the client is gone. (If it sent bytes, writes will tell.)
+            subscription.gone = True
+            subscription.wake()
+
+    watcher.start(readable)
+    return watcher
 
 
 def _catch_up(store: MessageStore, room: str, last_id: str | None) -> tuple[bytes, int, str | None, str | None]:
@@ -147,16 +170,18 @@ def _catch_up(store: MessageStore, room: str, last_id: str | None) -> tuple[byte
     return b"".join(parts), len(backlog.messages), last_id, cut_id
 
 
-def _live(subscription: Subscription, tailer: Tailer, cut_id: str | None, last_id: str | None,
-          settings: StreamSettings) -> Iterator[tuple[bytes, int, str | None]]:
+def _live(subscription: Subscription, tailer: Tailer, cut_id: str | None,
+          last_id: str | None) -> Iterator[tuple[bytes, int, str | None]]:
     """Yield (bytes, events, last id) for live events after ``cut_id``, and heartbeats in silence."""
     cut = -1 if cut_id is None else tailer.position_of(cut_id)
     while True:
-        events = subscription.take(settings.heartbeat_seconds)
+        events = subscription.take()
         if subscription.interrupted:
             return
         if not events:
-            yield HEARTBEAT, 0, last_id
+            if subscription.heartbeat_due:
+                subscription.heartbeat_due = False
+                yield HEARTBEAT, 0, last_id
             continue
         if cut is None:
             cut = tailer.position_of(cut_id)
@@ -164,6 +189,7 @@ def _live(subscription: Subscription, tailer: Tailer, cut_id: str | None, last_i
                 continue  # the tailer has not reached cut_id: all of these precede it
         fresh = [event for event in events if event.position > cut]
         if fresh:
+            subscription.heartbeat_due = False
             cut = fresh[-1].position
             last_id = fresh[-1].id
             yield b"".join(event.payload for event in fresh), len(fresh), last_id

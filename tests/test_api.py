@@ -124,3 +124,9 @@ def test_history_pages_forward(client):
 @pytest.mark.parametrize("limit", ["0", "1001", "x", "-1"])
 def test_history_rejects_bad_limits(client, limit):
     assert client.get(f"/messages/history?room=h&limit={limit}").status_code == 400
+
+
+def test_regression_oversize_lasteventid_query_rejected_even_when_the_header_wins(client):
+    """Found by schemathesis: a short header hid an over-long query parameter."""
+    reply = client.get("/messages?room=r&lastEventId=" + "x" * 257, headers={"Last-Event-ID": "short"})
+    assert reply.status_code == 400 and "lastEventId" in reply.get_json()["message"]

@@ -53,10 +53,10 @@ def collect(stream, received: list[str], stop_after: int) -> None:
 def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path, store_class):
     random.seed(7)
     store = store_class(str(tmp_path / "s.sqlite3"), max_bytes=10**8, max_messages=10**5, poll_interval=0.002)
-    hub = Hub(queue_limit=10_000)
+    hub = Hub(queue_limit=10_000, heartbeat_seconds=0.5)
     tailer = Tailer(store, hub)
     tailer.ensure_running()
-    settings = StreamSettings(heartbeat_seconds=0.5, retry_ms=1000)
+    settings = StreamSettings(retry_ms=1000)
     total = 200
     published: list[str] = []
 
@@ -94,7 +94,7 @@ def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path,
 def test_resume_mid_stream_with_lagging_follower_never_repeats(tmp_path):
     store = LaggingFollowerStore(str(tmp_path / "s.sqlite3"), max_bytes=10**8, max_messages=10**5,
                                  poll_interval=0.002)
-    hub = Hub(queue_limit=10_000)
+    hub = Hub(queue_limit=10_000, heartbeat_seconds=0.5)
     tailer = Tailer(store, hub)
     tailer.ensure_running()
     first = [store.append("room", f"m{i}", "message").id for i in range(10)]
@@ -102,7 +102,7 @@ def test_resume_mid_stream_with_lagging_follower_never_repeats(tmp_path):
     # The client already has m0..m4; the follower has read all ten.
     received: list[str] = []
     stream = message_stream("room", first[4], store=store, hub=hub, tailer=tailer,
-                            settings=StreamSettings(heartbeat_seconds=0.5, retry_ms=1000))
+                            settings=StreamSettings(retry_ms=1000))
     reader = gevent.spawn(collect, stream, received, 15)
     gevent.sleep(0.1)
     later = [store.append("room", f"n{i}", "message").id for i in range(10)]

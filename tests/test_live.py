@@ -125,3 +125,25 @@ def test_heartbeat_comments_arrive_in_silence(start_server):
                 break
     assert b"200 OK" in received.split(b"\r\n", 1)[0]
     assert received.count(b": keep-alive\n") >= 2, received
+
+
+def test_closed_clients_release_their_streams_at_once_not_at_the_next_heartbeat(start_server):
+    from tests.support.faults import metric, wait_until
+
+    server = start_server(HEARTBEAT_SECONDS="60")  # a heartbeat write would come far too late
+    sockets = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"GET /messages?room=leaving HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = b""
+        while b"retry:" not in head:  # headers and body may come in separate writes
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        sockets.append(sock)
+    wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == 20, 5)
+    for sock in sockets:
+        sock.close()  # a FIN, then nothing: the server only learns of it by watching the socket
+    took = wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == 0, 3)
+    print(f"\n20 closed streams released in {took * 1000:.0f} ms (heartbeat 60 s)")
+    assert metric(server.url, "sse_open_streams") == 0

@@ -34,11 +34,11 @@ class WriteLandsAsTheTailerStarts(SQLiteStore):
 
 def test_message_committed_while_the_tailer_starts_reaches_the_joining_stream(sqlite_path):
     store = WriteLandsAsTheTailerStarts(sqlite_path, max_bytes=10**6, max_messages=100)
-    hub = Hub(queue_limit=100)
+    hub = Hub(queue_limit=100, heartbeat_seconds=0.2)
     tailer = Tailer(store, hub)
     tailer.ensure_running()  # as the view does before it returns the stream
     stream = message_stream("race", None, store=store, hub=hub, tailer=tailer,
-                            settings=StreamSettings(heartbeat_seconds=0.2, retry_ms=1000))
+                            settings=StreamSettings(retry_ms=1000))
     try:
         received = b""
         deadline = time.monotonic() + 3

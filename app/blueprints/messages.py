@@ -74,9 +74,12 @@ def stream() -> Response:
     room = _query_room()
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
-    last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
-    if last_id is not None and len(last_id) > MAX_LAST_EVENT_ID:
-        raise ApiError(400, f"Last-Event-ID must be at most {MAX_LAST_EVENT_ID} characters")
+    header, query = request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
+    # Both are checked: an invalid parameter is an error even when the header wins.
+    if any(value is not None and len(value) > MAX_LAST_EVENT_ID for value in (header, query)):
+        raise ApiError(400, f"Last-Event-ID (header or lastEventId parameter) must be at most "
+                            f"{MAX_LAST_EVENT_ID} characters")
+    last_id = header or query or None
     try:
         svc.tailer.ensure_running()  # fixes where live delivery starts, before any backlog read
     except StoreUnavailable as exc:
@@ -87,8 +90,8 @@ def stream() -> Response:
                        headers={"Retry-After": STORE_RETRY_AFTER})
     body = message_stream(
         room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
-        settings=StreamSettings(svc.settings.heartbeat_seconds, svc.settings.retry_ms,
-                                svc.settings.stream_write_timeout_seconds),
+        settings=StreamSettings(retry_ms=svc.settings.retry_ms),
+        client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
     )
     response = Response(body, content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",

@@ -22,14 +22,16 @@ from app.tailer import Tailer  # noqa: E402
 def main(uri: str, room: str, count: int, seconds: float) -> None:
     """Print what one room's subscription receives from the tailer."""
     store = MongoStore(uri, "sse", max_bytes=65_536, max_messages=1000, await_ms=200)
-    hub = Hub(queue_limit=1000)
+    hub = Hub(queue_limit=1000, heartbeat_seconds=0.2)  # wakes the loop below in silence
     subscription = hub.subscribe(room)
     tailer = Tailer(store, hub, backoff_initial=0.05, backoff_max=0.5)
     tailer.ensure_running()
     deadline = time.monotonic() + seconds
     received = 0
     while received < count and time.monotonic() < deadline:
-        for event in subscription.take(0.2):
+        events = subscription.take()
+        subscription.heartbeat_due = False
+        for event in events:
             print(json.dumps({"id": event.id, "position": event.position}), flush=True)
             received += 1
     print(json.dumps({"restarts": tailer.restarts}), flush=True)
