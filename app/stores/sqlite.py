@@ -68,6 +68,7 @@ class SQLiteStore:
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.poll_interval = poll_interval
+        self._last_write_failed = False
         self._write_pool: ThreadPool | None = None  # made on first write: after the fork
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -140,13 +141,18 @@ class SQLiteStore:
         # Writes take turns on one thread. While the file is locked each one
         # waits out the busy timeout, so without this check the n-th of n
         # concurrent publishers would get its 503 only after n busy timeouts.
-        if time.monotonic() - queued_at > _WRITE_BUSY_MS / 1000:
+        # It applies only while writes are failing: a long wait with no failure
+        # means a busy worker held the GIL, and the store is fine.
+        if self._last_write_failed and time.monotonic() - queued_at > _WRITE_BUSY_MS / 1000:
             return StoreUnavailable("SQLite write failed: waited too long for this worker's writer "
                                     "(is the file locked?)")
         try:
-            return self._append_blocking(room, text, event)
+            message = self._append_blocking(room, text, event)
         except StoreUnavailable as exc:
+            self._last_write_failed = True
             return exc
+        self._last_write_failed = False
+        return message
 
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
         size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
