@@ -8,10 +8,10 @@ Usage (bench/run.sh does this for `make bench`):
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import dataclasses
 import datetime
+import os
 import shutil
 import signal
 import sys

@@ -155,7 +155,7 @@ class ClientPool:
         return total
 
     def stop(self) -> None:
-        for index, pipe in enumerate(self.pipes):
+        for index in range(len(self.pipes)):
             try:
                 self._rpc(index, ("quit",), 10)
             except (OSError, EOFError, TimeoutError, RuntimeError):

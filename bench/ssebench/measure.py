@@ -5,7 +5,8 @@ from __future__ import annotations
 import resource
 import statistics
 from array import array
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psutil
 

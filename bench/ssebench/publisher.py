@@ -75,7 +75,7 @@ class Publisher:
                     result.ok += 1
                     return
                 result.error = f"HTTP {response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             result.error = f"{type(error).__name__}: {error}"[:120]
         result.failed += 1
 

@@ -243,7 +243,8 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
         [b["duplicated"] for b in ours["broadcast"].values()]
         + [(ours.get("fanout") or {}).get("duplicated", 0), (ours.get("cross") or {}).get("duplicated", 0)]
     )
-    check("0 lost, 0 duplicated (all scenarios, all repetitions)", f"{lost} lost, {dup} duplicated", lost == 0 and dup == 0)
+    check("0 lost, 0 duplicated (all scenarios, all repetitions)", f"{lost} lost, {dup} duplicated",
+          lost == 0 and dup == 0)
     return lines
 
 

@@ -23,9 +23,8 @@ from .clients import ClientPool, Receipts
 from .measure import machine_busy_seconds, own_cpu_seconds, percentiles_ms
 from .plan import Plan
 from .processes import ServerGroup
-from .publisher import PublishResult, Publisher
+from .publisher import Publisher, PublishResult
 from .systems import System
-
 
 OPEN_PASSES = 2
 FLUSH_MESSAGES = 2

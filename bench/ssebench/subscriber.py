@@ -192,14 +192,14 @@ class SubscriberProcess:
                 ),
                 timeout,
             )
-        except (OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError) as error:
             return f"connect: {type(error).__name__}: {getattr(error, 'strerror', '') or ''}"
         self.streams.add(protocol)
         if not wait_for_head:
             return "ok"
         try:
             reason = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = "no response head in time"
         if reason != "ok" and protocol.transport is not None:
             protocol.transport.close()
@@ -229,7 +229,7 @@ class SubscriberProcess:
         if record.unique < record.target:
             try:
                 await asyncio.wait_for(record.target_reached.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return record.summary(with_latencies=False)
 
