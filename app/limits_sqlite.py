@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 from gevent.threadpool import ThreadPool
 from limits.storage import Storage
 
+from .stores.sqlite import use_wal
+
 SCHEME = "sse-sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rate_limits (
@@ -62,7 +64,7 @@ class SQLiteStorage(Storage):
         self._increments = 0
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 2000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(self._conn)
         self._conn.execute("PRAGMA synchronous = NORMAL")  # a counter may be lost on power failure, no more
         self._conn.execute(_SCHEMA)
 

@@ -234,3 +234,34 @@ def test_concurrent_writers_in_several_processes_keep_one_order(make_store):
     for cut in (0, 57, 150, 298, 299):
         rest = store.read_room("shared", after_id=stored[cut].id).messages
         assert [m.id for m in rest] == [m.id for m in stored[cut + 1:]]
+
+
+def _open_store_at(path: str, start, results) -> None:
+    start.wait(10)
+    try:
+        store = open_sqlite(path, 1000, 5_000_000)
+        store.append("r", "x", "message")
+        results.put("ok")
+    except Exception as exc:  # reported to the parent
+        results.put(repr(exc))
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_sqlite_file_together_all_start(tmp_path):
+    """In CI one of two processes opening a new file died with "database is locked".
+
+    A stress test: the race is narrow and this did not reproduce it here
+    before the fix, but it fails if any of 4 x 5 simultaneous openings fails.
+    """
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(5):
+        path = str(tmp_path / f"new-{attempt}.sqlite3")
+        start, results = context.Event(), context.Queue()
+        workers = [context.Process(target=_open_store_at, args=(path, start, results)) for _ in range(4)]
+        for process in workers:
+            process.start()
+        start.set()
+        outcomes = [results.get(timeout=30) for _ in workers]
+        for process in workers:
+            process.join(10)
+        assert outcomes == ["ok"] * 4

@@ -60,6 +60,34 @@ _FEED_BATCH = 1000
 _WRITE_BUSY_MS = 2000
 
 
+def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
+    """Put the database file in WAL mode, waiting while another process holds it.
+
+    Switching the journal mode needs the file to itself. Two processes
+    opening a new file together can each hold what the other waits for, and
+    one of them then fails with "database is locked" once its busy timeout
+    runs out: in CI one of two app processes died that way at start-up, and
+    two gunicorn workers on a fresh file could do the same. So the switch is
+    tried with a short busy timeout, backing off (and letting the other
+    finish) between tries.
+    """
+    (busy_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout = 50")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+
+
 class SQLiteStore:
     """A bounded, ordered message window in one SQLite file."""
 
@@ -88,7 +116,7 @@ class SQLiteStore:
         os.makedirs(directory, exist_ok=True)
         try:
             conn = self._connect(busy_ms=10_000)
-            conn.execute("PRAGMA journal_mode = WAL")
+            use_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
