@@ -18,6 +18,7 @@ from .security import init_security
 from .services import Services
 from .stores import StoreUnavailable, open_store
 from .tailer import Tailer
+from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     except StoreUnavailable as exc:  # not fatal: readiness says so, and each use retries
         log.warning("message store not reachable at start-up (%s); will retry on use", exc)
     hub = Hub(settings.stream_queue_limit, settings.heartbeat_seconds, settings.stream_write_timeout_seconds)
-    tailer = Tailer(store, hub)
-    app.extensions["sse"] = Services(settings, store, hub, tailer, StreamSlots(settings.max_streams_per_worker))
+    window = Window(settings.capped_max_messages, settings.capped_size_bytes)
+    tailer = Tailer(store, window, hub)
+    app.extensions["sse"] = Services(settings, store, window, hub, tailer,
+                                     StreamSlots(settings.max_streams_per_worker))
 
     from .blueprints import messages, ops, pages
 

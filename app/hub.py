@@ -1,8 +1,8 @@
 """Per-worker fan-out: one tailer feeds every open stream of this worker.
 
-Rooms map to sets of subscriptions. A message is encoded to bytes once and the
-same bytes object is queued for every subscriber of its room; each stream then
-drains its whole queue into one socket write.
+Rooms map to sets of subscriptions. The window encoded each message to bytes
+once; the hub queues that same entry for every subscriber of its room, and
+each stream then drains its whole queue into one socket write.
 
 Cost per delivery is what makes broadcast fast, so the hot path is lean:
 * a waiting stream parks on a bare ``gevent.hub.Waiter`` (no Event, no timer);
@@ -25,25 +25,14 @@ import errno
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import gevent
 from gevent.hub import Waiter, get_hub
 
-from .events import message_event
 from .metrics import DROP_STALLED, EVENTS_DELIVERED, STREAMS_DROPPED, SUBSCRIPTIONS
-from .stores.base import Message
+from .window import Entry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class LiveEvent:
-    """A message as the tailer saw it: its position in store order and its encoded bytes."""
-
-    position: int
-    id: str
-    payload: bytes
 
 
 class ReaderStalled(ConnectionResetError):
@@ -62,7 +51,7 @@ class Subscription:
     def __init__(self, room: str, limit: int) -> None:
         self.room = room
         self.limit = limit
-        self._items: list[LiveEvent] = []
+        self._items: list[Entry] = []
         self._waiter: Waiter | None = None
         self.overflowed = False  # fell queue_limit events behind
         self.resync = False  # the tailer lost its place: re-read from the store
@@ -74,7 +63,7 @@ class Subscription:
         self.writing_since: float | None = None
         self.greenlet = gevent.getcurrent()
 
-    def offer(self, event: LiveEvent) -> Waiter | None:
+    def offer(self, event: Entry) -> Waiter | None:
         """Queue an event; return the waiter to wake if the stream is parked."""
         if len(self._items) >= self.limit:
             self.overflowed = True
@@ -89,7 +78,7 @@ class Subscription:
         if waiter is not None:
             get_hub().loop.run_callback(waiter.switch, None)
 
-    def take(self) -> list[LiveEvent]:
+    def take(self) -> list[Entry]:
         """Return everything queued, parking until there is something or a flag is raised."""
         if not self._items and not self.interrupted and not self.heartbeat_due:
             waiter = self._waiter = Waiter()
@@ -157,17 +146,16 @@ class Hub:
             if not subs:
                 del self._rooms[subscription.room]
 
-    def publish(self, entries: Iterable[tuple[int, Message]]) -> int:
-        """Queue each message for its room's subscribers and wake them; return the deliveries queued."""
+    def publish(self, entries: Iterable[Entry]) -> int:
+        """Queue each entry for its room's subscribers and wake them; return the deliveries queued."""
         queued = 0
         waiters: list[Waiter] = []
-        for position, message in entries:
-            subs = self._rooms.get(message.room)
+        for entry in entries:
+            subs = self._rooms.get(entry.message.room)
             if not subs:
                 continue
-            event = LiveEvent(position, message.id, message_event(message))
             for subscription in subs:
-                waiter = subscription.offer(event)
+                waiter = subscription.offer(entry)
                 if waiter is not None:
                     waiters.append(waiter)
             queued += len(subs)

@@ -1,5 +1,9 @@
 """Worker life-cycle hooks that gunicorn.conf.py wires in.
 
+Start-up: the tailer starts with the worker, not with its first stream, so
+the worker's in-memory window is warm (one read of the store's window) by the
+time clients come -- after a worker died, thousands of them at once.
+
 Graceful shutdown: on SIGTERM gunicorn's gevent worker stops accepting and
 then waits up to ``graceful_timeout`` for its open requests to finish. An SSE
 stream never finishes on its own, so without help every shutdown would take
@@ -17,6 +21,13 @@ from typing import Any
 import gevent
 
 log = logging.getLogger(__name__)
+
+
+def start_tailer(worker: Any) -> None:
+    """Start the worker's tailer now, so its window is warm before the first client asks."""
+    services = getattr(worker.wsgi, "extensions", {}).get("sse")
+    if services is not None:
+        services.tailer.ensure_running()
 
 
 def end_streams_on_sigterm(worker: Any) -> None:

@@ -10,12 +10,14 @@ from .config import Settings
 from .hub import Hub
 from .stores.base import MessageStore
 from .tailer import Tailer
+from .window import Window
 
 
 @dataclass
 class Services:
     settings: Settings
     store: MessageStore
+    window: Window
     hub: Hub
     tailer: Tailer
     slots: StreamSlots

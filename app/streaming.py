@@ -1,13 +1,10 @@
 """One SSE stream's life: retry line, backlog, then live events, with an exact hand-over.
 
-The join is *subscribe first, then read the backlog, then de-duplicate by
-position*: the subscription buffers every live event from the moment it
-exists, the backlog read that follows covers everything committed before it,
-and a live event is sent only if it comes after the last thing the client
-already has (the last backlog message, or its own Last-Event-ID) in store
-order. Positions come from the tailer, which reads in store order: if it has
-not yet read the cut-off message, every event it has emitted so far precedes
-that message and is dropped until the position becomes known.
+The join reads the backlog from the worker's in-memory window and subscribes
+to the hub with no yield in between, so every message is in exactly one of
+the two (see ``app/window.py``); a resume costs what it sends, whatever the
+size of the store. Until the window is warm (start-up, or after the tailer
+lost its place) the stream waits for it, with heartbeats.
 
 The generator receives plain values (no request object) and releases its
 subscription in ``finally``, which runs when the client goes away (the
@@ -34,11 +31,10 @@ from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from .events import HEARTBEAT, message_event, reset_event, retry_line
+from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
 from .metrics import DROP_SLOW, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
-from .stores.base import MessageStore, StoreUnavailable
-from .tailer import Tailer
+from .window import Backlog, Window
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +44,7 @@ STORE_UNAVAILABLE_COMMENT = b": store unavailable, reconnect later\n\n"
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     retry_ms: int
+    window_wait_seconds: float = 10.0  # then the client is told to come back later
 
 
 @dataclass(slots=True)
@@ -58,7 +55,7 @@ class _Outcome:
     ended_by: str = "client gone"
 
 
-def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: Hub, tailer: Tailer,
+def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub,
                    settings: StreamSettings, client_socket: socket.socket | None = None) -> Iterator[bytes]:
     """Yield the bytes of one room's stream, resuming after ``last_id``."""
     started = time.monotonic()
@@ -66,23 +63,26 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
     try:
         yield retry_line(settings.retry_ms)
         while True:
-            subscription = hub.subscribe(room)
-            watcher = _watch_for_close(client_socket, subscription)
-            try:
-                try:
-                    chunk, count, last_id, cut_id = _catch_up(store, room, last_id)
-                except StoreUnavailable:
+            if not window.ready.is_set():
+                yield from _wait_for_window(window, hub.heartbeat_seconds, settings.window_wait_seconds)
+                if not window.ready.is_set():
                     STORE_ERRORS.labels("stream").inc()
                     outcome.ended_by = "store unavailable"
                     # A 200 stream that ends makes EventSource retry; an error
                     # status would make it give up for good.
                     yield STORE_UNAVAILABLE_COMMENT
                     return
+            # No yield between these two lines: the exact hand-over.
+            backlog = window.backlog(room, last_id)
+            subscription = hub.subscribe(room)
+            watcher = _watch_for_close(client_socket, subscription)
+            try:
+                chunk, count, last_id = _backlog_bytes(backlog, last_id)
                 if chunk:
                     yield from _send(chunk, count, subscription, hub, outcome)
-                for chunk, count, sent_last_id in _live(subscription, tailer, cut_id, last_id):
+                for chunk, count, sent_last_id in _live(subscription, last_id):
                     yield from _send(chunk, count, subscription, hub, outcome)
-                    last_id = sent_last_id  # where a resync re-reads from
+                    last_id = sent_last_id  # where a resync re-joins from
                 if subscription.gone:
                     return
                 if subscription.closing:
@@ -102,6 +102,15 @@ def message_stream(room: str, last_id: str | None, *, store: MessageStore, hub: 
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
                  room, time.monotonic() - started, outcome.events, outcome.ended_by)
+
+
+def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
+    """Wait up to ``patience`` seconds for the window to be warm, sending heartbeats meanwhile."""
+    deadline = time.monotonic() + patience
+    while not window.ready.wait(min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            return
+        yield HEARTBEAT
 
 
 def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcome: _Outcome) -> Iterator[bytes]:
@@ -155,41 +164,29 @@ def _watch_for_close(client_socket: socket.socket | None, subscription: Subscrip
     return watcher
 
 
-def _catch_up(store: MessageStore, room: str, last_id: str | None) -> tuple[bytes, int, str | None, str | None]:
-    """Return the backlog bytes, its message count, the new last id, and the id live events must come after."""
-    backlog = store.read_room(room, after_id=last_id)
+def _backlog_bytes(backlog: Backlog, last_id: str | None) -> tuple[bytes, int, str | None]:
+    """Return the backlog's bytes, its message count, and the last id the client will have."""
     parts = []
-    cut_id = last_id
     if backlog.reset_reason is not None:
         parts.append(reset_event(backlog.reset_reason))
         RESETS_SENT.inc()
-        last_id = cut_id = None
-    parts.extend(message_event(message) for message in backlog.messages)
-    if backlog.messages:
-        last_id = cut_id = backlog.messages[-1].id
-    return b"".join(parts), len(backlog.messages), last_id, cut_id
+        last_id = None
+    parts.extend(entry.payload for entry in backlog.entries)
+    if backlog.entries:
+        last_id = backlog.entries[-1].message.id
+    return b"".join(parts), len(backlog.entries), last_id
 
 
-def _live(subscription: Subscription, tailer: Tailer, cut_id: str | None,
-          last_id: str | None) -> Iterator[tuple[bytes, int, str | None]]:
-    """Yield (bytes, events, last id) for live events after ``cut_id``, and heartbeats in silence."""
-    cut = -1 if cut_id is None else tailer.position_of(cut_id)
+def _live(subscription: Subscription, last_id: str | None) -> Iterator[tuple[bytes, int, str | None]]:
+    """Yield (bytes, events, last id) for each drain of the queue, and heartbeats in silence."""
     while True:
-        events = subscription.take()
+        entries = subscription.take()
         if subscription.interrupted:
             return
-        if not events:
-            if subscription.heartbeat_due:
-                subscription.heartbeat_due = False
-                yield HEARTBEAT, 0, last_id
-            continue
-        if cut is None:
-            cut = tailer.position_of(cut_id)
-            if cut is None:
-                continue  # the tailer has not reached cut_id: all of these precede it
-        fresh = [event for event in events if event.position > cut]
-        if fresh:
+        if entries:
             subscription.heartbeat_due = False
-            cut = fresh[-1].position
-            last_id = fresh[-1].id
-            yield b"".join(event.payload for event in fresh), len(fresh), last_id
+            last_id = entries[-1].message.id
+            yield b"".join(entry.payload for entry in entries), len(entries), last_id
+        elif subscription.heartbeat_due:
+            subscription.heartbeat_due = False
+            yield HEARTBEAT, 0, last_id

@@ -1,13 +1,19 @@
-"""The one follower per worker: reads new messages from the store, feeds the hub.
+"""The one follower per worker: reads the store in store order, fills the window, feeds the hub.
 
-It runs in its own greenlet and survives everything the store throws at it:
-an unavailable store is retried with exponential backoff from the last
-position it delivered (so nothing is lost or repeated), and a lost position
-(the bounded window moved past it) makes every stream re-read from the store
-after its own last event, which either resumes it exactly or sends ``reset``.
+It runs in its own greenlet from the worker's start. First it *warms* the
+worker's window: it follows the store from its oldest message, filling the
+window without publishing (no stream has joined yet: joins wait for the
+window), until it has read what the store held when it began -- or the store
+says it is caught up. Then it sets ``window.ready`` and from there on each new
+batch goes into the window and to the hub in one step, with no yield in
+between (the exact hand-over that ``app/window.py`` explains).
 
-A joining stream asks it (through the store, which owns positions) where
-its backlog ended, so that it can drop the live events it already sent.
+It survives everything the store throws at it: an unavailable store is
+retried with exponential backoff from the last message it read (so nothing
+is lost or repeated); a lost position (the bounded window moved past it
+while it was away) empties the window, makes every stream re-join once the
+window is warm again -- which either resumes it exactly or sends ``reset`` --
+and warms again from the oldest message.
 """
 from __future__ import annotations
 
@@ -19,38 +25,30 @@ import gevent.event
 from .hub import Hub
 from .metrics import STORE_ERRORS, TAILER_RESTARTS
 from .stores.base import MessageStore, PositionLost, StoreUnavailable
+from .window import Window
 
 log = logging.getLogger(__name__)
 
 
 class Tailer:
-    """Follows the store in a greenlet and publishes to the hub."""
+    """Follows the store in a greenlet, into the window and the hub."""
 
-    def __init__(self, store: MessageStore, hub: Hub, *,
+    def __init__(self, store: MessageStore, window: Window, hub: Hub, *,
                  backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
         self.store = store
+        self.window = window
         self.hub = hub
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.wakeup = gevent.event.Event()
         self.restarts = 0
-        self.last_id: str | None = None  # None once started: from the oldest message
-        self._started = False
-        self._lost = False
+        self.last_id: str | None = None  # the last message read; None: start from the oldest
+        self._warm_until: str | None = None  # the store's newest id when warming began
         self._greenlet: gevent.Greenlet | None = None
 
     def ensure_running(self) -> None:
-        """Start following, from the newest message now, unless already started.
-
-        The start point is fixed here, before the caller reads any backlog, and
-        kept across restarts: everything committed after it is delivered live,
-        everything before it is in the backlog of whoever joins. Raises
-        StoreUnavailable if the store cannot say where it ends.
-        """
+        """Start following (and warming the window) unless already started."""
         if self._greenlet is None or self._greenlet.dead:
-            if not self._started:
-                self.last_id = self.store.newest_id()
-                self._started = True
             self._greenlet = gevent.spawn(self._run)
 
     def poke(self) -> None:
@@ -62,29 +60,24 @@ class Tailer:
             self._greenlet.kill(block=False)
             self._greenlet = None
 
-    def position_of(self, message_id: str) -> int | None:
-        """Return the position of an id, or None if the tailer has not read it yet."""
-        return self.store.position_of(message_id)
-
     def _run(self) -> None:
         delay = self.backoff_initial
         while True:
             try:
-                if self._lost:
-                    # Start again from the newest message *before* telling the
-                    # streams: what they re-read covers everything up to it.
-                    self.last_id = self.store.newest_id()
-                    self._lost = False
-                    self.hub.resync_all()
+                if not self.window.ready.is_set() and self.last_id is None:
+                    # Warming: read up to the newest message there is now.
+                    self._warm_until = self.store.newest_id()
+                    if self._warm_until is None:
+                        self.window.ready.set()  # nothing stored yet
                 for batch in self.store.follow(self.last_id, self.wakeup):
                     delay = self.backoff_initial
-                    if batch:
-                        self.last_id = batch[-1][1].id
-                        self.hub.publish(batch)
+                    self._take(batch)
             except PositionLost as exc:
-                log.warning("tailer lost its place (%s); streams re-read from the store", exc)
+                log.warning("tailer lost its place (%s); warming the window again", exc)
                 self._count_restart()
-                self._lost = True
+                self.last_id = None
+                self.window.clear()
+                self.hub.resync_all()  # they re-join once the window is ready again
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)
                 STORE_ERRORS.labels("tailer").inc()
@@ -96,6 +89,20 @@ class Tailer:
                 self._count_restart()
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
+
+    def _take(self, batch: list) -> None:
+        """Put one batch into the window and, once it is warm, to the hub -- without yielding."""
+        if batch:
+            self.last_id = batch[-1][1].id
+            entries = self.window.extend(batch)
+            if self.window.ready.is_set():
+                self.hub.publish(entries)
+                return
+        # Still warming: it is warm once the store's newest message at the
+        # start has been read, or the store says nothing more is there.
+        if not batch or any(message.id == self._warm_until for _, message in batch):
+            log.info("window warm: %d messages", len(self.window))
+            self.window.ready.set()
 
     def _count_restart(self) -> None:
         self.restarts += 1

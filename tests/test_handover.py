@@ -1,10 +1,10 @@
 """Joining a stream while messages flow: no gap and no duplicate between backlog and live.
 
 Streams join at random moments while a publisher writes; each must end with
-every message of the room exactly once, in store order. Run twice: with
-SQLite's positions (known from the id at once) and with positions known only
-once a *lagging* follower has read the message -- how the MongoDB store
-behaves -- so the "cut-off not read yet" path is exercised too.
+every message of the room exactly once, in store order. Run twice: with the
+SQLite follower as it is, and with a *lagging* follower (the window is filled
+well after each commit, as over a slow MongoDB link), so joins read a window
+that is behind the store.
 """
 from __future__ import annotations
 
@@ -18,24 +18,16 @@ from app.hub import Hub
 from app.stores.sqlite import SQLiteStore
 from app.streaming import StreamSettings, message_stream
 from app.tailer import Tailer
+from app.window import Window
 
 
 class LaggingFollowerStore(SQLiteStore):
-    """SQLite, but positions are known only after a slow follower has read them."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.read_positions: dict[str, int] = {}
+    """SQLite, read by a follower that lags behind the commits."""
 
     def follow(self, after_id, wakeup):
         for batch in super().follow(after_id, wakeup):
             gevent.sleep(random.uniform(0, 0.03))  # the follower lags behind commits
-            for position, message in batch:
-                self.read_positions[message.id] = position
             yield batch
-
-    def position_of(self, message_id):
-        return self.read_positions.get(message_id)
 
 
 def collect(stream, received: list[str], stop_after: int) -> None:
@@ -54,7 +46,8 @@ def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path,
     random.seed(7)
     store = store_class(str(tmp_path / "s.sqlite3"), max_bytes=10**8, max_messages=10**5, poll_interval=0.002)
     hub = Hub(queue_limit=10_000, heartbeat_seconds=0.5)
-    tailer = Tailer(store, hub)
+    window = Window(10**5, 10**8)
+    tailer = Tailer(store, window, hub)
     tailer.ensure_running()
     settings = StreamSettings(retry_ms=1000)
     total = 200
@@ -74,7 +67,7 @@ def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path,
         gevent.sleep(delay)
         received: list[str] = []
         streams.append(received)
-        stream = message_stream("room", None, store=store, hub=hub, tailer=tailer, settings=settings)
+        stream = message_stream("room", None, window=window, hub=hub, settings=settings)
         collect(stream, received, total)
 
     publisher = gevent.spawn(publish)
@@ -95,13 +88,14 @@ def test_resume_mid_stream_with_lagging_follower_never_repeats(tmp_path):
     store = LaggingFollowerStore(str(tmp_path / "s.sqlite3"), max_bytes=10**8, max_messages=10**5,
                                  poll_interval=0.002)
     hub = Hub(queue_limit=10_000, heartbeat_seconds=0.5)
-    tailer = Tailer(store, hub)
+    window = Window(10**5, 10**8)
+    tailer = Tailer(store, window, hub)
     tailer.ensure_running()
     first = [store.append("room", f"m{i}", "message").id for i in range(10)]
     gevent.sleep(0.2)
     # The client already has m0..m4; the follower has read all ten.
     received: list[str] = []
-    stream = message_stream("room", first[4], store=store, hub=hub, tailer=tailer,
+    stream = message_stream("room", first[4], window=window, hub=hub,
                             settings=StreamSettings(retry_ms=1000))
     reader = gevent.spawn(collect, stream, received, 15)
     gevent.sleep(0.1)

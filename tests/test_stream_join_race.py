@@ -6,8 +6,9 @@ stream read its backlog before that, so a message another worker committed
 in between was neither in the backlog nor in the live feed. It showed up as
 about one run in four of the MongoDB live test losing its first message.
 (Main fixed it in e52e619 by fixing the start point in ensure_running();
-this test pins the behaviour with a write that lands just as the tailer's
-feed starts.)
+today the tailer warms the worker's window from the oldest message and joins
+wait for it, and this test still pins the behaviour with a write that lands
+just as the tailer's feed starts.)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.hub import Hub
 from app.stores.sqlite import SQLiteStore
 from app.streaming import StreamSettings, message_stream
 from app.tailer import Tailer
+from app.window import Window
 
 
 class WriteLandsAsTheTailerStarts(SQLiteStore):
@@ -35,9 +37,10 @@ class WriteLandsAsTheTailerStarts(SQLiteStore):
 def test_message_committed_while_the_tailer_starts_reaches_the_joining_stream(sqlite_path):
     store = WriteLandsAsTheTailerStarts(sqlite_path, max_bytes=10**6, max_messages=100)
     hub = Hub(queue_limit=100, heartbeat_seconds=0.2)
-    tailer = Tailer(store, hub)
-    tailer.ensure_running()  # as the view does before it returns the stream
-    stream = message_stream("race", None, store=store, hub=hub, tailer=tailer,
+    window = Window(100, 10**6)
+    tailer = Tailer(store, window, hub)
+    tailer.ensure_running()  # as the worker does at start
+    stream = message_stream("race", None, window=window, hub=hub,
                             settings=StreamSettings(retry_ms=1000))
     try:
         received = b""

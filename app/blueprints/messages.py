@@ -80,16 +80,13 @@ def stream() -> Response:
         raise ApiError(400, f"Last-Event-ID (header or lastEventId parameter) must be at most "
                             f"{MAX_LAST_EVENT_ID} characters")
     last_id = header or query or None
-    try:
-        svc.tailer.ensure_running()  # fixes where live delivery starts, before any backlog read
-    except StoreUnavailable as exc:
-        raise _store_unavailable(exc, "stream") from None
+    svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
     # Taken last: from here on, only closing the response gives the slot back.
     if not svc.slots.acquire():
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
     body = message_stream(
-        room, last_id, store=svc.store, hub=svc.hub, tailer=svc.tailer,
+        room, last_id, window=svc.window, hub=svc.hub,
         settings=StreamSettings(retry_ms=svc.settings.retry_ms),
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
     )
@@ -115,14 +112,19 @@ def history() -> Response:
     after = request.args.get("after") or None
     if after is not None and len(after) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"after must be at most {MAX_LAST_EVENT_ID} characters", {"after": ["too long"]})
-    try:
-        backlog = svc.store.read_room(room, after_id=after, limit=limit + 1)
-    except StoreUnavailable as exc:
-        raise _store_unavailable(exc, "history") from None
-    page = backlog.messages[:limit]
+    svc.tailer.ensure_running()
+    if svc.window.ready.is_set():  # the worker's mirror of the window: no store query
+        backlog = svc.window.backlog(room, after, limit + 1)
+        messages, reset_reason = [entry.message for entry in backlog.entries], backlog.reset_reason
+    else:
+        try:
+            stored = svc.store.read_room(room, after_id=after, limit=limit + 1)
+        except StoreUnavailable as exc:
+            raise _store_unavailable(exc, "history") from None
+        messages, reset_reason = stored.messages, stored.reset_reason
     return jsonify({
         "room": room,
-        "messages": [message.to_json() for message in page],
-        "reset": backlog.reset_reason,
-        "hasMore": len(backlog.messages) > limit,
+        "messages": [message.to_json() for message in messages[:limit]],
+        "reset": reset_reason,
+        "hasMore": len(messages) > limit,
     })

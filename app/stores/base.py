@@ -8,8 +8,8 @@ store itself committed them in) and offers three things:
   ``reset_reason`` when that id is no longer (or never was) in the window;
 * ``follow``: an endless feed of new messages in store order, for the one
   tailer each worker runs. Each message in the feed carries a *position*, an
-  integer that grows along store order, so a stream can tell which live events
-  it already sent from its backlog.
+  integer that grows along store order, by which the worker's in-memory window
+  (``app/window.py``) finds where a resume starts.
 """
 from __future__ import annotations
 
@@ -63,7 +63,18 @@ class Backlog:
 
 
 # What ``follow`` yields: new messages in store order, each with its position.
+# An empty batch says the follower has caught up with the store's present.
 FeedBatch = list[tuple[int, Message]]
+
+# A message's fixed cost against max_bytes, beside its UTF-8 fields: close to,
+# and never more than, the BSON framing MongoDB charges for the same document
+# (75 bytes for {_id, room, text, event, createdAt}).
+STORED_OVERHEAD_BYTES = 64
+
+
+def stored_size(room: str, text: str, event: str) -> int:
+    """Return what a message counts against the store's max_bytes bound."""
+    return len(room.encode()) + len(text.encode()) + len(event.encode()) + STORED_OVERHEAD_BYTES
 
 
 class MessageStore(Protocol):
@@ -77,10 +88,10 @@ class MessageStore(Protocol):
         """Return the id of the newest message in the window, or None if it is empty."""
 
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
-        """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order."""
+        """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order.
 
-    def position_of(self, message_id: str) -> int | None:
-        """Return the position of an id, or None if this worker's follower has not read it yet."""
+        An empty batch means "caught up": everything committed so far was yielded.
+        """
 
     def prepare(self) -> None:
         """Create what the store needs; raise StoreMisconfigured if it must not be used."""

@@ -11,8 +11,14 @@ taking what follows. The window is bounded (CAPPED_SIZE_BYTES /
 CAPPED_MAX_MESSAGES), so that walk is bounded too.
 
 Positions are worker-local integers handed out in the order this worker's
-follower reads documents; an id re-read while the follower finds its place
-keeps the position it already had.
+follower yields documents.
+
+Cost: a tailable cursor on a capped collection always starts at the oldest
+document, so every (re)opening of the tailer's cursor walks the window on the
+server -- once per worker at start and after a failure, never per client:
+joins and resumes are served from the worker's in-memory window
+(``app/window.py``), and ``read_room`` is left for history while that window
+is not ready yet.
 
 Failures, and what each becomes:
 * tailable cursor dead at start (empty collection) or killed -> reopen it
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -81,10 +86,6 @@ class MongoStore:
         self.dead_cursor_wait = dead_cursor_wait
         self._prepared = False
         self._counter = itertools.count(1)
-        # Enough to remember every document still in the window: one that is
-        # in the window was inserted fewer than max_messages documents ago.
-        self._positions: OrderedDict[str, int] = OrderedDict()
-        self._remember = 2 * max_messages
 
     # -- set-up ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -112,18 +113,6 @@ class MongoStore:
                 f"db.runCommand({{convertToCapped: '{name}', size: {self.max_bytes}}}) or drop it"
             )
         self._prepared = True
-
-    # -- positions -------------------------------------------------------------
-    def position_of(self, message_id: str) -> int | None:
-        return self._positions.get(message_id)
-
-    def _position_for(self, message_id: str) -> int:
-        position = self._positions.get(message_id)
-        if position is None:
-            position = self._positions[message_id] = next(self._counter)
-            if len(self._positions) > self._remember:
-                self._positions.popitem(last=False)
-        return position
 
     @staticmethod
     def _message(doc: dict) -> Message:
@@ -217,11 +206,16 @@ class MongoStore:
             wait = self.dead_cursor_wait[0]
             while True:
                 for doc in self._tail_after(last):
+                    if doc is None:
+                        yield []  # caught up
+                        continue
                     last = doc["_id"]
                     wait = self.dead_cursor_wait[0]
-                    yield [(self._position_for(str(last)), self._message(doc))]
+                    yield [(next(self._counter), self._message(doc))]
                 # The cursor died: the collection was empty, or the server
-                # killed it. Reopen after a growing pause, never in a busy loop.
+                # killed it. Everything up to `last` was read, so we are caught
+                # up; reopen after a growing pause, never in a busy loop.
+                yield []
                 gevent.sleep(wait)
                 wait = min(wait * 2, self.dead_cursor_wait[1])
         except OperationFailure as exc:
@@ -231,8 +225,8 @@ class MongoStore:
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
 
-    def _tail_after(self, last: ObjectId | None) -> Iterator[dict]:
-        """Yield the documents after ``last`` from one tailable cursor, until it dies."""
+    def _tail_after(self, last: ObjectId | None) -> Iterator[dict | None]:
+        """Yield the documents after ``last`` from one tailable cursor until it dies; None when caught up."""
         # max_await_time_ms is a cursor setting (sent as getMore's maxTimeMS),
         # not an argument of find().
         cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT)
@@ -252,13 +246,11 @@ class MongoStore:
                 if doc is None:
                     if not found:
                         raise PositionLost(f"{last} is no longer in the capped collection")
-                    continue  # nothing new within await_ms: ask again
-                if found:
+                    yield None  # nothing new within await_ms: ask again
+                elif found:
                     yield doc
                 else:
-                    # Re-reading up to where we were: keep positions, deliver nothing.
-                    self._position_for(str(doc["_id"]))
-                    found = doc["_id"] == last
+                    found = doc["_id"] == last  # re-reading up to where we were: deliver nothing
             if not found:
                 raise PositionLost(f"{last} is no longer in the capped collection")
         finally:

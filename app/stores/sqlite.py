@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable
+from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable, stored_size
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 """
 _COLUMNS = "seq, room, text, event, created_ms"
 _ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
-# What a message costs against max_bytes: its UTF-8 fields plus a fixed
-# overhead close to the BSON framing MongoDB counts for the same document.
-_OVERHEAD_BYTES = 64
 _FEED_BATCH = 1000
 # How long a write may wait for the file's write lock (SQLite's busy
 # timeout), and as long again for its turn on this worker's writer thread.
@@ -146,10 +143,6 @@ class SQLiteStore:
             return None
         return int(match.group(2))
 
-    def position_of(self, message_id: str) -> int | None:
-        """Seq is both the id and the position, known before the follower reads it."""
-        return self._seq_of(message_id)
-
     def _message(self, row: tuple) -> Message:
         seq, room, text, event, created_ms = row
         created = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
@@ -183,7 +176,7 @@ class SQLiteStore:
         return message
 
     def _append_blocking(self, room: str, text: str, event: str) -> Message:
-        size = len(room.encode()) + len(text.encode()) + len(event.encode()) + _OVERHEAD_BYTES
+        size = stored_size(room, text, event)
         created_ms = int(time.time() * 1000)
         try:
             if self._writer is None:
@@ -280,6 +273,7 @@ class SQLiteStore:
         if last is None:
             raise PositionLost(f"{after_id!r} is not from this store")
         seen_version = None
+        said_caught_up = False
         while True:
             # data_version changes whenever another connection commits: a
             # cheap check that spares the query when nothing happened.
@@ -295,10 +289,14 @@ class SQLiteStore:
                     )
                 if rows:
                     last = rows[-1][0]
+                    said_caught_up = False
                     yield [(row[0], self._message(row)) for row in rows]
                     if len(rows) == _FEED_BATCH:
                         seen_version = None  # more are waiting: read again at once
                         continue
+            if not said_caught_up:
+                said_caught_up = True
+                yield []
             wakeup.wait(self.poll_interval)
             wakeup.clear()
 

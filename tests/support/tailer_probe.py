@@ -17,6 +17,7 @@ import time  # noqa: E402
 from app.hub import Hub  # noqa: E402
 from app.stores.mongo import MongoStore  # noqa: E402
 from app.tailer import Tailer  # noqa: E402
+from app.window import Window  # noqa: E402
 
 
 def main(uri: str, room: str, count: int, seconds: float) -> None:
@@ -24,7 +25,7 @@ def main(uri: str, room: str, count: int, seconds: float) -> None:
     store = MongoStore(uri, "sse", max_bytes=65_536, max_messages=1000, await_ms=200)
     hub = Hub(queue_limit=1000, heartbeat_seconds=0.2)  # wakes the loop below in silence
     subscription = hub.subscribe(room)
-    tailer = Tailer(store, hub, backoff_initial=0.05, backoff_max=0.5)
+    tailer = Tailer(store, Window(1000, 65_536), hub, backoff_initial=0.05, backoff_max=0.5)
     tailer.ensure_running()
     deadline = time.monotonic() + seconds
     received = 0
@@ -32,7 +33,7 @@ def main(uri: str, room: str, count: int, seconds: float) -> None:
         events = subscription.take()
         subscription.heartbeat_due = False
         for event in events:
-            print(json.dumps({"id": event.id, "position": event.position}), flush=True)
+            print(json.dumps({"id": event.message.id, "position": event.position}), flush=True)
             received += 1
     print(json.dumps({"restarts": tailer.restarts}), flush=True)
     tailer.stop()

@@ -1,0 +1,160 @@
+"""This worker's in-memory mirror of the store's bounded window.
+
+Why it exists: a join or a resume used to ask the store for the room's
+messages after the client's Last-Event-ID. On MongoDB that is a walk of the
+capped collection in natural order from its oldest document (ids are not in
+insertion order, so nothing can seek to the id), and after a worker dies
+thousands of clients reconnect at once: thousands of scans of the window. Here
+each worker keeps the window itself, fed by its tailer in store order and
+warmed once at start, so a join costs what it sends: a dict look-up for the
+id and a bisect into the room's own list.
+
+Exact by construction: the tailer appends a batch here and hands the same
+entries to the hub without yielding to another greenlet in between, and a
+joining stream reads its backlog here and subscribes to the hub without
+yielding either. So every message is either in the backlog the stream read or
+in its subscription's queue, never both, never neither -- no hand-over to
+de-duplicate.
+
+Bounded like the store, by the store's own rule: at most ``max_messages``
+entries and ``max_bytes`` counted with ``stored_size`` (the SQLite store's
+exact measure, and never more than the BSON size MongoDB charges a document).
+So the mirror always holds at least what the store holds: an id it does not
+know, once it is ``ready``, is not in the store's window either, and the
+stream gets ``reset`` without asking the store.
+
+``ready`` is set once the tailer has read the whole window the store had when
+it started; until then (start-up, or after the tailer lost its place and
+warms again) joins wait for it.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import gevent.event
+
+from .events import message_event
+from .stores.base import Message, stored_size
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A message as the tailer read it: its position in store order and its SSE bytes, encoded once."""
+
+    position: int
+    message: Message
+    payload: bytes
+    size: int
+
+
+class _RoomLog:
+    """One room's entries in position order; drops from the front without shifting the list."""
+
+    __slots__ = ("entries", "positions", "head")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.positions: list[int] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.head
+
+    def append(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self.positions.append(entry.position)
+
+    def drop_oldest(self) -> None:
+        self.head += 1
+        if self.head > 64 and self.head * 2 > len(self.entries):
+            del self.entries[:self.head]
+            del self.positions[:self.head]
+            self.head = 0
+
+    def after(self, position: int) -> list[Entry]:
+        return self.entries[bisect_right(self.positions, position, self.head):]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a join sends first: the room's entries after its resume point, or all with a reason."""
+
+    entries: list[Entry]
+    reset_reason: str | None = None
+
+
+class Window:
+    """The store's window of messages, in store order, indexed by id and by room."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.ready = gevent.event.Event()
+        self._entries: deque[Entry] = deque()
+        self._by_id: dict[str, Entry] = {}
+        self._rooms: dict[str, _RoomLog] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget everything and wait for the tailer to warm the window again."""
+        self.ready.clear()
+        self._entries.clear()
+        self._by_id.clear()
+        self._rooms.clear()
+        self._bytes = 0
+
+    def extend(self, batch: Iterable[tuple[int, Message]]) -> list[Entry]:
+        """Add messages read in store order, evict beyond the bound; return the new entries."""
+        added = []
+        for position, message in batch:
+            entry = Entry(position, message, message_event(message),
+                          stored_size(message.room, message.text, message.event))
+            self._entries.append(entry)
+            self._by_id[message.id] = entry
+            room = self._rooms.get(message.room)
+            if room is None:
+                room = self._rooms[message.room] = _RoomLog()
+            room.append(entry)
+            self._bytes += entry.size
+            added.append(entry)
+        while len(self._entries) > self.max_messages or self._bytes > self.max_bytes:
+            self._evict_oldest()
+        return added
+
+    def _evict_oldest(self) -> None:
+        entry = self._entries.popleft()
+        self._bytes -= entry.size
+        del self._by_id[entry.message.id]
+        room = self._rooms[entry.message.room]
+        room.drop_oldest()
+        if not room:
+            del self._rooms[entry.message.room]
+
+    def backlog(self, room: str, after_id: str | None, limit: int | None = None) -> Backlog:
+        """Return the room's entries after ``after_id`` (None: all), or all with a reset reason.
+
+        Only call once ``ready`` is set: before that a miss proves nothing.
+        """
+        log = self._rooms.get(room)
+        reason = None
+        position = -1
+        if after_id is not None:
+            entry = self._by_id.get(after_id)
+            if entry is None:
+                reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
+            elif entry.message.room != room:
+                reason = f"last event id {after_id!r} belongs to another room"
+            else:
+                position = entry.position
+        entries = [] if log is None else log.after(position)
+        return Backlog(entries if limit is None else entries[:limit], reason)
+
+    def messages(self) -> Iterator[Message]:
+        """Yield every message held, oldest first (for tests and diagnostics)."""
+        return (entry.message for entry in self._entries)

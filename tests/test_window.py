@@ -1,0 +1,145 @@
+"""The worker's in-memory window: the store's bound, exact resumes, resets, and joins without store reads."""
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import gevent
+import pytest
+
+from app.hub import Hub
+from app.stores.base import Message
+from app.stores.sqlite import SQLiteStore
+from app.streaming import StreamSettings, message_stream
+from app.tailer import Tailer
+from app.window import Window
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def feed(window: Window, specs: list[tuple[str, str]], start: int = 1) -> list[Message]:
+    """Extend the window with (room, text) messages at consecutive positions; return them."""
+    messages = [Message(id=f"id{start + n}", room=room, text=text, event="message", created_at=NOW)
+                for n, (room, text) in enumerate(specs)]
+    window.extend([(start + n, message) for n, message in enumerate(messages)])
+    return messages
+
+
+def ids(backlog) -> list[str]:
+    return [entry.message.id for entry in backlog.entries]
+
+
+def test_backlog_after_an_id_is_exactly_the_rest_of_that_room():
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [("a" if n % 3 else "b", f"m{n}") for n in range(30)])
+    room_a = [m.id for m in sent if m.room == "a"]
+    for cut in range(len(room_a)):
+        backlog = window.backlog("a", room_a[cut])
+        assert backlog.reset_reason is None
+        assert ids(backlog) == room_a[cut + 1:]
+    assert ids(window.backlog("a", None)) == room_a
+    assert ids(window.backlog("a", room_a[2], limit=3)) == room_a[3:6]
+    assert window.backlog("empty", None).entries == []
+
+
+@pytest.mark.parametrize("last_id, reason", [
+    ("nowhere", "is not in the stored window"),
+    ("id1", "belongs to another room"),
+], ids=["unknown-id", "id-of-another-room"])
+def test_an_id_it_does_not_hold_for_the_room_gives_reset_and_the_whole_room(last_id, reason):
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [("other", "x"), ("r", "m0"), ("r", "m1")])
+    backlog = window.backlog("r", last_id)
+    assert reason in backlog.reset_reason
+    assert ids(backlog) == [sent[1].id, sent[2].id]
+
+
+def test_it_evicts_exactly_as_the_sqlite_store_does(tmp_path):
+    """Same bound, same rule: the window holds the store's window, message for message."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=6000, max_messages=40)
+    window = Window(max_messages=40, max_bytes=6000)
+    rng = random.Random(3)
+    for n in range(300):
+        message = store.append(rng.choice("abc"), "x" * rng.randrange(0, 400), "message")
+        window.extend([(n, message)])
+    for room in "abc":
+        assert [m.id for m in store.read_room(room).messages] == [e.message.id for e in window.backlog(room, None).entries]
+    assert len(window) == sum(len(store.read_room(room).messages) for room in "abc")
+
+
+def test_a_room_emptied_by_eviction_is_forgotten_and_its_log_compacts():
+    window = Window(max_messages=10, max_bytes=10**6)
+    feed(window, [("gone", "x")])
+    feed(window, [("busy", f"m{n}") for n in range(1000)], start=2)
+    assert window.backlog("gone", None).entries == []
+    assert "gone" not in window._rooms
+    log = window._rooms["busy"]
+    assert len(log) == 10 and len(log.entries) < 200  # dropped from the front, not kept forever
+    assert [e.message.text for e in window.backlog("busy", None).entries] == [f"m{n}" for n in range(990, 1000)]
+
+
+class CountingStore(SQLiteStore):
+    """The real store, counting the reads a join could make."""
+
+    reads = 0
+
+    def read_room(self, *args, **kwargs):
+        self.reads += 1
+        return super().read_room(*args, **kwargs)
+
+
+def test_joins_and_resumes_read_the_window_not_the_store(tmp_path):
+    store = CountingStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=5000, poll_interval=0.002)
+    sent = [store.append(f"room{n % 50}", f"m{n}", "message") for n in range(5000)]
+    window, hub = Window(5000, 10**7), Hub(queue_limit=100, heartbeat_seconds=5)
+    tailer = Tailer(store, window, hub)
+    tailer.ensure_running()
+    try:
+        assert window.ready.wait(10)
+        room7 = [m.id for m in sent if m.room == "room7"]
+        for cut in (0, 50, 98):
+            stream = message_stream("room7", room7[cut], window=window, hub=hub,
+                                    settings=StreamSettings(retry_ms=1000))
+            next(stream)  # retry:
+            backlog = next(stream)
+            assert backlog.count(b"\nid: ") + backlog.startswith(b"id: ") == len(room7) - cut - 1
+            stream.close()
+        assert store.reads == 0
+    finally:
+        tailer.stop()
+        gevent.sleep(0)
+        store.close()
+
+
+def test_a_join_waits_for_the_window_and_then_gets_everything(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=1000, poll_interval=0.002)
+    before = [store.append("r", f"m{n}", "message").id for n in range(5)]
+    window, hub = Window(1000, 10**7), Hub(queue_limit=100, heartbeat_seconds=0.2)
+    stream = message_stream("r", None, window=window, hub=hub, settings=StreamSettings(retry_ms=1000))
+    received = b""
+    tailer = Tailer(store, window, hub)
+    try:
+        received += next(stream)  # retry:
+        gevent.spawn_later(0.5, tailer.ensure_running)  # the worker warms its window late
+        after = None
+        with gevent.Timeout(5):
+            while after is None or after.encode() not in received:
+                received += next(stream)
+                if after is None and before[-1].encode() in received:
+                    after = store.append("r", "live", "message").id
+                    tailer.poke()
+        assert [received.count(f"id: {message_id}\n".encode()) for message_id in [*before, after]] == [1] * 6
+        assert b": keep-alive" in received  # heartbeats while it waited
+    finally:
+        stream.close()
+        tailer.stop()
+        gevent.sleep(0)
+        store.close()
+
+
+def test_a_join_gives_up_when_the_window_never_warms():
+    window, hub = Window(10, 10**6), Hub(queue_limit=10, heartbeat_seconds=0.1)
+    stream = message_stream("r", None, window=window, hub=hub,
+                            settings=StreamSettings(retry_ms=1000, window_wait_seconds=0.3))
+    chunks = list(stream)
+    assert chunks[-1].startswith(b": store unavailable")
