@@ -8,6 +8,13 @@ is why gunicorn.conf.py sets it in the master, cleans the directory on start
 and marks a dead worker's live gauges gone (``child_exit``). Without it (tests,
 ``flask run``) the values live in this process's default registry.
 
+A value reaches a file only when this process creates or touches it. The
+master imports this module (gunicorn.conf.py imports the app package) and
+on_starting then deletes the files it wrote, so every worker calls
+``write_zeros_for_this_worker`` at start: otherwise a scrape lists nothing until
+something happens. Labelled metrics are created for their known label values
+here, at import, so they too are listed at zero from the start.
+
 Updates stay off the per-subscriber path: a stream counts a whole batch of
 events with one ``inc``, and the tailer counts restarts, not messages.
 """
@@ -53,6 +60,28 @@ PUBLISH_LATENCY = Histogram(
 DROP_SLOW = "slow"  # its bounded queue overflowed
 DROP_STALLED = "stalled"  # a write to it made no progress for STREAM_STALL_SECONDS
 DROP_LIMIT = "limit"  # refused: the worker holds MAX_STREAMS_PER_WORKER streams
+DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT)
+
+# Operations counted by STORE_ERRORS (the callers pass these words).
+STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready")
+
+ALL_METRICS = (
+    OPEN_STREAMS, SUBSCRIPTIONS, MESSAGES_PUBLISHED, EVENTS_DELIVERED, STREAMS_DROPPED,
+    RESETS_SENT, TAILER_RESTARTS, STORE_ERRORS, PUBLISH_LATENCY,
+)
+
+for _reason in DROP_REASONS:
+    STREAMS_DROPPED.labels(_reason)
+for _operation in STORE_OPERATIONS:
+    STORE_ERRORS.labels(_operation)
+
+
+def write_zeros_for_this_worker() -> None:
+    """Write every metric of this process to its own multiprocess files, zero if untouched."""
+    # Reading a value after a fork makes prometheus_client move all of this
+    # process's values to files named after the new pid; collect() reads them all.
+    for metric in ALL_METRICS:
+        metric.collect()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -3,14 +3,24 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+import requests
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
+from app import create_app, metrics
 
 OUR_METRICS = {
     "sse_open_streams", "sse_hub_subscriptions", "sse_messages_published", "sse_events_delivered",
     "sse_streams_dropped", "sse_resets_sent", "sse_tailer_restarts", "sse_store_errors",
     "sse_publish_latency_seconds",
+}
+
+
+# Label values known before anything happens, as the README's metrics table lists them.
+KNOWN_LABELS = {
+    "sse_streams_dropped": {"reason": {"slow", "stalled", "limit"}},
+    "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready"}},
 }
 
 
@@ -66,3 +76,23 @@ def test_startup_logs_the_effective_configuration_without_secrets(caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("started with")]
     assert "'max_streams_per_worker': 123" in line
     assert "s3cret" not in line and "alice" not in line and "***@127.0.0.1:1/" in line
+
+
+@pytest.mark.slow
+def test_first_scrape_after_start_lists_every_metric_at_zero(live_server):
+    defined = {metric.describe()[0].name for metric in vars(metrics).values() if isinstance(metric, MetricWrapperBase)}
+    reply = requests.get(live_server.url + "/metrics", timeout=5)
+    assert reply.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(reply.text)}
+
+    assert OUR_METRICS <= defined
+    assert defined <= set(families), f"missing from the first scrape: {sorted(defined - set(families))}"
+    for name, family in families.items():
+        if name not in defined:
+            continue
+        assert family.samples, f"{name} has no samples"
+        assert all(sample.value == 0 for sample in family.samples), f"{name} is not at zero: {family.samples}"
+        for label, values in KNOWN_LABELS.get(name, {}).items():
+            assert {s.labels[label] for s in family.samples} == values, f"{name} lacks some {label} values"
+    histogram = families["sse_publish_latency_seconds"]
+    assert {s.labels["le"] for s in histogram.samples if s.name.endswith("_bucket")} >= {"0.001", "5.0", "+Inf"}
