@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps run test lint bench clean
+.PHONY: help install system-deps run test screenshot lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ run: install ## Run gunicorn (gevent workers) on $$HOST:$$PORT, default 127.0.0.
 
 test: install system-deps ## Run every test (installs what it needs first, Debian packages too)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+screenshot: install system-deps ## Refresh docs/demo.png from the demo page (headless Chromium, real gunicorn)
+	DEMO_SCREENSHOT=$(CURDIR)/docs/demo.png $(BIN)/pytest tests/test_browser.py::test_demo_page_screenshot
 
 lint: install ## Check style with ruff
 	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py

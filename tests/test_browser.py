@@ -1,6 +1,10 @@
 """The demo page in real headless Chromium against real gunicorn (2 gevent workers)."""
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,13 +14,15 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from app.config import Settings
 from app.stores import open_store
-from tests.support.browser import DemoPage, start_chromium, wait_for
+from tests.support.browser import DemoPage, png_size, start_chromium, wait_for
 from tests.support.live import ROOT, LiveServer
 from tests.support.nginx import LiveNginx
 
 pytestmark = pytest.mark.slow
 
-SCREENSHOT = ROOT / "docs" / "demo.png"
+# Where test_demo_page_screenshot writes its picture: a temp dir unless set.
+# `make screenshot` sets it to docs/demo.png; a plain test run leaves the tree alone.
+SCREENSHOT_ENV = "DEMO_SCREENSHOT"
 EVENT_SOURCE_OPEN, EVENT_SOURCE_CLOSED = 1, 2
 
 
@@ -192,7 +198,7 @@ def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page
     wait_for(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
 
 
-def test_demo_page_screenshot(live_server, open_page):
+def test_demo_page_screenshot(live_server, open_page, tmp_path):
     room = "lobby"
     for text, event in [
         ("Morning! The deploy window opens at 10:00.", "message"),
@@ -207,6 +213,29 @@ def test_demo_page_screenshot(live_server, open_page):
 
     assert page.driver.execute_script("return document.querySelector('#messages .type').textContent") \
         == "announcement"
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    assert page.driver.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
+    screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "demo.png")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert page.driver.save_screenshot(str(screenshot))
+    viewport = page.driver.execute_script(
+        "return [innerWidth * devicePixelRatio, innerHeight * devicePixelRatio].map(Math.round)")
+    assert png_size(screenshot) == tuple(viewport)
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_a_test_run_leaves_the_tracked_docs_demo_png_alone(tmp_path):
+    """The screenshot test used to overwrite docs/demo.png, leaving every checkout dirty after `make test`."""
+    docs = ROOT / "docs"
+
+    def snapshot() -> dict[str, tuple[str, int]]:
+        return {str(path): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+                for path in docs.rglob("*") if path.is_file()}
+
+    before = snapshot()
+    env = {name: value for name, value in os.environ.items() if name != SCREENSHOT_ENV}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'run'}",
+         "tests/test_browser.py::test_demo_page_screenshot"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert snapshot() == before, "the screenshot test wrote into docs/"

@@ -6,6 +6,7 @@ runs (it would try to download a browser and a driver, which fails here).
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,14 @@ def wait_for(condition: Callable[[], T], timeout: float, message: str, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} (waited {timeout:g} s; last value {value!r})")
         time.sleep(interval)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Return (width, height) of a PNG file; fail if it is not one."""
+    with open(path, "rb") as file:
+        head = file.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
 
 
 class DemoPage:
