@@ -7,10 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps run test screenshot lint bench clean
+.PHONY: help install system-deps ferretdb-build ferretdb run test screenshot lint bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,18 @@ install: $(STAMP) ## Create .venv and install the server and test dependencies
 system-deps: ## Install the Debian packages the tests drive (needs root)
 	bash .ci/system-deps
 
+ferretdb-build: ## Build FerretDB (the tests' MongoDB stand-in) into ~/.cache/sse-rooms; needs Go
+	@bash .ci/ferretdb-build || echo "FerretDB was not built: the MongoDB tests will be skipped (pytest -rs says why)"
+
+ferretdb: ## Run FerretDB (a MongoDB stand-in, not MongoDB) on 127.0.0.1:27017, data in var/ferretdb
+	@set -o pipefail; binary="$$(bash .ci/ferretdb-build | tail -n 1)" && mkdir -p var/ferretdb && \
+	exec "$$binary" --handler=sqlite --sqlite-url=file:var/ferretdb/ --listen-addr=127.0.0.1:27017 \
+	  --telemetry=disable --state-dir=- --debug-addr=- --test-capped-cleanup-interval=1s
+
 run: install ## Run gunicorn (gevent workers) on $$HOST:$$PORT, default 127.0.0.1:8080, embedded store
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: install system-deps ## Run every test (installs what it needs first, Debian packages too)
+test: install system-deps ferretdb-build ## Run every test (installs what it needs first, Debian packages and FerretDB too)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 screenshot: install system-deps ## Refresh docs/demo.png from the demo page (headless Chromium, real gunicorn)
