@@ -151,7 +151,7 @@ class Hub:
         queued = 0
         waiters: list[Waiter] = []
         for entry in entries:
-            subs = self._rooms.get(entry.message.room)
+            subs = self._rooms.get(entry.room)
             if not subs:
                 continue
             for subscription in subs:

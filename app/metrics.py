@@ -51,6 +51,18 @@ STREAMS_DROPPED = Counter(
 RESETS_SENT = Counter("sse_resets_sent", "reset events sent (the resume point was outside the stored window).")
 TAILER_RESTARTS = Counter("sse_tailer_restarts", "Times a worker's tailer lost its store feed and started again.")
 STORE_ERRORS = Counter("sse_store_errors", "Store operations that failed as unavailable.", ["operation"])
+STORE_QUERIES = Counter(
+    "sse_store_queries", "Reads of the store outside publishing and tailing (joins are served from the window).",
+    ["operation"],
+)
+WINDOW_MESSAGES = Gauge(
+    "sse_window_messages", "Messages held by the workers' in-memory windows (each worker holds its own copy).",
+    multiprocess_mode="livesum",
+)
+WINDOW_BYTES = Gauge(
+    "sse_window_bytes", "Encoded event bytes held by the workers' in-memory windows.",
+    multiprocess_mode="livesum",
+)
 PUBLISH_LATENCY = Histogram(
     "sse_publish_latency_seconds", "Time to store one message (POST /messages, successful or not).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
@@ -64,16 +76,21 @@ DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT)
 
 # Operations counted by STORE_ERRORS (the callers pass these words).
 STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready")
+# Reads counted by STORE_QUERIES: a join asking whether an id it does not hold
+# is in the store; a history page read from the store; a window warmed from it.
+QUERY_RESUME, QUERY_HISTORY, QUERY_WARM = "resume", "history", "warm"
 
 ALL_METRICS = (
     OPEN_STREAMS, SUBSCRIPTIONS, MESSAGES_PUBLISHED, EVENTS_DELIVERED, STREAMS_DROPPED,
-    RESETS_SENT, TAILER_RESTARTS, STORE_ERRORS, PUBLISH_LATENCY,
+    RESETS_SENT, TAILER_RESTARTS, STORE_ERRORS, STORE_QUERIES, WINDOW_MESSAGES, WINDOW_BYTES, PUBLISH_LATENCY,
 )
 
 for _reason in DROP_REASONS:
     STREAMS_DROPPED.labels(_reason)
 for _operation in STORE_OPERATIONS:
     STORE_ERRORS.labels(_operation)
+for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM):
+    STORE_QUERIES.labels(_operation)
 
 
 def write_zeros_for_this_worker() -> None:

@@ -29,11 +29,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import gevent
 from gevent.hub import get_hub
 
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
-from .metrics import DROP_SLOW, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
+from .metrics import DROP_SLOW, QUERY_RESUME, RESETS_SENT, STORE_ERRORS, STORE_QUERIES, STREAMS_DROPPED
+from .stores.base import MessageStore, StoreUnavailable
 from .window import Backlog, Window
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class _Outcome:
     ended_by: str = "client gone"
 
 
-def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub,
+def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
                    settings: StreamSettings, client_socket: socket.socket | None = None) -> Iterator[bytes]:
     """Yield the bytes of one room's stream, resuming after ``last_id``."""
     started = time.monotonic()
@@ -72,6 +74,17 @@ def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub,
                     # status would make it give up for good.
                     yield STORE_UNAVAILABLE_COMMENT
                     return
+            if last_id is not None and not window.holds(last_id):
+                try:
+                    yield from _wait_for_tailer(last_id, window, store, hub.heartbeat_seconds,
+                                                settings.window_wait_seconds)
+                except StoreUnavailable:
+                    STORE_ERRORS.labels("stream").inc()
+                    outcome.ended_by = "store unavailable"
+                    yield STORE_UNAVAILABLE_COMMENT
+                    return
+                if not window.ready.is_set():
+                    continue  # the tailer lost its place meanwhile: wait for the window again
             # No yield between these two lines: the exact hand-over.
             backlog = window.backlog(room, last_id)
             subscription = hub.subscribe(room)
@@ -102,6 +115,30 @@ def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub,
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
                  room, time.monotonic() - started, outcome.events, outcome.ended_by)
+
+
+def _wait_for_tailer(last_id: str, window: Window, store: MessageStore, heartbeat_seconds: float,
+                     patience: float) -> Iterator[bytes]:
+    """Wait while the store holds ``last_id`` but this worker's tailer has not read it yet.
+
+    A client that read a message through another worker or node may be ahead
+    of this worker's window by a few milliseconds; without this wait its id
+    would look unknown and it would get ``reset`` and the whole room again.
+    An id the store does not hold either is evicted or foreign: no wait.
+    """
+    STORE_QUERIES.labels(QUERY_RESUME).inc()
+    if not store.contains(last_id):
+        return
+    started = time.monotonic()
+    beat = started + heartbeat_seconds
+    while not window.holds(last_id) and window.ready.is_set():
+        now = time.monotonic()
+        if now - started > patience:
+            return
+        if now >= beat:
+            beat = now + heartbeat_seconds
+            yield HEARTBEAT
+        gevent.sleep(0.005)
 
 
 def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
@@ -173,7 +210,7 @@ def _backlog_bytes(backlog: Backlog, last_id: str | None) -> tuple[bytes, int, s
         last_id = None
     parts.extend(entry.payload for entry in backlog.entries)
     if backlog.entries:
-        last_id = backlog.entries[-1].message.id
+        last_id = backlog.entries[-1].id
     return b"".join(parts), len(backlog.entries), last_id
 
 
@@ -185,7 +222,7 @@ def _live(subscription: Subscription, last_id: str | None) -> Iterator[tuple[byt
             return
         if entries:
             subscription.heartbeat_due = False
-            last_id = entries[-1].message.id
+            last_id = entries[-1].id
             yield b"".join(entry.payload for entry in entries), len(entries), last_id
         elif subscription.heartbeat_due:
             subscription.heartbeat_due = False

@@ -23,7 +23,7 @@ import gevent
 import gevent.event
 
 from .hub import Hub
-from .metrics import STORE_ERRORS, TAILER_RESTARTS
+from .metrics import QUERY_WARM, STORE_ERRORS, STORE_QUERIES, TAILER_RESTARTS, WINDOW_BYTES, WINDOW_MESSAGES
 from .stores.base import MessageStore, PositionLost, StoreUnavailable
 from .window import Window
 
@@ -66,6 +66,7 @@ class Tailer:
             try:
                 if not self.window.ready.is_set() and self.last_id is None:
                     # Warming: read up to the newest message there is now.
+                    STORE_QUERIES.labels(QUERY_WARM).inc()
                     self._warm_until = self.store.newest_id()
                     if self._warm_until is None:
                         self.window.ready.set()  # nothing stored yet
@@ -78,6 +79,10 @@ class Tailer:
                 self.last_id = None
                 self.window.clear()
                 self.hub.resync_all()  # they re-join once the window is ready again
+                # Losing it again at once would be a bug, not a store that is
+                # moving fast: never let that turn into a busy loop.
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
             except StoreUnavailable as exc:
                 log.warning("tailer: store unavailable (%s); retrying in %.2fs", exc, delay)
                 STORE_ERRORS.labels("tailer").inc()
@@ -95,6 +100,8 @@ class Tailer:
         if batch:
             self.last_id = batch[-1][1].id
             entries = self.window.extend(batch)
+            WINDOW_MESSAGES.set(len(self.window))
+            WINDOW_BYTES.set(self.window.payload_bytes)
             if self.window.ready.is_set():
                 self.hub.publish(entries)
                 return

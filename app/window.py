@@ -29,9 +29,10 @@ warms again) joins wait for it.
 """
 from __future__ import annotations
 
+import json
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gevent.event
@@ -42,12 +43,23 @@ from .stores.base import Message, stored_size
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A message as the tailer read it: its position in store order and its SSE bytes, encoded once."""
+    """A message as the tailer read it: its position in store order and its SSE bytes, encoded once.
+
+    Only the bytes keep the text: the window's memory is about one copy of
+    what it holds, not two.
+    """
 
     position: int
-    message: Message
+    id: str
+    room: str
     payload: bytes
     size: int
+
+    def to_json(self) -> dict[str, str]:
+        """Return the message's public JSON (for history), read back from its event's data line."""
+        # One data line: JSON escapes every line break the text may hold.
+        data = next(line for line in self.payload.split(b"\n") if line.startswith(b"data: "))
+        return json.loads(data[len(b"data: "):])
 
 
 class _RoomLog:
@@ -97,6 +109,7 @@ class Window:
         self._by_id: dict[str, Entry] = {}
         self._rooms: dict[str, _RoomLog] = {}
         self._bytes = 0
+        self.payload_bytes = 0  # of the encoded events held: most of the window's memory
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -108,12 +121,13 @@ class Window:
         self._by_id.clear()
         self._rooms.clear()
         self._bytes = 0
+        self.payload_bytes = 0
 
     def extend(self, batch: Iterable[tuple[int, Message]]) -> list[Entry]:
         """Add messages read in store order, evict beyond the bound; return the new entries."""
         added = []
         for position, message in batch:
-            entry = Entry(position, message, message_event(message),
+            entry = Entry(position, message.id, message.room, message_event(message),
                           stored_size(message.room, message.text, message.event))
             self._entries.append(entry)
             self._by_id[message.id] = entry
@@ -122,6 +136,7 @@ class Window:
                 room = self._rooms[message.room] = _RoomLog()
             room.append(entry)
             self._bytes += entry.size
+            self.payload_bytes += len(entry.payload)
             added.append(entry)
         while len(self._entries) > self.max_messages or self._bytes > self.max_bytes:
             self._evict_oldest()
@@ -130,11 +145,12 @@ class Window:
     def _evict_oldest(self) -> None:
         entry = self._entries.popleft()
         self._bytes -= entry.size
-        del self._by_id[entry.message.id]
-        room = self._rooms[entry.message.room]
+        self.payload_bytes -= len(entry.payload)
+        del self._by_id[entry.id]
+        room = self._rooms[entry.room]
         room.drop_oldest()
         if not room:
-            del self._rooms[entry.message.room]
+            del self._rooms[entry.room]
 
     def backlog(self, room: str, after_id: str | None, limit: int | None = None) -> Backlog:
         """Return the room's entries after ``after_id`` (None: all), or all with a reset reason.
@@ -148,13 +164,13 @@ class Window:
             entry = self._by_id.get(after_id)
             if entry is None:
                 reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
-            elif entry.message.room != room:
+            elif entry.room != room:
                 reason = f"last event id {after_id!r} belongs to another room"
             else:
                 position = entry.position
         entries = [] if log is None else log.after(position)
         return Backlog(entries if limit is None else entries[:limit], reason)
 
-    def messages(self) -> Iterator[Message]:
-        """Yield every message held, oldest first (for tests and diagnostics)."""
-        return (entry.message for entry in self._entries)
+    def holds(self, message_id: str) -> bool:
+        """Say whether the window holds this id (any room)."""
+        return message_id in self._by_id

@@ -26,7 +26,7 @@ def feed(window: Window, specs: list[tuple[str, str]], start: int = 1) -> list[M
 
 
 def ids(backlog) -> list[str]:
-    return [entry.message.id for entry in backlog.entries]
+    return [entry.id for entry in backlog.entries]
 
 
 def test_backlog_after_an_id_is_exactly_the_rest_of_that_room():
@@ -63,7 +63,7 @@ def test_it_evicts_exactly_as_the_sqlite_store_does(tmp_path):
         message = store.append(rng.choice("abc"), "x" * rng.randrange(0, 400), "message")
         window.extend([(n, message)])
     for room in "abc":
-        assert [m.id for m in store.read_room(room).messages] == [e.message.id for e in window.backlog(room, None).entries]
+        assert [m.id for m in store.read_room(room).messages] == [e.id for e in window.backlog(room, None).entries]
     assert len(window) == sum(len(store.read_room(room).messages) for room in "abc")
 
 
@@ -75,7 +75,7 @@ def test_a_room_emptied_by_eviction_is_forgotten_and_its_log_compacts():
     assert "gone" not in window._rooms
     log = window._rooms["busy"]
     assert len(log) == 10 and len(log.entries) < 200  # dropped from the front, not kept forever
-    assert [e.message.text for e in window.backlog("busy", None).entries] == [f"m{n}" for n in range(990, 1000)]
+    assert [e.to_json()['text'] for e in window.backlog("busy", None).entries] == [f"m{n}" for n in range(990, 1000)]
 
 
 class CountingStore(SQLiteStore):
@@ -98,7 +98,7 @@ def test_joins_and_resumes_read_the_window_not_the_store(tmp_path):
         assert window.ready.wait(10)
         room7 = [m.id for m in sent if m.room == "room7"]
         for cut in (0, 50, 98):
-            stream = message_stream("room7", room7[cut], window=window, hub=hub,
+            stream = message_stream("room7", room7[cut], window=window, hub=hub, store=store,
                                     settings=StreamSettings(retry_ms=1000))
             next(stream)  # retry:
             backlog = next(stream)
@@ -115,7 +115,7 @@ def test_a_join_waits_for_the_window_and_then_gets_everything(tmp_path):
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=1000, poll_interval=0.002)
     before = [store.append("r", f"m{n}", "message").id for n in range(5)]
     window, hub = Window(1000, 10**7), Hub(queue_limit=100, heartbeat_seconds=0.2)
-    stream = message_stream("r", None, window=window, hub=hub, settings=StreamSettings(retry_ms=1000))
+    stream = message_stream("r", None, window=window, hub=hub, store=store, settings=StreamSettings(retry_ms=1000))
     received = b""
     tailer = Tailer(store, window, hub)
     try:
@@ -137,9 +137,54 @@ def test_a_join_waits_for_the_window_and_then_gets_everything(tmp_path):
         store.close()
 
 
-def test_a_join_gives_up_when_the_window_never_warms():
+def test_a_join_gives_up_when_the_window_never_warms(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**6, max_messages=10)
     window, hub = Window(10, 10**6), Hub(queue_limit=10, heartbeat_seconds=0.1)
-    stream = message_stream("r", None, window=window, hub=hub,
+    stream = message_stream("r", None, window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000, window_wait_seconds=0.3))
     chunks = list(stream)
     assert chunks[-1].startswith(b": store unavailable")
+
+
+def test_a_resume_ahead_of_this_workers_window_waits_for_its_tailer_instead_of_resetting(tmp_path):
+    """Regression: a client that read m7 through another worker resumed here before this tailer read m7.
+
+    Its id looked unknown, so it got ``reset`` and the whole room again: duplicates.
+    """
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**6, max_messages=100)
+    sent = [store.append("r", f"m{n}", "message") for n in range(10)]
+    window, hub = Window(100, 10**6), Hub(queue_limit=100, heartbeat_seconds=5)
+    window.extend([(n + 1, message) for n, message in enumerate(sent[:5])])  # this worker's tailer lags
+    window.ready.set()
+    gevent.spawn_later(0.2, window.extend, [(n + 6, message) for n, message in enumerate(sent[5:])])
+    stream = message_stream("r", sent[7].id, window=window, hub=hub, store=store,
+                            settings=StreamSettings(retry_ms=1000))
+    try:
+        next(stream)  # retry:
+        with gevent.Timeout(5):
+            backlog = next(stream)
+    finally:
+        stream.close()
+        store.close()
+    assert b"event: reset" not in backlog
+    assert [line for line in backlog.split(b"\n") if line.startswith(b"id: ")] == [
+        f"id: {message.id}".encode() for message in sent[8:]]
+
+
+def test_an_id_the_store_does_not_hold_either_resets_at_once(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**6, max_messages=3)
+    sent = [store.append("r", f"m{n}", "message") for n in range(5)]  # m0, m1 evicted
+    window, hub = Window(3, 10**6), Hub(queue_limit=100, heartbeat_seconds=5)
+    window.extend([(n + 1, message) for n, message in enumerate(sent)])
+    window.ready.set()
+    stream = message_stream("r", sent[0].id, window=window, hub=hub, store=store,
+                            settings=StreamSettings(retry_ms=1000, window_wait_seconds=5))
+    try:
+        next(stream)  # retry:
+        with gevent.Timeout(1):
+            backlog = next(stream)
+    finally:
+        stream.close()
+        store.close()
+    assert backlog.startswith(b"event: reset") or b"\nevent: reset" in backlog
+    assert backlog.count(b"\nid: ") == 3

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
 from ..errors import ApiError
-from ..metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, STORE_ERRORS
+from ..metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
 from ..schemas import ROOM_RULE, MessageIn, valid_room
 from ..services import services
 from ..stores.base import StoreUnavailable
@@ -86,7 +86,7 @@ def stream() -> Response:
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
     body = message_stream(
-        room, last_id, window=svc.window, hub=svc.hub,
+        room, last_id, window=svc.window, hub=svc.hub, store=svc.store,
         settings=StreamSettings(retry_ms=svc.settings.retry_ms),
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
     )
@@ -113,18 +113,21 @@ def history() -> Response:
     if after is not None and len(after) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"after must be at most {MAX_LAST_EVENT_ID} characters", {"after": ["too long"]})
     svc.tailer.ensure_running()
-    if svc.window.ready.is_set():  # the worker's mirror of the window: no store query
+    # The worker's mirror of the window, when it is warm and has read `after`
+    # (another worker may have served it a moment ago); else the store.
+    if svc.window.ready.is_set() and (after is None or svc.window.holds(after)):
         backlog = svc.window.backlog(room, after, limit + 1)
-        messages, reset_reason = [entry.message for entry in backlog.entries], backlog.reset_reason
+        messages, reset_reason = [entry.to_json() for entry in backlog.entries], backlog.reset_reason
     else:
+        STORE_QUERIES.labels(QUERY_HISTORY).inc()
         try:
             stored = svc.store.read_room(room, after_id=after, limit=limit + 1)
         except StoreUnavailable as exc:
             raise _store_unavailable(exc, "history") from None
-        messages, reset_reason = stored.messages, stored.reset_reason
+        messages, reset_reason = [message.to_json() for message in stored.messages], stored.reset_reason
     return jsonify({
         "room": room,
-        "messages": [message.to_json() for message in messages[:limit]],
+        "messages": messages[:limit],
         "reset": reset_reason,
         "hasMore": len(messages) > limit,
     })

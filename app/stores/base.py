@@ -87,6 +87,9 @@ class MessageStore(Protocol):
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""
 
+    def contains(self, message_id: str) -> bool:
+        """Say whether the window holds this id: one indexed look-up."""
+
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order.
 

@@ -192,6 +192,16 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         return None if newest is None else str(newest["_id"])
 
+    def contains(self, message_id: str) -> bool:
+        if not ObjectId.is_valid(message_id):
+            return False
+        self.prepare()
+        try:
+            # By _id: the index every collection has, capped ones included.
+            return self.collection.find_one({"_id": ObjectId(message_id)}, {"_id": 1}) is not None
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
+
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""

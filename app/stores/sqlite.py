@@ -256,6 +256,10 @@ class SQLiteStore:
             return 0, f"last event id {after_id!r} was evicted from the bounded store"
         return 0, f"last event id {after_id!r} is unknown"
 
+    def contains(self, message_id: str) -> bool:
+        seq = self._seq_of(message_id)
+        return seq is not None and bool(self._query("SELECT 1 FROM messages WHERE seq = ?", (seq,)))
+
     def prepare(self) -> None:
         """Nothing to do: the file and schema are made when the store is opened."""
 
@@ -269,9 +273,14 @@ class SQLiteStore:
     # -- following -----------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield messages after ``after_id`` in seq order, polling the file and waking early on ``wakeup``."""
-        last = 0 if after_id is None else self._seq_of(after_id)
-        if last is None:
-            raise PositionLost(f"{after_id!r} is not from this store")
+        if after_id is None:
+            # The whole window: from just before its oldest message, whatever was evicted before it.
+            (oldest,) = self._query("SELECT min(seq) FROM messages")[0]
+            last = 0 if oldest is None else oldest - 1
+        else:
+            last = self._seq_of(after_id)
+            if last is None:
+                raise PositionLost(f"{after_id!r} is not from this store")
         seen_version = None
         said_caught_up = False
         while True:
