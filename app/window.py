@@ -30,11 +30,13 @@ warms again) joins wait for it.
 from __future__ import annotations
 
 import json
+import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import gevent
 import gevent.event
 
 from .events import message_event
@@ -174,3 +176,12 @@ class Window:
     def holds(self, message_id: str) -> bool:
         """Say whether the window holds this id (any room)."""
         return message_id in self._by_id
+
+    def wait_to_hold(self, message_id: str, timeout: float) -> bool:
+        """Wait until the tailer has read ``message_id`` (committed, maybe by another worker); say if it did."""
+        deadline = time.monotonic() + timeout
+        while not self.holds(message_id):
+            if not self.ready.is_set() or time.monotonic() > deadline:
+                return False
+            gevent.sleep(0.005)
+        return True

@@ -133,3 +133,41 @@ def start_ferretdb(ferretdb_binary: str, tmp_path_factory) -> Iterator[Callable[
     yield start
     for instance in instances:
         instance.kill()
+
+
+# -- A live server on either store ------------------------------------------------
+# FerretDB closes a tailable cursor at once when its first batch is smaller than
+# batchSize (101), where MongoDB keeps it open; the tailer then reopens it with a
+# growing pause (up to 1 s), which is slow delivery, not wrong delivery. So a live
+# server on FerretDB starts on a collection that already holds more than a batch
+# (in a room no test reads), as a production collection would.
+FILLER_ROOM = "_filler"
+FILLER_MESSAGES = 150
+
+
+def prefill_capped(uri: str, database: str, *, count: int = FILLER_MESSAGES,
+                   size: int = 5_000_000, max_messages: int = 10_000) -> None:
+    """Create the app's capped collection with ``count`` messages in FILLER_ROOM."""
+    from datetime import UTC, datetime
+
+    with MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True) as client:
+        db = client[database]
+        db.create_collection("messages", capped=True, size=size, max=max_messages)
+        now = datetime.now(UTC).replace(microsecond=0)
+        db.messages.insert_many([{"room": FILLER_ROOM, "text": f"filler {n}", "event": "message",
+                                  "createdAt": now} for n in range(count)])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)])
+def store_env(request, tmp_path: Path) -> dict[str, str]:
+    """Return the environment of a live server on one store: SQLite (a temp file) or MongoDB (its own database).
+
+    Use as ``start_server(**store_env)``; the test's id says which store it ran on.
+    """
+    if request.param == "sqlite":
+        return {"MONGODB_URI": "", "SQLITE_PATH": str(tmp_path / "messages.sqlite3")}
+    uri = request.getfixturevalue("mongodb_uri")
+    database = request.getfixturevalue("mongodb_database")
+    if request.getfixturevalue("mongodb_kind") == "ferretdb":
+        prefill_capped(uri, database)
+    return {"MONGODB_URI": uri, "MONGODB_DATABASE": database}

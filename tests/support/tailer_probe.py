@@ -33,7 +33,7 @@ def main(uri: str, room: str, count: int, seconds: float) -> None:
         events = subscription.take()
         subscription.heartbeat_due = False
         for event in events:
-            print(json.dumps({"id": event.message.id, "position": event.position}), flush=True)
+            print(json.dumps({"id": event.id, "position": event.position}), flush=True)
             received += 1
     print(json.dumps({"restarts": tailer.restarts}), flush=True)
     tailer.stop()
