@@ -102,9 +102,10 @@ class Tailer:
             entries = self.window.extend(batch)
             WINDOW_MESSAGES.set(len(self.window))
             WINDOW_BYTES.set(self.window.payload_bytes)
-            if self.window.ready.is_set():
+        if self.window.ready.is_set():
+            if batch:
                 self.hub.publish(entries)
-                return
+            return
         # Still warming: it is warm once the store's newest message at the
         # start has been read, or the store says nothing more is there.
         if not batch or any(message.id == self._warm_until for _, message in batch):

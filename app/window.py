@@ -126,9 +126,13 @@ class Window:
         self.payload_bytes = 0
 
     def extend(self, batch: Iterable[tuple[int, Message]]) -> list[Entry]:
-        """Add messages read in store order, evict beyond the bound; return the new entries."""
+        """Add messages read in store order, evict beyond the bound; return the entries that were new."""
         added = []
         for position, message in batch:
+            if message.id in self._by_id:
+                # Natural order never repeats a document, but a store may re-send
+                # one (FerretDB 1.24 does, see README): never deliver it twice.
+                continue
             entry = Entry(position, message.id, message.room, message_event(message),
                           stored_size(message.room, message.text, message.event))
             self._entries.append(entry)

@@ -188,3 +188,12 @@ def test_an_id_the_store_does_not_hold_either_resets_at_once(tmp_path):
         store.close()
     assert backlog.startswith(b"event: reset") or b"\nevent: reset" in backlog
     assert backlog.count(b"\nid: ") == 3
+
+
+def test_a_message_the_store_sends_again_is_not_delivered_again():
+    """FerretDB 1.24 re-sends documents on a tailable cursor; the window must not pass them on twice."""
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [("r", f"m{n}") for n in range(5)])
+    again = window.extend([(10 + n, message) for n, message in enumerate(sent[2:])])
+    assert again == []
+    assert ids(window.backlog("r", None)) == [m.id for m in sent]
