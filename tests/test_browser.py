@@ -56,9 +56,11 @@ def open_page(browsers) -> Iterator[Callable[..., DemoPage]]:
         driver.get("about:blank")  # closes the page's stream before its server goes
 
 
-def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(live_server, open_page):
-    page_a = open_page(live_server, "pair", browser=0)
-    page_b = open_page(live_server, "pair", browser=1)
+def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(start_server, store_env, open_page):
+    """On both stores (``[sqlite]``, ``[mongodb]``): the page does not care which one holds the messages."""
+    server = start_server(**store_env)
+    page_a = open_page(server, "pair", browser=0)
+    page_b = open_page(server, "pair", browser=1)
 
     sent_at = time.monotonic()
     page_a.send("hello from A")
@@ -66,7 +68,8 @@ def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(live_
     delay_b = time.monotonic() - sent_at
     wait_for(lambda: "hello from A" in page_a.texts(), 1.0, "page A did not show its own message")
 
-    print(f"A -> B delay as a person would see it: {delay_b * 1000:.0f} ms")
+    print(f"[{'mongodb' if store_env.get('MONGODB_URI') else 'sqlite'}] "
+          f"A -> B delay as a person would see it: {delay_b * 1000:.0f} ms")
     assert page_a.texts() == page_b.texts() == ["hello from A"]
     assert page_a.send_error() == ""
 

@@ -4,17 +4,23 @@ Rows whose request gunicorn itself refuses before the app sees it (a request
 line or a header past gunicorn's limits) are marked: gunicorn answers them
 with its own small HTML 414/431, not our JSON shape. Nothing from them can reach
 the store either.
+
+The table runs once per store (``[sqlite-...]``, ``[mongodb-...]``): after each
+request the store itself is counted, the SQLite file or the capped collection.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
 import requests
+from pymongo import MongoClient
 
 from app.security import SECURITY_HEADERS
+from tests.conftest import FILLER_ROOM, prefill_capped
 
 MAX_TEXT_CHARS = 100
 JSON = {"Content-Type": "application/json"}
@@ -98,21 +104,38 @@ TABLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def hostile_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)])
+def hostile_server(request, tmp_path_factory):
+    """Real gunicorn on one store, shared by the module's tests on that store."""
     from tests.support.live import LiveServer
 
     directory = tmp_path_factory.mktemp("hostile")
-    server = LiveServer({"SQLITE_PATH": str(directory / "messages.sqlite3"), "MAX_TEXT_CHARS": str(MAX_TEXT_CHARS)},
-                        directory / "gunicorn.log").start()
+    env = {"SQLITE_PATH": str(directory / "messages.sqlite3"), "MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
+           "MONGODB_URI": ""}  # SQLite, even where MONGODB_URI is set for the whole run
+    database = None
+    if request.param == "mongodb":
+        uri = request.getfixturevalue("mongodb_uri")
+        database = f"sse_hostile_{uuid.uuid4().hex[:12]}"
+        if request.getfixturevalue("mongodb_kind") == "ferretdb":
+            prefill_capped(uri, database)  # FerretDB's tailable cursors need a full first batch (conftest.py)
+        env.update(MONGODB_URI=uri, MONGODB_DATABASE=database)
+    server = LiveServer(env, directory / "gunicorn.log").start()
     yield server
     server.kill()
+    if database is not None:
+        with MongoClient(env["MONGODB_URI"], serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(database)
 
 
 RESUME_ROOM = "garbage-resume"  # the one room the resume tests below publish to
 
 
 def _stored_messages(server) -> int:
+    """Count what the server's store holds outside the rooms the tests themselves fill."""
+    if server.env["MONGODB_URI"]:
+        with MongoClient(server.env["MONGODB_URI"], serverSelectionTimeoutMS=5000) as client:
+            messages = client[server.env["MONGODB_DATABASE"]].messages
+            return messages.count_documents({"room": {"$nin": [RESUME_ROOM, FILLER_ROOM]}})
     with sqlite3.connect(server.env["SQLITE_PATH"]) as conn:
         return conn.execute("SELECT count(*) FROM messages WHERE room != ?", (RESUME_ROOM,)).fetchone()[0]
 
