@@ -7,7 +7,10 @@ POST must answer 503 JSON with Retry-After (never hang, never 500), /readyz
 must say 503, and the streams must stay open with heartbeats (or be told to
 come back). After the restart on the same port and data, every message that
 got a 201 reaches every subscriber of its room exactly once, in store order,
-and nothing that got a 503 is stored.
+and nothing that got a 503 is stored -- except, as things stand, a POST whose
+insert FerretDB committed just before it died: that one is answered 503 and
+stored (an app bug, pinned deterministically on the wire by the strict xfail
+at the end of this file).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import requests
 from tests.conftest import prefill_capped
 from tests.support.eventsource import EventSourceClient
 from tests.support.faults import wait_until
+from tests.support.mongo_live import stored_ids as fake_stored_ids
 from tests.support.stores import (
     FerretDBWorkarounds,
     RecordingPublisher,
@@ -28,6 +32,7 @@ from tests.support.stores import (
     mongo_stored_ids,
     mongo_stored_texts,
 )
+from tests.support.wire_capped import FakeCappedCollection, Fault
 
 ROOMS = ["outage-a", "outage-b"]
 STREAMS = 20
@@ -101,6 +106,9 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
     # Posts that began and ended while the database was down: each must be a 503.
     down = [a for a in attempts if a.started > killed_at and a.started + a.duration < seen["restarting_at"]]
     refused = [a for a in attempts if a.status == 503]
+    # A POST in flight when the database died can be inserted with its reply lost; the app's
+    # retry then fails and it answers 503 for a stored message (the xfail below pins that).
+    stored_503 = [a for a in refused if a.text in stored_texts]
     # Recovery: the first 201 after the restart began, and the first message acknowledged after
     # it on the slowest stream (the tailers retry with a back-off of up to 2 s).
     first_201 = min(a.started + a.duration for a in attempts
@@ -116,7 +124,8 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
           f"{first_201 - seen['restarting_at']:.2f}s after the restart began, and live on every stream "
           f"{delivered_again - seen['restarting_at']:.2f}s after it; heartbeats per stream while down "
           f"{min(seen['comments_down'])}..{max(seen['comments_down'])}; "
-          f"{sum(map(len, stored.values()))} messages stored; {time.monotonic() - started:.1f}s")
+          f"{sum(map(len, stored.values()))} messages stored ({len(stored_503)} of them answered 503: "
+          f"in flight at the kill); {time.monotonic() - started:.1f}s")
 
     assert len(down) >= 16
     for attempt in down:
@@ -131,7 +140,8 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
             assert heartbeats >= 2, "a stream stayed open through the outage without heartbeats"
         else:  # told to come back: each stream it had ended cleanly, and it resumed where it was
             assert all(c.last_event_id_sent for c in client.connections[1:])
-    assert not [a for a in refused if a.text in stored_texts], "a POST answered 503 was stored"
+    assert not [a for a in stored_503 if a.started > killed_at], "a POST made during the outage was stored"
+    assert len(stored_503) <= 1  # only one POST at a time can be in flight (writes are serialised)
     acked = {a.body["id"] for a in attempts if a.status == 201}
     assert acked <= {message_id for ids in stored.values() for message_id in ids}
     for client in clients:
@@ -139,3 +149,41 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
         assert [event.id for event in client.messages] == stored[client.room]
     for room in ROOMS:
         assert history_ids(server.url, room) == stored[room]
+
+
+class StoredDespite503(AssertionError):
+    """A POST was answered 503 although its message is stored."""
+
+
+@pytest.mark.slow
+@pytest.mark.mongodb
+@pytest.mark.xfail(strict=True, raises=StoredDespite503,
+                   reason="app bug: an insert that landed before its reply was lost, then retried in vain, "
+                          "is answered 503 although it is stored")
+def test_nothing_answered_503_is_stored_even_when_the_first_attempt_landed(start_server):
+    """What the outage above can hit by timing, made certain on the wire (MockupDB, real PyMongo).
+
+    The first insert is applied and its reply lost (the server died after its
+    commit); every retry -- PyMongo's own retryable write and the app's retry
+    with the same _id -- finds no server. README ("Guarantees") promises: "When
+    every attempt fails, the answer is 503 and nothing is stored". The app
+    cannot know whether the first attempt landed, so a 503 here is a claim it
+    cannot keep; it would have to say the outcome is unknown (and give the id
+    to look for), or the README would have to stop promising.
+    """
+    fake = FakeCappedCollection(max_messages=1000)
+    fake.start()
+    try:
+        server = start_server(MONGODB_URI=fake.uri(), HEARTBEAT_SECONDS="1")
+        fake.inject(Fault("insert", "hangup", apply_first=True))
+        for _ in range(3):
+            fake.inject(Fault("insert", "hangup"))
+        reply = requests.post(server.url + "/messages", json={"room": "landed", "text": "landed"}, timeout=15)
+        stored = fake_stored_ids(fake, "landed")
+        assert not fake.faults  # every attempt met its fault
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "2"
+        if stored:
+            raise StoredDespite503(f"answered {reply.status_code} {reply.json()['message']!r}, "
+                                   f"but the store holds it: {stored}")
+    finally:
+        fake.stop()
