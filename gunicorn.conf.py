@@ -84,8 +84,8 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """List every metric at zero from the start; make SIGTERM end open streams at once."""
-    from app.lifecycle import end_streams_on_sigterm
-    from app.metrics import write_zeros_for_this_worker
+    from app.operations.lifecycle import end_streams_on_sigterm
+    from app.operations.metrics import write_zeros_for_this_worker
 
     # The master's metric files were removed by on_starting: without this, a
     # scrape lists nothing until a worker happens to update a metric.

@@ -6,19 +6,19 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from .access import init_access
-from .admission import StreamSlots
 from .config import Settings
-from .errors import register_error_handlers
-from .hub import Hub
-from .openapi import init_openapi
-from .ratelimit import init_rate_limit
-from .request_log import register_request_log
-from .security import init_security
+from .delivery.admission import StreamSlots
+from .delivery.hub import Hub
+from .delivery.tailer import Tailer
+from .delivery.window import Window
+from .edge.access import init_access
+from .edge.errors import register_error_handlers
+from .edge.openapi import init_openapi
+from .edge.ratelimit import init_rate_limit
+from .edge.request_log import register_request_log
+from .edge.security import init_security
 from .services import Services
 from .stores import StoreUnavailable, open_store
-from .tailer import Tailer
-from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     app.extensions["sse"] = Services(settings, store, window, hub, tailer,
                                      StreamSlots(settings.max_streams_per_worker))
 
-    from .blueprints import messages, ops, pages
+    from .edge import messages, ops, pages
 
     app.register_blueprint(messages.bp)
     app.register_blueprint(pages.bp)

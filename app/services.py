@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .admission import StreamSlots
 from .config import Settings
-from .hub import Hub
+from .delivery.admission import StreamSlots
+from .delivery.hub import Hub
+from .delivery.tailer import Tailer
+from .delivery.window import Window
 from .stores.base import MessageStore
-from .tailer import Tailer
-from .window import Window
 
 
 @dataclass

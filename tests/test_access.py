@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from app.access import bearer_token_matches
 from app.config import ConfigError, Settings
-from app.security import SECURITY_HEADERS
+from app.edge.access import bearer_token_matches
+from app.edge.security import SECURITY_HEADERS
 
 TOKEN = "s3cret-token-0123456789"
 ALLOWED = "https://chat.example.com"

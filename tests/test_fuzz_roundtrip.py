@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sseclient import SSEClient
 
-from app.schemas import EVENT_PATTERN, RESERVED_EVENTS
+from app.edge.schemas import EVENT_PATTERN, RESERVED_EVENTS
 
 ROUND_TRIP_EXAMPLES = 150
 SURROGATE_EXAMPLES = 60

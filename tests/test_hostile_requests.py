@@ -19,7 +19,7 @@ import pytest
 import requests
 from pymongo import MongoClient
 
-from app.security import SECURITY_HEADERS
+from app.edge.security import SECURITY_HEADERS
 from tests.conftest import FILLER_ROOM, prefill_capped
 
 MAX_TEXT_CHARS = 100

@@ -8,7 +8,8 @@ import requests
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app, metrics
+from app import create_app
+from app.operations import metrics
 
 OUR_METRICS = {
     "sse_open_streams", "sse_hub_subscriptions", "sse_messages_published", "sse_events_delivered",
@@ -66,7 +67,7 @@ def test_metrics_are_in_prometheus_format_and_count_publishes(client):
 def test_each_request_logs_one_line_with_status_and_duration(client, caplog):
     with caplog.at_level(logging.INFO, logger="app"):
         client.get("/messages/history?room=ops")
-    lines = [r.getMessage() for r in caplog.records if r.name == "app.request_log"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.edge.request_log"]
     assert len(lines) == 1
     assert lines[0].startswith("GET /messages/history 200 ") and lines[0].endswith("ms")
 

@@ -3,7 +3,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from app.security import CONTENT_SECURITY_POLICY
+from app.edge.security import CONTENT_SECURITY_POLICY
 
 
 class _Inventory(HTMLParser):

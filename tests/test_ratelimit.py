@@ -12,8 +12,8 @@ from limits.storage import MongoDBStorage, storage_from_string
 
 from app import create_app
 from app.config import Settings
-from app.limits_sqlite import SQLiteStorage, storage_uri
-from app.ratelimit import limiter_storage
+from app.edge.ratelimit import limiter_storage
+from app.stores.limits_sqlite import SQLiteStorage, storage_uri
 
 
 def test_publishing_past_the_rate_is_429_json_with_retry_after(sqlite_path):

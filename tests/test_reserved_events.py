@@ -3,7 +3,7 @@
 (``reset`` was fixed on main, tests/test_reserved_event_names.py.)"""
 import pytest
 
-from app.schemas import RESERVED_EVENTS
+from app.edge.schemas import RESERVED_EVENTS
 
 
 @pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))

@@ -2,7 +2,7 @@
 import pytest
 from marshmallow import ValidationError
 
-from app.schemas import MessageIn
+from app.edge.schemas import MessageIn
 
 schema = MessageIn(max_text_chars=10)
 

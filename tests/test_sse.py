@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 import pytest
 import sseclient
 
-from app.events import message_event, reset_event, retry_line
-from app.sse import ServerSentEvent
+from app.delivery.events import message_event, reset_event, retry_line
+from app.delivery.sse import ServerSentEvent
 from app.stores.base import Message
 
 LARGE = "x" * 100_000

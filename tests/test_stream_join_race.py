@@ -16,11 +16,11 @@ import time
 
 import gevent
 
-from app.hub import Hub
+from app.delivery.hub import Hub
+from app.delivery.streaming import StreamSettings, message_stream
+from app.delivery.tailer import Tailer
+from app.delivery.window import Window
 from app.stores.sqlite import SQLiteStore
-from app.streaming import StreamSettings, message_stream
-from app.tailer import Tailer
-from app.window import Window
 
 
 class WriteLandsAsTheTailerStarts(SQLiteStore):

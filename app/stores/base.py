@@ -9,7 +9,7 @@ store itself committed them in) and offers three things:
 * ``follow``: an endless feed of new messages in store order, for the one
   tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, by which the worker's in-memory window
-  (``app/window.py``) finds where a resume starts.
+  (``app/delivery/window.py``) finds where a resume starts.
 """
 from __future__ import annotations
 

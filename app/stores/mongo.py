@@ -17,7 +17,7 @@ Cost: a tailable cursor on a capped collection always starts at the oldest
 document, so every (re)opening of the tailer's cursor walks the window on the
 server -- once per worker at start and after a failure, never per client:
 joins and resumes are served from the worker's in-memory window
-(``app/window.py``), and ``read_room`` is left for history while that window
+(``app/delivery/window.py``), and ``read_room`` is left for history while that window
 is not ready yet.
 
 Failures, and what each becomes:

@@ -14,10 +14,10 @@ import json  # noqa: E402 -- everything else is imported after patching
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from app.hub import Hub  # noqa: E402
+from app.delivery.hub import Hub  # noqa: E402
+from app.delivery.tailer import Tailer  # noqa: E402
+from app.delivery.window import Window  # noqa: E402
 from app.stores.mongo import MongoStore  # noqa: E402
-from app.tailer import Tailer  # noqa: E402
-from app.window import Window  # noqa: E402
 
 
 def main(uri: str, room: str, count: int, seconds: float) -> None:

@@ -7,12 +7,12 @@ import time
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
-from ..errors import ApiError
-from ..metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
-from ..schemas import ROOM_RULE, MessageIn, valid_room
+from ..delivery.streaming import StreamSettings, message_stream
+from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
 from ..services import services
 from ..stores.base import StoreUnavailable
-from ..streaming import StreamSettings, message_stream
+from .errors import ApiError
+from .schemas import ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
 

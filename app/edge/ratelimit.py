@@ -2,7 +2,7 @@
 
 Counters are shared by every gunicorn worker: with MongoDB they live in the
 same database (``limits``' own MongoDB storage); with the embedded store they
-live in a SQLite file beside it (``app.limits_sqlite``). The client is its
+live in a SQLite file beside it (``app.stores.limits_sqlite``). The client is its
 address, which is the forwarded one only when TRUSTED_PROXIES says so.
 
 Every publish attempt counts, accepted or not, so a client cannot hammer the
@@ -20,9 +20,9 @@ from flask import Flask, Response
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
-from . import limits_sqlite
+from ..config import Settings
+from ..stores import limits_sqlite
 from .access import PUBLISH_ENDPOINTS
-from .config import Settings
 from .errors import error_response
 
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import gevent
 import gevent.event
 
+from ..stores.base import Message, stored_size
 from .events import message_event
-from .stores.base import Message, stored_size
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ window without publishing (no stream has joined yet: joins wait for the
 window), until it has read what the store held when it began -- or the store
 says it is caught up. Then it sets ``window.ready`` and from there on each new
 batch goes into the window and to the hub in one step, with no yield in
-between (the exact hand-over that ``app/window.py`` explains).
+between (the exact hand-over that ``app/delivery/window.py`` explains).
 
 It survives everything the store throws at it: an unavailable store is
 retried with exponential backoff from the last message it read (so nothing
@@ -22,9 +22,9 @@ import logging
 import gevent
 import gevent.event
 
+from ..operations.metrics import QUERY_WARM, STORE_ERRORS, STORE_QUERIES, TAILER_RESTARTS, WINDOW_BYTES, WINDOW_MESSAGES
+from ..stores.base import MessageStore, PositionLost, StoreUnavailable
 from .hub import Hub
-from .metrics import QUERY_WARM, STORE_ERRORS, STORE_QUERIES, TAILER_RESTARTS, WINDOW_BYTES, WINDOW_MESSAGES
-from .stores.base import MessageStore, PositionLost, StoreUnavailable
 from .window import Window
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import gevent
 from gevent.hub import Waiter, get_hub
 
-from .metrics import DROP_STALLED, EVENTS_DELIVERED, STREAMS_DROPPED, SUBSCRIPTIONS
+from ..operations.metrics import DROP_STALLED, EVENTS_DELIVERED, STREAMS_DROPPED, SUBSCRIPTIONS
 from .window import Entry
 
 log = logging.getLogger(__name__)

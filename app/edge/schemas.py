@@ -93,7 +93,7 @@ class MessageOut(Schema):
 # -- Documentation schemas: the shapes /openapi.json describes (the views build these by hand) --
 
 class ErrorOut(Schema):
-    """Every 4xx/5xx body (app.errors)."""
+    """Every 4xx/5xx body (app.edge.errors)."""
 
     code = fields.Integer(required=True, metadata={"example": 422})
     status = fields.String(required=True, metadata={"example": "Unprocessable Entity"})

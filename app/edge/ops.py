@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from ..errors import ApiError
-from ..metrics import STORE_ERRORS, exposition
+from ..operations.metrics import STORE_ERRORS, exposition
 from ..services import services
 from ..stores.base import StoreUnavailable
+from .errors import ApiError
 
 bp = Blueprint("ops", __name__)
 

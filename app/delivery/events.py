@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
+from ..stores.base import Message
 from .sse import ServerSentEvent
-from .stores.base import Message
 
 DEFAULT_EVENT = "message"
 HEARTBEAT = ServerSentEvent(comment="keep-alive").encode()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, make_response, render_template, request
 
-from ..schemas import ROOM_RULE, valid_room
 from ..services import services
+from .schemas import ROOM_RULE, valid_room
 
 bp = Blueprint("pages", __name__)
 
@@ -33,5 +33,5 @@ def demo() -> Response:
         max_text_chars=settings.max_text_chars,
     )
     # No inline script or style on the page, so the strict policy every
-    # response carries (app/security.py) fits it as it is.
+    # response carries (app/edge/security.py) fits it as it is.
     return make_response(html)

@@ -13,7 +13,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from .config import Settings
+from ..config import Settings
 from .schemas import ErrorOut, HistoryOut, HistoryQuery, MessageIn, MessageOut, StreamQuery
 
 bp = Blueprint("openapi", __name__)

@@ -7,7 +7,7 @@ burst of requests could all pass the check before any of them subscribed.
 """
 from __future__ import annotations
 
-from .metrics import DROP_LIMIT, OPEN_STREAMS, STREAMS_DROPPED
+from ..operations.metrics import DROP_LIMIT, OPEN_STREAMS, STREAMS_DROPPED
 
 
 class StreamSlots:

@@ -1,7 +1,7 @@
 """One log line per request when it ends, with its duration.
 
 Streams are the exception: their response is returned long before they end,
-so ``app.streaming`` writes their line (duration, events sent, why it ended).
+so ``app.delivery.streaming`` writes their line (duration, events sent, why it ended).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from flask import Flask, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import Settings
+from ..config import Settings
 from .errors import ApiError
 
 # The views that publish; the token guards these and nothing else.

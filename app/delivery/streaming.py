@@ -2,7 +2,7 @@
 
 The join reads the backlog from the worker's in-memory window and subscribes
 to the hub with no yield in between, so every message is in exactly one of
-the two (see ``app/window.py``); a resume costs what it sends, whatever the
+the two (see ``app/delivery/window.py``); a resume costs what it sends, whatever the
 size of the store. Until the window is warm (start-up, or after the tailer
 lost its place) the stream waits for it, with heartbeats.
 
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import gevent
 from gevent.hub import get_hub
 
+from ..operations.metrics import DROP_SLOW, QUERY_RESUME, RESETS_SENT, STORE_ERRORS, STORE_QUERIES, STREAMS_DROPPED
+from ..stores.base import MessageStore, StoreUnavailable
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
-from .metrics import DROP_SLOW, QUERY_RESUME, RESETS_SENT, STORE_ERRORS, STORE_QUERIES, STREAMS_DROPPED
-from .stores.base import MessageStore, StoreUnavailable
 from .window import Backlog, Window
 
 log = logging.getLogger(__name__)

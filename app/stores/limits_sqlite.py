@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from gevent.threadpool import ThreadPool
 from limits.storage import Storage
 
-from .stores.sqlite import use_wal
+from .sqlite import use_wal
 
 SCHEME = "sse-sqlite"
 _SCHEMA = """

@@ -1,0 +1,1 @@
+"""Running the server: Prometheus metrics, and the worker life-cycle hooks gunicorn calls."""
