@@ -55,10 +55,9 @@ def start_two_nodes(start_server, store_env: dict[str, str]) -> tuple[LiveServer
 def start_a_node_behind_the_store(start_server, env: dict[str, str]) -> LiveServer:
     """Start a node whose workers read the SQLite file only once a second, with their tailers running.
 
-    A worker starts its tailer with its first stream or history request
-    (gunicorn.conf.py does not call ``app.operations.lifecycle.start_tailer``), and a
-    tailer that starts late reads the store fresh, so it is not behind: open
-    streams until both workers hold one.
+    A tailer that starts late -- with its worker's first request rather than
+    with the worker -- reads the store fresh and is not behind it. So open
+    streams until both workers hold one: both tailers then run, a second behind.
     """
     node = start_server(**env, SQLITE_POLL_MS="1000")
     seen: set[int] = set()
