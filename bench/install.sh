@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the benchmark needs on a fresh machine: the peer servers from
-# Debian and the bench's own Python packages in bench/.venv.
+# Debian, FerretDB (for ours-mongodb) and the bench's own Python packages in bench/.venv.
 # Idempotent: a second run finds everything in place and changes nothing.
 set -euo pipefail
 
@@ -62,5 +62,19 @@ install_python_packages() {
     echo "install: bench/.venv ready"
 }
 
+install_ferretdb() {
+    # ours-mongodb: our server on its MongoDB store, with FerretDB (MongoDB wire
+    # protocol, SQLite backend) standing in for MongoDB. The repo's CI script
+    # builds it from the Go module proxy, pinned, into a cache (idempotent).
+    # Without Go the system is skipped, with a line saying so; the rest runs.
+    local binary
+    if binary="$(bash "$BENCH_DIR/../.ci/ferretdb-build" | tail -n 1)"; then
+        echo "install: FerretDB at $binary"
+    else
+        echo "install: FerretDB not built; ours-mongodb will be skipped" >&2
+    fi
+}
+
 install_debian_packages
+install_ferretdb
 install_python_packages

@@ -1,8 +1,9 @@
 """Run the SSE benchmark: every system, every scenario, then write the report.
 
 Usage (bench/run.sh does this for `make bench`):
-  python -m ssebench [--quick] [--systems ours,nchan,pushpin,flask-sse]
-                     [--root REPO] [--repeats N] [--scale F] [--budget-minutes M]
+  python -m ssebench [--quick] [--systems ours,ours-mongodb,nchan,pushpin,flask-sse]
+                     [--scenarios classic,storm] [--root REPO] [--repeats N] [--scale F]
+                     [--budget-minutes M]
 """
 
 from __future__ import annotations
@@ -21,21 +22,34 @@ from pathlib import Path
 from typing import Any
 
 from .clients import ClientPool
+from .machine import describe_machine
 from .plan import Plan, choose_plan
 from .report import write_report
 from .scenarios import Repetition
+from .storm import Storm
 from .subscriber import raise_fd_limit
 from .systems import BENCH_DIR, all_systems
 
 LOG_DIR = BENCH_DIR / "out" / "logs"
 # The environment settings of run.sh, quoted in the report as the command that made it.
-RUN_SETTINGS = ("BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCALE", "BENCH_REPEATS")
+RUN_SETTINGS = (
+    "BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCENARIOS", "BENCH_SCALE", "BENCH_REPEATS",
+    "BENCH_SNAPSHOT",
+)
+DEFAULT_SYSTEMS = "ours,ours-mongodb,nchan,pushpin,flask-sse"
+# classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
+# storm: the reconnect storm (storm.py), for the systems that can resume.
+SCENARIOS = ("classic", "storm")
+# Minutes of classic scenarios per system and repetition, for the default budget.
+CLASSIC_MINUTES = {"full": 1.75, "quick": 0.75}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ssebench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and short: ~3-4 minutes")
-    parser.add_argument("--systems", default="ours,nchan,pushpin,flask-sse")
+    parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm")
     parser.add_argument("--root", type=Path, default=BENCH_DIR.parent,
                         help="repo whose server is 'ours' (default: this repo)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -57,19 +71,35 @@ def scaled(plan: Plan, scale: float) -> Plan:
     def shrink(count: int) -> int:
         return max(10, int(count * scale))
 
+    streams = shrink(plan.storm_streams)
     return dataclasses.replace(
         plan,
         idle_steps=tuple(shrink(n) for n in plan.idle_steps),
         broadcast_sizes=tuple(shrink(n) for n in plan.broadcast_sizes),
         fanout_subscribers=shrink(plan.fanout_subscribers),
+        storm_streams=streams,
+        storm_rooms=min(plan.storm_rooms, streams),
+        # The window stays big enough that the storm's own messages never evict each other.
+        storm_fill=max(2000, int(plan.storm_fill * scale)),
     )
 
 
-Outcome = tuple[dict[str, list], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]
+def wanted_scenarios(text: str) -> list[str]:
+    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in SCENARIOS]
+    if unknown or not wanted:
+        raise SystemExit(f"ssebench: unknown scenarios {unknown or text!r}; choose from {', '.join(SCENARIOS)}")
+    return wanted
+
+
+Outcome = tuple[
+    dict[str, list], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]
+]
 
 
 async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     wanted = [name.strip() for name in args.systems.split(",") if name.strip()]
+    scenarios = wanted_scenarios(args.scenarios)
     systems = [s for s in all_systems(args.root.resolve()) if s.name in wanted]
     skipped: dict[str, str] = {}
     runnable = []
@@ -80,15 +110,21 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
             print(f"skip {system.name}: {reason}", flush=True)
         else:
             runnable.append(system)
-    budget_s = 60 * (args.budget_minutes or (3 if plan.mode == "quick" else 21))
+    per_run = CLASSIC_MINUTES[plan.mode] * plan.repeats * max(1, len(runnable))
+    budget_s = 60 * (args.budget_minutes or per_run)
     deadline = time.monotonic() + budget_s
-    results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in runnable}
-    pool = ClientPool(max(plan.idle_steps + plan.broadcast_sizes + (plan.fanout_subscribers,)))
+    results: dict[str, list[dict[str, Any]]] = {}
+    storms: dict[str, dict[str, Any]] = {}
+    sizes = [plan.storm_streams] if "storm" in scenarios else []
+    if "classic" in scenarios:
+        sizes += [*plan.idle_steps, *plan.broadcast_sizes, plan.fanout_subscribers]
+    pool = ClientPool(max(sizes))
     try:
         # Systems take turns within each repetition, so a noisy minute on the
         # shared machine spreads over all of them instead of hitting one.
-        for repeat in range(plan.repeats):
+        for repeat in range(plan.repeats if "classic" in scenarios else 0):
             for system in runnable:
+                results.setdefault(system.name, [])
                 if time.monotonic() > deadline:
                     print(f"time budget spent: {system.name} repetition {repeat + 1} not run", flush=True)
                     results[system.name].append({"notes": [f"repetition {repeat + 1} not run: time budget spent"]})
@@ -98,10 +134,20 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
                     repetition = Repetition(system, plan, pool, Path(workdir))
                     results[system.name].append(await repetition.run())
                     _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-{repeat + 1}")
+        # The storm runs once per system: it is long, and each run is its own
+        # 10,000-stream sample. Each storm bounds its own time (plan.storm_*).
+        for system in runnable if "storm" in scenarios else []:
+            if not system.resumable:
+                storms[system.name] = {"skipped": "cannot resume a stream from a Last-Event-ID"}
+                continue
+            print(f"== {system.name}, reconnect storm", flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-storm-") as workdir:
+                storms[system.name] = await Storm(system, plan, pool, Path(workdir)).run()
+                _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-storm")
     finally:
         await asyncio.to_thread(pool.stop)
     described = {s.name: (s.description, s.caveats) for s in runnable}
-    return results, skipped, described
+    return results, storms, skipped, described
 
 
 def _keep_logs(workdir: Path, destination: Path) -> None:
@@ -121,7 +167,7 @@ def render_again(saved: Path) -> int:
     meta = data["meta"]
     systems = {name: (d, tuple(c)) for name, (d, c) in meta["systems"].items()}
     path = write_report(
-        data["results"], data["skipped"], systems, plan, saved.parent, saved.stem,
+        data["results"], data.get("storms", {}), data["skipped"], systems, plan, saved.parent, saved.stem,
         meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
         meta.get("machine"),
     )
@@ -134,10 +180,18 @@ def main(argv: list[str]) -> int:
     if args.render:
         return render_again(args.render)
     plan = scaled(choose_plan(args.quick, args.repeats), args.scale)
+    wanted_scenarios(args.scenarios)  # a typo stops the run before anything starts
     raise_fd_limit()
     started = datetime.datetime.now().astimezone()
-    stem = args.stem or started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
-    print(f"ssebench: {plan.mode} mode, {plan.repeats} repetition(s), systems {args.systems}", flush=True)
+    only_storm = wanted_scenarios(args.scenarios) == ["storm"]
+    stem = args.stem or (
+        started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "") + ("-storm" if only_storm else "")
+    )
+    # Described before anything runs: it names the server commit measured, and
+    # the work tree may move on while the bench runs.
+    machine = describe_machine(args.root.resolve())
+    print(f"ssebench: {plan.mode} mode, {plan.repeats} repetition(s), systems {args.systems},"
+          f" scenarios {args.scenarios}", flush=True)
     began = time.monotonic()
 
     async def guarded() -> Outcome:
@@ -152,15 +206,16 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     try:
-        results, skipped, described = uvloop.run(guarded())
+        results, storms, skipped, described = uvloop.run(guarded())
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
     settings = [f"{name}={os.environ[name]}" for name in RUN_SETTINGS if os.environ.get(name)]
     command = " ".join([*settings, "bash bench/run.sh"])
     path = write_report(
-        results, skipped, described, plan, args.results_dir, stem,
+        results, storms, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
+        machine,
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0

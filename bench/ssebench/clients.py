@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from .processes import pin_process
 from .subscriber import run_subscriber_process
 
 MAX_STREAMS_PER_PROCESS = 6000
@@ -142,6 +143,60 @@ class ClientPool:
         for part in await self.call_all(("collect", tag)):
             receipts.add(part)
         return receipts
+
+    # -- the reconnect storm's resuming streams (resuming.py) ------------------
+    async def storm_open(
+        self, tag: int, host: str, port: int, paths: list[tuple[int, str]], timeout: float
+    ) -> dict[str, Any]:
+        """Open one resuming stream per (room index, path), dealt round the processes."""
+        count = len(self.pipes)
+        replies = await asyncio.gather(
+            *(
+                self.call(
+                    i,
+                    ("storm_open", tag, host, port, self.source_ips[i], paths[i::count], timeout),
+                    timeout + RPC_GRACE_SECONDS,
+                )
+                for i in range(count)
+                if paths[i::count]
+            )
+        )
+        errors: dict[str, int] = {}
+        for reply in replies:
+            for reason, number in reply["errors"].items():
+                errors[reason] = errors.get(reason, 0) + number
+        return {
+            "opened": sum(reply["opened"] for reply in replies),
+            "failed": sum(reply["failed"] for reply in replies),
+            "errors": errors,
+        }
+
+    async def storm_status(self, expected: dict[int, int] | None = None) -> dict[str, int]:
+        """Progress counts summed over processes (`expected`: messages per room index)."""
+        total: dict[str, int] = {}
+        for reply in await self.call_all(("storm_status", expected)):
+            for key, value in reply.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    async def storm_mark(self) -> int:
+        """Restart every stream's resume bookkeeping (just before the kill); return the live streams."""
+        return sum(reply["live"] for reply in await self.call_all(("storm_mark",)))
+
+    async def storm_collect(self) -> list[dict[str, Any]]:
+        """Every resuming stream's record (resuming.ResumingStream.record)."""
+        records: list[dict[str, Any]] = []
+        for reply in await self.call_all(("storm_collect",), 120):
+            records.extend(reply["streams"])
+        return records
+
+    async def storm_close(self) -> int:
+        return sum(reply["closed"] for reply in await self.call_all(("storm_close",)))
+
+    def pin(self, cpus: set[int] | None) -> None:
+        """Run every load-generator process on `cpus` (None: on every core again)."""
+        for process in self.processes:
+            pin_process(process.pid, cpus)
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by all load-generator processes."""

@@ -37,13 +37,22 @@ def _package_versions() -> str:
 
 
 def _git_commit(root: Path) -> str:
+    """The commit of the server measured, and whether its files differed from it."""
+    snapshot_of = os.environ.get("BENCH_COMMIT")
+    if snapshot_of:  # run.sh BENCH_SNAPSHOT=1: `git archive HEAD` into a temp dir
+        return f"`{snapshot_of}` (exactly as committed: a `git archive` snapshot)"
     try:
-        return subprocess.run(
+        commit = subprocess.run(
             ["git", "-C", str(root), "log", "-1", "--format=%h %s"],
             capture_output=True, text=True, timeout=10,
         ).stdout.strip() or "unknown"
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "app", "gunicorn.conf.py", "wsgi.py"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "`unknown`"
+    return f"`{commit}`" + (" plus uncommitted changes to the server's files" if changed else "")
 
 
 def describe_machine(server_root: Path) -> list[str]:
@@ -53,5 +62,5 @@ def describe_machine(server_root: Path) -> list[str]:
         f" {platform.system()} {platform.release()}, Python {platform.python_version()}",
         "Shared machine: other jobs may run at the same time (see the Other CPU column).",
         f"Peers: {_package_versions()}",
-        f"Our server: {server_root} at `{_git_commit(server_root)}`",
+        f"Our server: {server_root} at {_git_commit(server_root)}",
     ]

@@ -28,6 +28,21 @@ class Plan:
     # Wall-clock allowance for one repetition of one system; past it the
     # remaining scenarios of that repetition are skipped and say so.
     repetition_budget_seconds: float = 150.0
+    # Scenario 5, the reconnect storm (storm.py): streams spread over rooms,
+    # on a store filled first with a full window (CAPPED_MAX_MESSAGES) of
+    # other rooms' messages; one worker is SIGKILLed while storm_rate
+    # messages/s keep arriving. Run once per system, whatever `repeats` says.
+    storm_streams: int = 10000
+    storm_rooms: int = 50
+    storm_fill: int = 10000
+    storm_rate: float = 40.0
+    storm_fill_timeout_seconds: float = 180.0
+    storm_open_timeout_seconds: float = 120.0
+    storm_join_timeout_seconds: float = 60.0  # until every stream has its room's first message
+    storm_baseline_seconds: float = 5.0  # publishing, no kill: background store queries
+    storm_timeout_seconds: float = 120.0  # kill -> every dropped stream reconnected
+    storm_tail_seconds: float = 3.0  # publishing goes on this long after the last reconnect
+    storm_drain_timeout_seconds: float = 30.0
 
 
 FULL = Plan(
@@ -63,6 +78,14 @@ QUICK = Plan(
     drain_timeout_seconds=5.0,
     broadcast_timeout_seconds=20.0,
     repetition_budget_seconds=60.0,
+    storm_streams=2000,
+    storm_rooms=20,
+    storm_fill=2000,
+    storm_open_timeout_seconds=30.0,
+    storm_join_timeout_seconds=30.0,
+    storm_baseline_seconds=3.0,
+    storm_timeout_seconds=60.0,
+    storm_drain_timeout_seconds=15.0,
 )
 
 

@@ -24,7 +24,13 @@ class ServerGroup:
         self.log_dir = log_dir
         self.launched: list[subprocess.Popen] = []
 
-    def launch(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def launch(
+        self, name: str, argv: list[str], cwd: Path, env: dict[str, str], cpus: str | None = None
+    ) -> subprocess.Popen:
+        """Start `argv` in a session of its own, on the cores `cpus` ("0") if given."""
+        if cpus is not None:
+            # taskset execs the command: same pid, and its children inherit the mask.
+            argv = ["taskset", "-c", cpus, *argv]
         log = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(
             argv,
@@ -37,6 +43,7 @@ class ServerGroup:
         )
         log.close()
         self.launched.append(process)
+        return process
 
     def pids(self) -> list[int]:
         """All live processes of the system: the launched ones and their descendants."""
@@ -71,6 +78,17 @@ class ServerGroup:
                 pass
         return total
 
+    def cpu_by_pid(self) -> dict[int, float]:
+        """User + system CPU seconds of each live process of the system."""
+        times: dict[int, float] = {}
+        for pid in self.pids():
+            try:
+                cpu = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            times[pid] = cpu.user + cpu.system
+        return times
+
     def dead(self) -> list[str]:
         return [
             f"{' '.join(p.args[:2])} exited {p.returncode}"  # type: ignore[index]
@@ -94,6 +112,24 @@ class ServerGroup:
                 process.wait(2)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def pin_process(pid: int, cpus: set[int] | None) -> None:
+    """Set the CPU affinity of every thread of `pid` (None: all cores).
+
+    sched_setaffinity acts on one thread; threads made later inherit the mask
+    of the thread that makes them, so each thread alive now is set.
+    """
+    cpus = cpus if cpus is not None else set(range(os.cpu_count() or 1))
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _signal_group(pgid: int, signum: int) -> None:

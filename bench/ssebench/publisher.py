@@ -7,6 +7,7 @@ delivery latency is publish request -> receipt, the figure a user would see.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +37,18 @@ class PublishResult:
     @property
     def achieved_rate(self) -> float:
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass
+class Sent:
+    """One message of the reconnect storm, as the publisher saw it."""
+
+    seq: int
+    room_index: int
+    sent_ns: int
+    ack_ns: int = 0  # 0: no 2xx answer (failed, or lost with the killed worker)
+    message_id: str = ""
+    error: str = ""
 
 
 class Publisher:
@@ -124,3 +137,118 @@ class Publisher:
         result.duration_s = max(time.monotonic() - started, total / rate)
         await asyncio.gather(*tasks)
         return result
+
+
+class RoomsPublisher:
+    """Publishes to many rooms: the reconnect storm's fill and its steady stream.
+
+    At most one request per room is in flight, so each room's messages are
+    acknowledged in the order they were sent (per-room order is then known
+    even for a system without a history API).
+    """
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RoomsPublisher:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=RATE_CONCURRENCY),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def post(self, room: str, text: str) -> tuple[int, bytes, str]:
+        """(status, body, error) of one publish; status 0 when no answer came."""
+        request = self.system.publish_request(room, text)
+        assert self.session is not None
+        try:
+            async with self.session.post(
+                request.url, data=request.body, headers={"Content-Type": request.content_type}
+            ) as response:
+                return response.status, await response.read(), ""
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return 0, b"", f"{type(error).__name__}: {error}"[:120]
+
+    async def fill(self, rooms: list[str], count: int, timeout: float) -> dict[str, object]:
+        """Publish `count` unmarked messages round the `rooms`, BURST_CONCURRENCY at a time."""
+        limit = asyncio.Semaphore(BURST_CONCURRENCY)
+        failed = 0
+        error = ""
+        started = time.monotonic()
+        deadline = started + timeout
+
+        async def send(index: int) -> None:
+            nonlocal failed, error
+            async with limit:
+                if time.monotonic() > deadline:
+                    failed += 1
+                    error = "fill deadline passed"
+                    return
+                # ~100 bytes, like a chat line; no marker, so no stream counts it.
+                text = f"fill {index:06d} " + "x" * 88
+                status, _, problem = await self.post(rooms[index % len(rooms)], text)
+                if not 200 <= status < 300:
+                    failed += 1
+                    error = problem or f"HTTP {status}"
+
+        await asyncio.gather(*(send(index) for index in range(count)))
+        return {"published": count - failed, "failed": failed, "error": error,
+                "seconds": time.monotonic() - started}
+
+    async def one_each(self, tag: int, rooms: list[str], first_seq: int, sent: list[Sent]) -> None:
+        """One marked message to every room, BURST_CONCURRENCY at a time."""
+        limit = asyncio.Semaphore(BURST_CONCURRENCY)
+
+        async def send(index: int) -> None:
+            async with limit:
+                await self._send_marked(tag, first_seq + index, index, rooms[index], sent)
+
+        await asyncio.gather(*(send(index) for index in range(len(rooms))))
+
+    async def steady(self, tag: int, rooms: list[str], rate: float, first_seq: int,
+                     max_messages: int, stop: asyncio.Event, sent: list[Sent]) -> None:
+        """Publish `rate` marked messages/s round the rooms until `stop` or `max_messages`."""
+        locks = [asyncio.Lock() for _ in rooms]
+        limit = asyncio.Semaphore(RATE_CONCURRENCY)
+        tasks: list[asyncio.Task] = []
+        started = time.monotonic()
+
+        async def send(seq: int, index: int) -> None:
+            try:
+                async with locks[index]:
+                    await self._send_marked(tag, seq, index, rooms[index], sent)
+            finally:
+                limit.release()
+
+        for number in range(max_messages):
+            delay = started + number / rate - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+            if stop.is_set():
+                break
+            await limit.acquire()
+            index = number % len(rooms)
+            tasks.append(asyncio.create_task(send(first_seq + number, index)))
+        await asyncio.gather(*tasks)
+
+    async def _send_marked(self, tag: int, seq: int, index: int, room: str, sent: list[Sent]) -> None:
+        marker, sent_ns = make_marker(tag, seq)
+        record = Sent(seq, index, sent_ns)
+        sent.append(record)
+        status, body, error = await self.post(room, marker)
+        if 200 <= status < 300:
+            record.ack_ns = time.monotonic_ns()
+            try:
+                record.message_id = str(json.loads(body).get("id", ""))
+            except (ValueError, AttributeError):
+                pass
+        else:
+            record.error = error or f"HTTP {status}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from .machine import describe_machine
 from .measure import median_of
+from .storm_report import storm_lines
 
 Results = dict[str, list[dict[str, Any]]]  # system name -> one dict per repetition
 
@@ -250,6 +251,7 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_report(
     results: Results,
+    storms: dict[str, dict[str, Any]],
     skipped: dict[str, str],
     systems: dict[str, tuple[str, tuple[str, ...]]],
     plan: Any,
@@ -266,7 +268,7 @@ def write_report(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, plan)
-    # Described when the run ends (or taken from the run's .json when a report is
+    # Described when the run began (or taken from the run's .json when a report is
     # written again), so it names the server commit that was measured.
     machine = machine or describe_machine(server_root)
     meta = {
@@ -279,12 +281,12 @@ def write_report(
     }
     (out_dir / f"{stem}.json").write_text(
         json.dumps(
-            {"plan": plan.__dict__, "skipped": skipped, "results": results, "meta": meta},
+            {"plan": plan.__dict__, "skipped": skipped, "results": results, "storms": storms, "meta": meta},
             indent=1,
-            default=str,
+            default=_json_default,
         )
     )
-    plots = draw_plots(summary, results, plan, out_dir, stem)
+    plots = draw_plots(summary, results, plan, out_dir, stem) if results else []
     lines = [
         f"# SSE benchmark, {started}",
         "",
@@ -300,6 +302,28 @@ def write_report(
         "",
         *[f"- **{name}**: {description}" for name, (description, _) in systems.items()],
         "",
+    ]
+    caveats = [(name, c) for name, (_, notes) in systems.items() for c in notes]
+    if caveats:
+        lines += ["Caveats:", ""] + [f"- {name}: {c}" for name, c in caveats] + [""]
+    if skipped:
+        lines += ["Systems not run:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
+    if results:
+        lines += _classic_lines(summary, plan, plots)
+    lines += storm_lines(storms, plan)
+    path = out_dir / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    """Bytes (raw receipts) are not kept in the .json; anything else becomes text."""
+    return None if isinstance(value, bytes) else str(value)
+
+
+def _classic_lines(summary: dict[str, dict[str, Any]], plan: Any, plots: list[tuple[str, Path]]) -> list[str]:
+    """The sections of scenarios 1-4 (the ones scenarios.py runs)."""
+    lines = [
         "## Results",
         "",
         *_table(summary, plan),
@@ -314,11 +338,6 @@ def write_report(
         f" {plan.drain_timeout_seconds:.0f} s after a rate step).",
         "",
     ]
-    caveats = [(name, c) for name, (_, notes) in systems.items() for c in notes]
-    if caveats:
-        lines += ["Caveats:", ""] + [f"- {name}: {c}" for name, c in caveats] + [""]
-    if skipped:
-        lines += ["Systems not run:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
     notes = [(name, note) for name, entry in summary.items() for note in entry["notes"]]
     if notes:
         lines += ["Notes from the run:", ""] + [f"- {name}: {note}" for name, note in notes] + [""]
@@ -360,7 +379,6 @@ def write_report(
         "- The load generator is asyncio + uvloop with raw sockets, several processes, each with"
         " its own source address (127.0.0.2, ...). On a 2-core machine it competes with the"
         " server for CPU: read the Load-gen CPU column before reading a throughput figure.",
+        "",
     ]
-    path = out_dir / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines

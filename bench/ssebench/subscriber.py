@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .marker import MARKER_PATTERN
+from .resuming import ResumingClients
 
 # A stream whose tail grows past this without a newline is not SSE we understand.
 MAX_TAIL_BYTES = 1 << 16
@@ -140,6 +141,8 @@ class SubscriberProcess:
         self.loop = loop
         self.streams: set[StreamProtocol] = set()
         self.records: dict[int, TagRecord] = {}
+        # The reconnect storm's streams (resuming.py), apart from the ones above.
+        self.resuming = ResumingClients(loop)
 
     async def open_streams(
         self,
@@ -292,8 +295,19 @@ class CommandServer:
                 return process.collect(*args)
             if command == "status":
                 return process.status()
+            if command == "storm_open":
+                return await process.resuming.open(*args)
+            if command == "storm_status":
+                return process.resuming.status(*args)
+            if command == "storm_mark":
+                return process.resuming.mark()
+            if command == "storm_collect":
+                return process.resuming.collect()
+            if command == "storm_close":
+                return process.resuming.close()
             if command == "quit":
                 process.close_streams(len(process.streams))
+                process.resuming.close()
                 return {"quit": True}
             return {"error": f"unknown command {command!r}"}
         except Exception as error:  # noqa: BLE001 - the orchestrator must hear of it

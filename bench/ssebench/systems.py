@@ -2,7 +2,7 @@
 
 Every adapter answers the same four questions, so the scenarios never know
 which system they drive:
-  start(workdir)            -> a ServerGroup, listening on loopback
+  start(workdir, cpus)      -> a ServerGroup, listening on loopback (on cores `cpus`)
   subscribe_path(room)      -> the GET path of an SSE stream for the room
   publish_request(room, t)  -> URL, body and content type that publish text t
   unavailable()             -> why the system cannot run here, or None
@@ -13,8 +13,11 @@ all of them (see marker.py), so no adapter needs to parse events.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +49,11 @@ class System:
     # False where the response head waits for the first event (Flask-SSE):
     # a stream then counts as held once its request is sent and not refused.
     head_before_first_event = True
+    # The reconnect storm needs streams that resume from a Last-Event-ID.
+    resumable = False
+    # Where this system's per-process metric files are (ours: prometheus_client
+    # multiprocess files), for the store queries per resume; None: none.
+    metrics_dir: Path | None = None
 
     def __init__(self) -> None:
         self.port = 0
@@ -55,7 +63,8 @@ class System:
     def unavailable(self) -> str | None:
         return None
 
-    def start(self, workdir: Path) -> ServerGroup:
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+        """Start the system; `cpus` pins its processes ("0"), `env` adds settings."""
         raise NotImplementedError
 
     def subscribe_path(self, room: str) -> str:
@@ -68,10 +77,15 @@ class System:
         """Processes that hold client streams (for the cross-worker spread)."""
         return []
 
+    def history_url(self, room: str, after: str | None) -> str | None:
+        """URL of a page of the room's stored messages in store order; None: no such API."""
+        return None
+
 
 class OurServer(System):
     name = "ours"
     description = "this repo: Flask + gevent + gunicorn, SQLite store"
+    resumable = True
 
     def __init__(self, repo_root: Path) -> None:
         super().__init__()
@@ -84,11 +98,24 @@ class OurServer(System):
             return f"server not found in {self.repo_root} (missing {', '.join(missing)})"
         return None
 
-    def start(self, workdir: Path) -> ServerGroup:
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
         self.publish_base = f"http://127.0.0.1:{self.port}"
         group = ServerGroup(workdir)
-        group.launch(
+        self.group = group
+        self._start_gunicorn(group, workdir, cpus, {**self._store_env(group, workdir, cpus), **(env or {})})
+        return group
+
+    def _store_env(self, group: ServerGroup, workdir: Path, cpus: str | None) -> dict[str, str]:
+        # MONGODB_URI empty: the SQLite store even where the environment names a MongoDB.
+        return {"SQLITE_PATH": str(workdir / "messages.sqlite3"), "MONGODB_URI": ""}
+
+    def _start_gunicorn(self, group: ServerGroup, workdir: Path, cpus: str | None, env: dict[str, str]) -> None:
+        # A metrics directory of the run's own: the storm reads each worker's
+        # counter file in it, and it goes with the temp dir.
+        self.metrics_dir = workdir / "metrics"
+        self.metrics_dir.mkdir(exist_ok=True)
+        self.gunicorn = group.launch(
             "ours",
             [str(self.repo_root / ".venv/bin/gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=self.repo_root,
@@ -96,16 +123,16 @@ class OurServer(System):
                 "PORT": str(self.port),
                 "HOST": "127.0.0.1",
                 "WEB_CONCURRENCY": str(WORKERS),
-                "SQLITE_PATH": str(workdir / "messages.sqlite3"),
                 "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
                 "MAX_STREAMS_PER_WORKER": "20000",
                 # Logs off, as for every peer: a line per request is CPU we measure.
                 "LOG_LEVEL": "warning",
+                "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+                **env,
             },
+            cpus=cpus,
         )
-        self.group = group
         wait_for_port(self.port, group)
-        return group
 
     def subscribe_path(self, room: str) -> str:
         return f"/messages?room={room}"
@@ -115,12 +142,71 @@ class OurServer(System):
         return PublishRequest(f"{self.publish_base}/messages", body, "application/json")
 
     def worker_pids(self) -> list[int]:
-        return self.group.pids()[1:] if self.group else []
+        return _children(self.gunicorn.pid) if self.group else []
+
+    def history_url(self, room: str, after: str | None) -> str | None:
+        url = f"{self.publish_base}/messages/history?room={room}&limit=1000"
+        return url + f"&after={after}" if after else url
+
+
+class OurServerOnMongo(OurServer):
+    """Our server on its MongoDB store, with FerretDB standing in for MongoDB."""
+
+    name = "ours-mongodb"
+    description = (
+        "this repo on its MongoDB store, served by FerretDB 1.24.2 (MongoDB wire protocol,"
+        " SQLite backend) in place of MongoDB: store costs are FerretDB's, not MongoDB's"
+    )
+    caveats = (
+        "The store is FerretDB 1.24.2 with its SQLite backend, not MongoDB: every store"
+        " query and its cost are FerretDB's (a room's read scans the whole collection)."
+        " FerretDB trims a capped collection in the background (every minute, by default),"
+        " so the window can hold more than CAPPED_MAX_MESSAGES for a while.",
+    )
+
+    def __init__(self, repo_root: Path) -> None:
+        super().__init__(repo_root)
+        self.ferretdb: str | None = None
+
+    def unavailable(self) -> str | None:
+        missing = super().unavailable()
+        if missing:
+            return missing
+        self.ferretdb, reason = _ferretdb_binary()
+        return reason
+
+    def _store_env(self, group: ServerGroup, workdir: Path, cpus: str | None) -> dict[str, str]:
+        assert self.ferretdb is not None
+        data = workdir / "ferretdb"
+        data.mkdir(exist_ok=True)
+        mongo_port = free_port()
+        group.launch(
+            "ferretdb",
+            [
+                self.ferretdb,
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data}/",
+                f"--listen-addr=127.0.0.1:{mongo_port}",
+                "--telemetry=disable",
+                "--state-dir=-",
+                "--debug-addr=-",
+                "--log-level=WARN",
+            ],
+            cwd=workdir,
+            env={},
+            cpus=cpus,
+        )
+        wait_for_port(mongo_port, group)
+        return {
+            "MONGODB_URI": f"mongodb://127.0.0.1:{mongo_port}",
+            "MONGODB_DATABASE": f"ssebench_{os.getpid()}_{int(time.time())}",
+        }
 
 
 class Nchan(System):
     name = "nchan"
     description = "nginx 1.22 + Nchan 1.3.6 (Debian), 2 workers"
+    resumable = True  # its EventSource subscribers resume from Last-Event-ID
 
     def unavailable(self) -> str | None:
         module = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
@@ -128,7 +214,7 @@ class Nchan(System):
             return "nginx or libnginx-mod-nchan not installed (run bench/install.sh)"
         return None
 
-    def start(self, workdir: Path) -> ServerGroup:
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
         self.publish_base = f"http://127.0.0.1:{self.port}"
         prefix = workdir / "nginx"
@@ -148,6 +234,7 @@ class Nchan(System):
             ],
             cwd=prefix,
             env={},
+            cpus=cpus,
         )
         self.group = group
         wait_for_port(self.port, group)
@@ -181,7 +268,7 @@ class Pushpin(System):
             return "pushpin not installed (run bench/install.sh)"
         return None
 
-    def start(self, workdir: Path) -> ServerGroup:
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
         backend_port = free_port()
         # Pushpin adds port_offset to its fixed ZeroMQ ports 5560-5563 and to
@@ -211,6 +298,7 @@ class Pushpin(System):
             ],
             cwd=PEERS_DIR / "pushpin",
             env={},
+            cpus=cpus,
         )
         wait_for_port(backend_port, group)
         group.launch(
@@ -223,6 +311,7 @@ class Pushpin(System):
             ],
             cwd=rundir,
             env={},
+            cpus=cpus,
         )
         self.group = group
         wait_for_port(self.port, group)
@@ -260,7 +349,7 @@ class FlaskSse(System):
             return "bench/.venv has no gunicorn (run bench/install.sh)"
         return None
 
-    def start(self, workdir: Path) -> ServerGroup:
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
         redis_port = free_port()
         self.publish_base = f"http://127.0.0.1:{self.port}"
@@ -275,6 +364,7 @@ class FlaskSse(System):
             ],
             cwd=workdir,
             env={},
+            cpus=cpus,
         )
         wait_for_port(redis_port, group)
         group.launch(
@@ -288,6 +378,7 @@ class FlaskSse(System):
             ],
             cwd=PEERS_DIR,
             env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+            cpus=cpus,
         )
         self.group = group
         wait_for_port(self.port, group)
@@ -329,5 +420,29 @@ def _free_port_block(base: int, width: int) -> int:
     raise RuntimeError("no free block of ports for Pushpin")
 
 
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _ferretdb_binary() -> tuple[str | None, str | None]:
+    """Path of FerretDB from .ci/ferretdb-build (idempotent: prints the cached binary), or why not."""
+    script = BENCH_DIR.parent / ".ci" / "ferretdb-build"
+    if not script.exists():
+        return None, f"{script} not found"
+    try:
+        built = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return None, "FerretDB build took more than 15 minutes"
+    lines = built.stdout.strip().splitlines()
+    if built.returncode != 0 or not lines or not Path(lines[-1]).exists():
+        return None, f"FerretDB not built ({(built.stderr.strip().splitlines() or ['no output'])[-1]})"
+    return lines[-1], None
+
+
 def all_systems(repo_root: Path) -> list[System]:
-    return [OurServer(repo_root), Nchan(), Pushpin(), FlaskSse()]
+    return [OurServer(repo_root), OurServerOnMongo(repo_root), Nchan(), Pushpin(), FlaskSse()]

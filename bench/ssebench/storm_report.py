@@ -1,0 +1,159 @@
+"""The report's reconnect-storm section (storm.py's results, one run per system)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 1000:,.2f} s" if value >= 1000 else f"{value:,.0f} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
+def storm_lines(storms: dict[str, dict[str, Any]], plan: Any) -> list[str]:
+    if not storms:
+        return []
+    lines = [
+        "## Reconnect storm",
+        "",
+        f"{plan.storm_streams:,} streams over {plan.storm_rooms} rooms and 2 workers; the store first"
+        f" holds a full window of other rooms' messages ({plan.storm_fill:,} = CAPPED_MAX_MESSAGES);"
+        f" {plan.storm_rate:.0f} messages/s keep arriving round the rooms; the worker holding the most"
+        " streams is killed with SIGKILL and its clients reconnect at once with `Last-Event-ID`."
+        " **Server processes (gunicorn, FerretDB, nginx) on core 0, load generator (subscribers and"
+        " publisher) on core 1** (`taskset`).",
+        "",
+        "| System | Streams held / on killed worker / dropped | All resumed: first byte / caught up"
+        " | Per client first byte p50 / p99 | Per client caught up p50 / p99 | Store queries per resume"
+        " | Lost | Dup | Exact streams | Core 0 (server) | Core 1 (load gen) | Of which other jobs |",
+        "|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    notes: list[str] = []
+    for name, storm in storms.items():
+        if "skipped" in storm:
+            lines.append(f"| {name} | not run: {storm['skipped']} | | | | | | | | | | |")
+            continue
+        if "dropped" not in storm:
+            lines.append(f"| {name} | not finished: {'; '.join(storm['notes']) or 'see notes'} | | | | | | | | | | |")
+            notes += [f"{name}: {note}" for note in storm["notes"]]
+            continue
+        first, caught, cpu, queries = storm["first_byte"], storm["caught_up"], storm["cpu"], storm["queries"]
+        bound = " **client-bound**" if cpu["client_bound"] else ""
+        per_resume = "n/a" if not queries or queries["per_resume_net"] is None else f"{queries['per_resume_net']:,.2f}"
+        cores = cpu["core_pct"]
+        lines.append(
+            f"| {name} | {storm['open']['opened']:,} / {storm['killed_worker_streams']:,} / {storm['dropped']:,}"
+            f" | {_ms(first['all_ms'])} / {_ms(caught['all_ms'])}{bound}"
+            f" | {_ms(first['p50_ms'])} / {_ms(first['p99_ms'])}"
+            f" | {_ms(caught['p50_ms'])} / {_ms(caught['p99_ms'])}"
+            f" | {per_resume} | {storm['lost']:,} | {storm['duplicated']:,}"
+            f" | {storm['exact_streams']:,} of {storm['streams_recorded'] - storm['never_connected']:,}"
+            f" | {_pct(cores[0] if cores else None)} | {_pct(cores[-1] if len(cores) > 1 else None)}{bound}"
+            f" | {_pct(cpu.get('other_pct'))} |"
+        )
+        notes += _details(name, storm)
+    lines += [
+        "",
+        "How to read it: *first byte* is the kill -> the first byte of the reconnected response;"
+        " *caught up* is the kill -> the moment the client holds every message of its room that the"
+        " publisher had seen acknowledged by the time that first byte came. *All* is the last of the"
+        " killed worker's clients (n/a if some never got there). *Lost*: owed messages a stream had"
+        " not received by the end of the drain. *Exact*: the stream received its"
+        " room's messages since its first connection exactly once each, in store order. The truth is"
+        " the publisher's: it keeps one request per room in flight, so a room's messages are stored"
+        " in the order they were sent; a message counts as stored when acknowledged, or when it is"
+        " in the room's GET /messages/history although its request died with the worker (ours;"
+        " the history is also checked against the acknowledgements)."
+        " Core % is busy time of that core over the storm (kill -> all caught up), from /proc/stat;"
+        " a load-generator core at >= 95% marks the figure **client-bound**. *Of which other jobs*:"
+        " busy time of both cores not used by the server's or the load generator's processes"
+        " (other jobs on this shared machine, which taskset does not keep off our cores, and"
+        " kernel work not charged to a process), in % of one core: when it is high, the figures"
+        " measure a crowded machine.",
+        "",
+        "Store queries per resume: `sse_store_queries_total{operation}` read from each worker's"
+        " prometheus_client counter file (`counter_<pid>.db` in the run's PROMETHEUS_MULTIPROC_DIR),"
+        " not from the summed GET /metrics, whose sum may or may not keep the killed worker's count:"
+        " (surviving worker's delta + the new worker's whole count) over the storm window, minus the"
+        " background rate (tailer polls, publishes) measured over a quiet window before the kill,"
+        " divided by the streams that resumed. n/a: the server does not export the counter.",
+        "",
+    ]
+    if notes:
+        lines += ["Storm details:", "", *[f"- {note}" for note in notes], ""]
+    return lines
+
+
+def _details(name: str, storm: dict[str, Any]) -> list[str]:
+    out = []
+    cpu, queries, publish = storm["cpu"], storm["queries"], storm["publish"]
+    phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in storm["phases"].items())
+    out.append(
+        f"{name}: phases {phases}; window filled with {storm['fill']['published']:,} messages in"
+        f" {storm['fill']['seconds']:.1f} s; streams per worker before the kill {storm['streams_per_worker']};"
+        f" {storm['never_connected']:,} streams were refused at their first request;"
+        f" {storm['with_last_id']:,} streams had a Last-Event-ID and {storm['live_at_kill']:,} were connected"
+        f" at the kill; {storm['dropped_before_kill']:,} had been dropped by the server before it;"
+        f" {storm['resumed']:,} resumed,"
+        f" {storm['dropped_twice']:,} dropped more than once, {storm['not_caught_up']:,} never caught up;"
+        f" {_fmt(storm['missed_per_resume'])} messages caught up per resume on average;"
+        f" {storm['resets']:,} reset events."
+    )
+    survivors = storm.get("survivor_latency")
+    if survivors and survivors["count"]:
+        out.append(
+            f"{name}: streams that stayed connected, delivery latency of the messages published from"
+            f" the kill on: p50 {_ms(survivors['p50_ms'])}, p99 {_ms(survivors['p99_ms'])},"
+            f" max {_ms(survivors['max_ms'])} ({survivors['count']:,} deliveries)."
+        )
+    out.append(
+        f"{name}: CPU over the {cpu['window_s']:.1f} s storm window: cores {[round(c) for c in cpu['core_pct']]}%,"
+        f" server processes {cpu['server_pct']:.0f}%, load generator {cpu['loadgen_pct']:.0f}%,"
+        f" other (jobs sharing the machine, kernel) {cpu.get('other_pct', 0):.0f}%"
+        + (" (client-bound)" if cpu["client_bound"] else "") + "."
+    )
+    if storm.get("dropped_twice_examples"):
+        out.append(f"{name}: streams dropped more than once (times from the kill):"
+                   f" {storm['dropped_twice_examples']}")
+    out.append(
+        f"{name}: publisher sent {publish['sent']:,}, acknowledged {publish['acked']:,}, failed {publish['failed']:,}"
+        + (f" {publish['errors']}" if publish["errors"] else "")
+        + f"; stored without an acknowledgement: {publish['stored_not_acked']:,}"
+        + (f"; history check {storm['history_check']}" if storm.get("history_check") else "")
+        + "."
+    )
+    if queries:
+        ops = "; ".join(
+            f"{op or '(no label)'} {v['storm']:,.0f} (background {v['background']:,.0f})"
+            for op, v in queries["by_operation"].items()
+        )
+        out.append(
+            f"{name}: store queries over the {queries['window_s']:.1f} s window, by operation: {ops};"
+            f" total {queries['total']:,.0f}, net of background {queries['net']:,.0f};"
+            f" per resume {queries['per_resume_raw']} raw, {queries['per_resume_net']} net."
+            f" Cross-check from the kill to the end of the run: GET /metrics delta"
+            f" {_sum(queries['exposition_delta'])}, per-file delta {_sum(queries['files_delta'])}."
+        )
+    else:
+        out.append(f"{name}: store queries per resume n/a: no `sse_store_queries_total` in the server's metrics.")
+    if storm["lost"] or storm["duplicated"] or storm["unexpected"] or storm["out_of_order_streams"]:
+        out.append(
+            f"{name}: **not exact**: {storm['lost']:,} lost, {storm['duplicated']:,} duplicated,"
+            f" {storm['unexpected']:,} received that the truth does not hold,"
+            f" {storm['out_of_order_streams']:,} streams out of store order; examples: {storm['examples']}"
+        )
+    out += [f"{name}: {note}" for note in storm["notes"]]
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def _sum(delta: dict[str, float] | None) -> str:
+    return "n/a" if delta is None else f"{sum(delta.values()):,.0f}"
