@@ -10,7 +10,7 @@ from marshmallow import ValidationError
 from ..delivery.streaming import StreamSettings, message_stream
 from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
 from ..services import services
-from ..stores.base import StoreUnavailable
+from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .errors import ApiError
 from .schemas import ROOM_RULE, MessageIn, valid_room
 
@@ -60,6 +60,13 @@ def publish() -> tuple[Response, int]:
     started = time.perf_counter()
     try:
         message = svc.store.append(fields["room"], fields["text"], fields["event"])
+    except WriteOutcomeUnknown as exc:
+        STORE_ERRORS.labels("publish").inc()
+        # The store may hold it: say so, and which id to look for, rather than
+        # a plain 503 that a client would read as "not stored".
+        raise ApiError(503, f"the message store did not confirm the write: it may have been stored as "
+                            f"{exc.message_id}; look for that id in GET /messages/history before publishing again",
+                       {"id": [exc.message_id]}, headers={"Retry-After": STORE_RETRY_AFTER}) from None
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "publish") from None
     finally:

@@ -25,6 +25,17 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or cannot write right now; try again later."""
 
 
+class WriteOutcomeUnknown(StoreUnavailable):
+    """A write was sent, the connection broke before its reply, and no retry got through.
+
+    It may or may not be stored; ``message_id`` is the id it has if it was.
+    """
+
+    def __init__(self, message: str, message_id: str = "") -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
 class StoreMisconfigured(Exception):
     """The store exists but is set up in a way we must not run on."""
 

@@ -29,7 +29,9 @@ Failures, and what each becomes:
   PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
   from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
   False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
-  up here as a dead cursor whose reopening cannot find ``last`` again; the
+  up here as a dead cursor whose reopening cannot find ``last`` again within
+  the first ``max_messages`` documents (unbounded, under steady inserts, a walk
+  to an evicted ``last`` never ends); the
   explicit error-code branches below stay for a driver that does raise them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
   with backoff from the last message it delivered).
@@ -55,7 +57,15 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from .base import Backlog, FeedBatch, Message, PositionLost, StoreMisconfigured, StoreUnavailable
+from .base import (
+    Backlog,
+    FeedBatch,
+    Message,
+    PositionLost,
+    StoreMisconfigured,
+    StoreUnavailable,
+    WriteOutcomeUnknown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +151,8 @@ class MongoStore:
                     self.collection.insert_one(doc)
                 except DuplicateKeyError:
                     pass
+                except PyMongoError as exc:
+                    raise WriteOutcomeUnknown(f"MongoDB insert unconfirmed: {exc}", str(doc["_id"])) from exc
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB insert failed: {exc}") from exc
         return self._message(doc)
@@ -242,6 +254,7 @@ class MongoStore:
         cursor = self.collection.find({}, _FIELDS, cursor_type=CursorType.TAILABLE_AWAIT)
         cursor.max_await_time_ms(self.await_ms)
         found = last is None
+        skipped = 0
         try:
             while cursor.alive:
                 try:
@@ -261,6 +274,13 @@ class MongoStore:
                     yield doc
                 else:
                     found = doc["_id"] == last  # re-reading up to where we were: deliver nothing
+                    skipped += 1
+                    if not found and skipped >= self.max_messages:
+                        # The collection holds at most max_messages documents, so
+                        # a `last` still there lies within the first max_messages
+                        # of this walk. Under steady inserts a walk to an evicted
+                        # one would otherwise never end.
+                        raise PositionLost(f"{last} is no longer in the capped collection")
             if not found:
                 raise PositionLost(f"{last} is no longer in the capped collection")
         finally:

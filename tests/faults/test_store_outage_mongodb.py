@@ -7,10 +7,10 @@ POST must answer 503 JSON with Retry-After (never hang, never 500), /readyz
 must say 503, and the streams must stay open with heartbeats (or be told to
 come back). After the restart on the same port and data, every message that
 got a 201 reaches every subscriber of its room exactly once, in store order,
-and nothing that got a 503 is stored -- except, as things stand, a POST whose
-insert FerretDB committed just before it died: that one is answered 503 and
-stored (an app bug, pinned deterministically on the wire by the strict xfail
-at the end of this file).
+and nothing that got a plain 503 is stored. A POST whose insert FerretDB
+committed just before it died cannot know it landed: it gets a 503 that says
+the write is unconfirmed and names its id (pinned deterministically on the
+wire by the last test of this file).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
     down = [a for a in attempts if a.started > killed_at and a.started + a.duration < seen["restarting_at"]]
     refused = [a for a in attempts if a.status == 503]
     # A POST in flight when the database died can be inserted with its reply lost; the app's
-    # retry then fails and it answers 503 for a stored message (the xfail below pins that).
+    # retry then fails and it answers an "unconfirmed" 503 naming the id (the test below pins it).
     stored_503 = [a for a in refused if a.text in stored_texts]
     # Recovery: the first 201 after the restart began, and the first message acknowledged after
     # it on the slowest stream (the tailers retry with a back-off of up to 2 s).
@@ -142,6 +142,8 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
             assert all(c.last_event_id_sent for c in client.connections[1:])
     assert not [a for a in stored_503 if a.started > killed_at], "a POST made during the outage was stored"
     assert len(stored_503) <= 1  # only one POST at a time can be in flight (writes are serialised)
+    for attempt in stored_503:  # never a plain 503 for a stored message
+        assert "did not confirm" in attempt.body["message"], attempt
     acked = {a.body["id"] for a in attempts if a.status == 201}
     assert acked <= {message_id for ids in stored.values() for message_id in ids}
     for client in clients:
@@ -151,25 +153,17 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
         assert history_ids(server.url, room) == stored[room]
 
 
-class StoredDespite503(AssertionError):
-    """A POST was answered 503 although its message is stored."""
-
-
 @pytest.mark.slow
 @pytest.mark.mongodb
-@pytest.mark.xfail(strict=True, raises=StoredDespite503,
-                   reason="app bug: an insert that landed before its reply was lost, then retried in vain, "
-                          "is answered 503 although it is stored")
-def test_nothing_answered_503_is_stored_even_when_the_first_attempt_landed(start_server):
+def test_an_insert_that_may_have_landed_is_answered_as_unconfirmed_with_its_id(start_server):
     """What the outage above can hit by timing, made certain on the wire (MockupDB, real PyMongo).
 
     The first insert is applied and its reply lost (the server died after its
     commit); every retry -- PyMongo's own retryable write and the app's retry
-    with the same _id -- finds no server. README ("Guarantees") promises: "When
-    every attempt fails, the answer is 503 and nothing is stored". The app
-    cannot know whether the first attempt landed, so a 503 here is a claim it
-    cannot keep; it would have to say the outcome is unknown (and give the id
-    to look for), or the README would have to stop promising.
+    with the same _id -- finds no server. The app cannot know whether the first
+    attempt landed. It used to answer a plain 503, which a client reads as "not
+    stored" (README, Guarantees); now the 503 says the write is unconfirmed and
+    names the id to look for.
     """
     fake = FakeCappedCollection(max_messages=1000)
     fake.start()
@@ -182,8 +176,7 @@ def test_nothing_answered_503_is_stored_even_when_the_first_attempt_landed(start
         stored = fake_stored_ids(fake, "landed")
         assert not fake.faults  # every attempt met its fault
         assert reply.status_code == 503 and reply.headers["Retry-After"] == "2"
-        if stored:
-            raise StoredDespite503(f"answered {reply.status_code} {reply.json()['message']!r}, "
-                                   f"but the store holds it: {stored}")
+        assert stored == reply.json()["errors"]["id"]  # the one it landed as
+        assert "did not confirm" in reply.json()["message"]
     finally:
         fake.stop()

@@ -115,6 +115,7 @@ class EventSourceClient:
     def __post_init__(self) -> None:
         self._stopped = asyncio.Event()
         self.connected = asyncio.Event()  # the first 200 response arrived
+        self.local_port: int | None = None  # of the current connection
 
     @property
     def messages(self) -> list[Event]:
@@ -144,6 +145,7 @@ class EventSourceClient:
 
     async def _connect_once(self) -> None:
         reader, writer = await asyncio.open_connection(self.host, self.port)
+        self.local_port = writer.get_extra_info("sockname")[1]  # to find which worker holds it
         try:
             last_id = self.parser.last_event_id
             request = f"GET /messages?room={self.room} HTTP/1.0\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n"
