@@ -49,7 +49,10 @@ def test_invalid_fields_are_reported_per_field(client):
     assert set(error["errors"]) == {"room", "text", "event"}
 
 
-@pytest.mark.parametrize("query", ["", "?room=", "?room=a%20b", "?room=" + "r" * 65])
+@pytest.mark.parametrize("query", [
+    "", "?room=", "?room=a%20b", "?room=" + "r" * 65, "?room=a&room=b%20c",
+    "?" + "&".join(f"room=r{n}" for n in range(33)),
+], ids=["none", "empty", "space", "too-long", "one-of-several-bad", "33-rooms"])
 def test_stream_without_a_valid_room_is_400_json_not_a_stream(client, query):
     reply = client.get("/messages" + query)
     assert reply.status_code == 400
@@ -130,3 +133,25 @@ def test_regression_oversize_lasteventid_query_rejected_even_when_the_header_win
     """Found by schemathesis: a short header hid an over-long query parameter."""
     reply = client.get("/messages?room=r&lastEventId=" + "x" * 257, headers={"Last-Event-ID": "short"})
     assert reply.status_code == 400 and "lastEventId" in reply.get_json()["message"]
+
+
+def test_stream_of_several_rooms_gets_their_backlog_in_store_order_and_one_id_resumes_all(client):
+    sent = [post(client, {"room": room, "text": f"{room}{n}"}).get_json() for n, room in enumerate("abcab")]
+    _, body = read_stream(client, "/messages?room=a&room=b&room=a")  # repeated: counted once
+    assert [json.loads(e.data)["text"] for e in sseclient.SSEClient([body]).events()] == ["a0", "b1", "a3", "b4"]
+    _, body = read_stream(client, "/messages?room=b&room=a", {"Last-Event-ID": sent[1]["id"]})
+    assert [json.loads(e.data)["text"] for e in sseclient.SSEClient([body]).events()] == ["a3", "b4"]
+
+
+def test_32_rooms_are_accepted(client):
+    reply = client.get("/messages?" + "&".join(f"room=r{n}" for n in range(32)))
+    assert reply.status_code == 200
+    reply.close()
+
+
+def test_history_of_several_rooms(client):
+    for n, room in enumerate("abcab"):
+        post(client, {"room": room, "text": f"{room}{n}"})
+    page = client.get("/messages/history?room=a&room=b&limit=3").get_json()
+    assert [m["text"] for m in page["messages"]] == ["a0", "b1", "a3"] and page["hasMore"]
+    assert page["rooms"] == ["a", "b"]

@@ -67,7 +67,7 @@ def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path,
         gevent.sleep(delay)
         received: list[str] = []
         streams.append(received)
-        stream = message_stream("room", None, window=window, hub=hub, store=store, settings=settings)
+        stream = message_stream(("room",), None, window=window, hub=hub, store=store, settings=settings)
         collect(stream, received, total)
 
     publisher = gevent.spawn(publish)
@@ -95,7 +95,7 @@ def test_resume_mid_stream_with_lagging_follower_never_repeats(tmp_path):
     gevent.sleep(0.2)
     # The client already has m0..m4; the follower has read all ten.
     received: list[str] = []
-    stream = message_stream("room", first[4], window=window, hub=hub, store=store,
+    stream = message_stream(("room",), first[4], window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000))
     reader = gevent.spawn(collect, stream, received, 15)
     gevent.sleep(0.1)

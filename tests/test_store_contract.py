@@ -389,3 +389,16 @@ def test_follow_from_none_after_eviction_yields_the_window_not_position_lost(mak
     assert follower.exception is None
     follower.kill()
     assert [m.id for _, m in received] == [m.id for m in sent[3:]]
+
+
+def test_read_rooms_merges_rooms_in_store_order_and_resumes_after_any_of_their_ids(make_store):
+    store = make_store()
+    sent = [store.append(room, f"{room}{n}", "message") for n, room in enumerate("abcabca")]
+    followed = [m for m in sent if m.room in "ab"]
+    assert [m.id for m in store.read_rooms(("a", "b")).messages] == [m.id for m in followed]
+    for cut, message in enumerate(followed):
+        backlog = store.read_rooms(("b", "a"), after_id=message.id)
+        assert backlog.reset_reason is None
+        assert [m.id for m in backlog.messages] == [m.id for m in followed[cut + 1:]]
+    other = store.read_rooms(("a", "b"), after_id=sent[2].id)  # room c
+    assert other.reset_reason and [m.id for m in other.messages] == [m.id for m in followed]

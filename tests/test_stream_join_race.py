@@ -40,7 +40,7 @@ def test_message_committed_while_the_tailer_starts_reaches_the_joining_stream(sq
     window = Window(100, 10**6)
     tailer = Tailer(store, window, hub)
     tailer.ensure_running()  # as the worker does at start
-    stream = message_stream("race", None, window=window, hub=hub, store=store,
+    stream = message_stream(("race",), None, window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000))
     try:
         received = b""

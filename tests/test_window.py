@@ -34,12 +34,12 @@ def test_backlog_after_an_id_is_exactly_the_rest_of_that_room():
     sent = feed(window, [("a" if n % 3 else "b", f"m{n}") for n in range(30)])
     room_a = [m.id for m in sent if m.room == "a"]
     for cut in range(len(room_a)):
-        backlog = window.backlog("a", room_a[cut])
+        backlog = window.backlog(("a",), room_a[cut])
         assert backlog.reset_reason is None
         assert ids(backlog) == room_a[cut + 1:]
-    assert ids(window.backlog("a", None)) == room_a
-    assert ids(window.backlog("a", room_a[2], limit=3)) == room_a[3:6]
-    assert window.backlog("empty", None).entries == []
+    assert ids(window.backlog(("a",), None)) == room_a
+    assert ids(window.backlog(("a",), room_a[2], limit=3)) == room_a[3:6]
+    assert window.backlog(("empty",), None).entries == []
 
 
 @pytest.mark.parametrize("last_id, reason", [
@@ -49,7 +49,7 @@ def test_backlog_after_an_id_is_exactly_the_rest_of_that_room():
 def test_an_id_it_does_not_hold_for_the_room_gives_reset_and_the_whole_room(last_id, reason):
     window = Window(max_messages=100, max_bytes=10**6)
     sent = feed(window, [("other", "x"), ("r", "m0"), ("r", "m1")])
-    backlog = window.backlog("r", last_id)
+    backlog = window.backlog(("r",), last_id)
     assert reason in backlog.reset_reason
     assert ids(backlog) == [sent[1].id, sent[2].id]
 
@@ -63,7 +63,7 @@ def test_it_evicts_exactly_as_the_sqlite_store_does(tmp_path):
         message = store.append(rng.choice("abc"), "x" * rng.randrange(0, 400), "message")
         window.extend([(n, message)])
     for room in "abc":
-        assert [m.id for m in store.read_room(room).messages] == [e.id for e in window.backlog(room, None).entries]
+        assert [m.id for m in store.read_room(room).messages] == [e.id for e in window.backlog((room,), None).entries]
     assert len(window) == sum(len(store.read_room(room).messages) for room in "abc")
 
 
@@ -71,11 +71,11 @@ def test_a_room_emptied_by_eviction_is_forgotten_and_its_log_compacts():
     window = Window(max_messages=10, max_bytes=10**6)
     feed(window, [("gone", "x")])
     feed(window, [("busy", f"m{n}") for n in range(1000)], start=2)
-    assert window.backlog("gone", None).entries == []
+    assert window.backlog(("gone",), None).entries == []
     assert "gone" not in window._rooms
     log = window._rooms["busy"]
     assert len(log) == 10 and len(log.entries) < 200  # dropped from the front, not kept forever
-    assert [e.to_json()['text'] for e in window.backlog("busy", None).entries] == [f"m{n}" for n in range(990, 1000)]
+    assert [e.to_json()['text'] for e in window.backlog(("busy",), None).entries] == [f"m{n}" for n in range(990, 1000)]
 
 
 class CountingStore(SQLiteStore):
@@ -98,7 +98,7 @@ def test_joins_and_resumes_read_the_window_not_the_store(tmp_path):
         assert window.ready.wait(10)
         room7 = [m.id for m in sent if m.room == "room7"]
         for cut in (0, 50, 98):
-            stream = message_stream("room7", room7[cut], window=window, hub=hub, store=store,
+            stream = message_stream(("room7",), room7[cut], window=window, hub=hub, store=store,
                                     settings=StreamSettings(retry_ms=1000))
             next(stream)  # retry:
             backlog = next(stream)
@@ -115,7 +115,7 @@ def test_a_join_waits_for_the_window_and_then_gets_everything(tmp_path):
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=1000, poll_interval=0.002)
     before = [store.append("r", f"m{n}", "message").id for n in range(5)]
     window, hub = Window(1000, 10**7), Hub(queue_limit=100, heartbeat_seconds=0.2)
-    stream = message_stream("r", None, window=window, hub=hub, store=store, settings=StreamSettings(retry_ms=1000))
+    stream = message_stream(("r",), None, window=window, hub=hub, store=store, settings=StreamSettings(retry_ms=1000))
     received = b""
     tailer = Tailer(store, window, hub)
     try:
@@ -140,7 +140,7 @@ def test_a_join_waits_for_the_window_and_then_gets_everything(tmp_path):
 def test_a_join_gives_up_when_the_window_never_warms(tmp_path):
     store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**6, max_messages=10)
     window, hub = Window(10, 10**6), Hub(queue_limit=10, heartbeat_seconds=0.1)
-    stream = message_stream("r", None, window=window, hub=hub, store=store,
+    stream = message_stream(("r",), None, window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000, window_wait_seconds=0.3))
     chunks = list(stream)
     assert chunks[-1].startswith(b": store unavailable")
@@ -157,7 +157,7 @@ def test_a_resume_ahead_of_this_workers_window_waits_for_its_tailer_instead_of_r
     window.extend([(n + 1, message) for n, message in enumerate(sent[:5])])  # this worker's tailer lags
     window.ready.set()
     gevent.spawn_later(0.2, window.extend, [(n + 6, message) for n, message in enumerate(sent[5:])])
-    stream = message_stream("r", sent[7].id, window=window, hub=hub, store=store,
+    stream = message_stream(("r",), sent[7].id, window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000))
     try:
         next(stream)  # retry:
@@ -177,7 +177,7 @@ def test_an_id_the_store_does_not_hold_either_resets_at_once(tmp_path):
     window, hub = Window(3, 10**6), Hub(queue_limit=100, heartbeat_seconds=5)
     window.extend([(n + 1, message) for n, message in enumerate(sent)])
     window.ready.set()
-    stream = message_stream("r", sent[0].id, window=window, hub=hub, store=store,
+    stream = message_stream(("r",), sent[0].id, window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000, window_wait_seconds=5))
     try:
         next(stream)  # retry:
@@ -196,4 +196,44 @@ def test_a_message_the_store_sends_again_is_not_delivered_again():
     sent = feed(window, [("r", f"m{n}") for n in range(5)])
     again = window.extend([(10 + n, message) for n, message in enumerate(sent[2:])])
     assert again == []
-    assert ids(window.backlog("r", None)) == [m.id for m in sent]
+    assert ids(window.backlog(("r",), None)) == [m.id for m in sent]
+
+
+def test_one_id_resumes_several_rooms_in_store_order():
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [(room, f"m{n}") for n, room in enumerate("abcabcabca")])
+    followed = [m.id for m in sent if m.room in "ab"]
+    assert ids(window.backlog(("a", "b"), None)) == followed
+    for cut, message_id in enumerate(followed):
+        backlog = window.backlog(("b", "a"), message_id)
+        assert backlog.reset_reason is None
+        assert ids(backlog) == followed[cut + 1:]
+    assert ids(window.backlog(("a", "b"), followed[0], limit=2)) == followed[1:3]
+    backlog = window.backlog(("a", "b"), sent[2].id)  # room c: not one of these
+    assert "belongs to another room" in backlog.reset_reason and ids(backlog) == followed
+
+
+def test_a_stream_of_several_rooms_gets_them_live_in_store_order(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=1000, poll_interval=0.002)
+    window, hub = Window(1000, 10**7), Hub(queue_limit=100, heartbeat_seconds=5)
+    tailer = Tailer(store, window, hub)
+    tailer.ensure_running()
+    stream = message_stream(("a", "b"), None, window=window, hub=hub, store=store,
+                            settings=StreamSettings(retry_ms=1000))
+    received = b""
+    try:
+        assert window.ready.wait(5)
+        next(stream)  # retry:
+        sent = [store.append(room, room, "message").id for room in "abcba"]
+        tailer.poke()
+        wanted = [message_id for message_id, room in zip(sent, "abcba", strict=True) if room != "c"]
+        with gevent.Timeout(5):
+            while received.count(b"id: ") < len(wanted):
+                received += next(stream)
+    finally:
+        stream.close()
+        tailer.stop()
+        gevent.sleep(0)
+        store.close()
+    assert [line[4:].decode() for line in received.split(b"\n") if line.startswith(b"id: ")] == wanted
+    assert hub.stream_count == 0 and hub.subscribers("a") == 0

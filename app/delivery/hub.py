@@ -45,11 +45,11 @@ class ReaderStalled(ConnectionResetError):
 class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
-    __slots__ = ("room", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
+    __slots__ = ("rooms", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
                  "heartbeat_due", "stalled", "last_sent", "writing_since", "greenlet")
 
-    def __init__(self, room: str, limit: int) -> None:
-        self.room = room
+    def __init__(self, rooms: tuple[str, ...], limit: int) -> None:
+        self.rooms = rooms
         self.limit = limit
         self._items: list[Entry] = []
         self._waiter: Waiter | None = None
@@ -110,7 +110,12 @@ def _switch_all(waiters: list[Waiter]) -> None:
 
 
 class Hub:
-    """Routes live events of this worker to the subscriptions of their room."""
+    """Routes live events of this worker to the subscriptions of their room.
+
+    A subscription may follow several rooms: it sits in each room's set, and
+    since a publish walks its entries in store order, its queue receives them
+    in store order whatever their rooms.
+    """
 
     def __init__(self, queue_limit: int, heartbeat_seconds: float = 15.0, write_timeout_seconds: float = 30.0) -> None:
         self.queue_limit = queue_limit
@@ -119,32 +124,43 @@ class Hub:
         # Often enough that a heartbeat is never more than a quarter late.
         self.sweep_interval = min(1.0, heartbeat_seconds / 4)
         self._rooms: dict[str, set[Subscription]] = {}
+        self._subscriptions: set[Subscription] = set()
         self._sweeper: gevent.Greenlet | None = None
         self.delivered = 0  # events written to clients since the last sweep
         self.closed = False  # close_all() was called: the worker is shutting down
 
     @property
     def stream_count(self) -> int:
-        return sum(len(subs) for subs in self._rooms.values())
+        return len(self._subscriptions)
 
-    def subscribe(self, room: str) -> Subscription:
-        """Register the calling greenlet's stream for a room's live events."""
-        subscription = Subscription(room, self.queue_limit)
+    def subscribers(self, room: str) -> int:
+        """Return how many of this worker's streams follow ``room``."""
+        return len(self._rooms.get(room, ()))
+
+    def subscribe(self, rooms: tuple[str, ...]) -> Subscription:
+        """Register the calling greenlet's stream for the live events of some rooms."""
+        subscription = Subscription(rooms, self.queue_limit)
         # A stream that joins after shutdown began ends as the others did.
         subscription.closing = self.closed
-        self._rooms.setdefault(room, set()).add(subscription)
+        for room in rooms:
+            self._rooms.setdefault(room, set()).add(subscription)
+        self._subscriptions.add(subscription)
         SUBSCRIPTIONS.inc()
         if self._sweeper is None or self._sweeper.dead:
             self._sweeper = gevent.spawn(self._sweep_forever)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        subs = self._rooms.get(subscription.room)
-        if subs is not None and subscription in subs:
-            subs.discard(subscription)
-            SUBSCRIPTIONS.dec()
-            if not subs:
-                del self._rooms[subscription.room]
+        if subscription not in self._subscriptions:
+            return
+        self._subscriptions.discard(subscription)
+        SUBSCRIPTIONS.dec()
+        for room in subscription.rooms:
+            subs = self._rooms.get(room)
+            if subs is not None:
+                subs.discard(subscription)
+                if not subs:
+                    del self._rooms[room]
 
     def publish(self, entries: Iterable[Entry]) -> int:
         """Queue each entry for its room's subscribers and wake them; return the deliveries queued."""
@@ -165,10 +181,9 @@ class Hub:
         return queued
 
     def _flag_all(self, flag: str) -> None:
-        for subs in self._rooms.values():
-            for subscription in subs:
-                setattr(subscription, flag, True)
-                subscription.wake()
+        for subscription in self._subscriptions:
+            setattr(subscription, flag, True)
+            subscription.wake()
 
     def resync_all(self) -> None:
         """Make every stream re-read from the store after its own last event."""
@@ -181,19 +196,18 @@ class Hub:
 
     def sweep(self, now: float) -> None:
         """Wake silent streams for a heartbeat, reset stalled writers, flush delivery counts."""
-        for subs in list(self._rooms.values()):
-            for subscription in list(subs):
-                if subscription.writing_since is not None:
-                    if now - subscription.writing_since > self.write_timeout_seconds and not subscription.stalled:
-                        subscription.stalled = True
-                        STREAMS_DROPPED.labels(DROP_STALLED).inc()
-                        # Raised inside the blocked write; scheduled through the hub
-                        # so this greenlet carries on with the sweep.
-                        gevent.kill(subscription.greenlet, ReaderStalled(
-                            errno.ECONNRESET, f"no write progress for {self.write_timeout_seconds:g}s"))
-                elif now - subscription.last_sent >= self.heartbeat_seconds:
-                    subscription.heartbeat_due = True
-                    subscription.wake()
+        for subscription in list(self._subscriptions):
+            if subscription.writing_since is not None:
+                if now - subscription.writing_since > self.write_timeout_seconds and not subscription.stalled:
+                    subscription.stalled = True
+                    STREAMS_DROPPED.labels(DROP_STALLED).inc()
+                    # Raised inside the blocked write; scheduled through the hub
+                    # so this greenlet carries on with the sweep.
+                    gevent.kill(subscription.greenlet, ReaderStalled(
+                        errno.ECONNRESET, f"no write progress for {self.write_timeout_seconds:g}s"))
+            elif now - subscription.last_sent >= self.heartbeat_seconds:
+                subscription.heartbeat_due = True
+                subscription.wake()
         if self.delivered:
             EVENTS_DELIVERED.inc(self.delivered)
             self.delivered = 0

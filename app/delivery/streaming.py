@@ -57,9 +57,9 @@ class _Outcome:
     ended_by: str = "client gone"
 
 
-def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
+def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
                    settings: StreamSettings, client_socket: socket.socket | None = None) -> Iterator[bytes]:
-    """Yield the bytes of one room's stream, resuming after ``last_id``."""
+    """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``."""
     started = time.monotonic()
     outcome = _Outcome()
     try:
@@ -86,8 +86,8 @@ def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub, 
                 if not window.ready.is_set():
                     continue  # the tailer lost its place meanwhile: wait for the window again
             # No yield between these two lines: the exact hand-over.
-            backlog = window.backlog(room, last_id)
-            subscription = hub.subscribe(room)
+            backlog = window.backlog(rooms, last_id)
+            subscription = hub.subscribe(rooms)
             watcher = _watch_for_close(client_socket, subscription)
             try:
                 chunk, count, last_id = _backlog_bytes(backlog, last_id)
@@ -114,7 +114,7 @@ def message_stream(room: str, last_id: str | None, *, window: Window, hub: Hub, 
                 hub.unsubscribe(subscription)
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
-                 room, time.monotonic() - started, outcome.events, outcome.ended_by)
+                 ",".join(rooms), time.monotonic() - started, outcome.events, outcome.ended_by)
 
 
 def _wait_for_tailer(last_id: str, window: Window, store: MessageStore, heartbeat_seconds: float,

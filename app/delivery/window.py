@@ -29,11 +29,12 @@ warms again) joins wait for it.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import gevent
@@ -90,6 +91,10 @@ class _RoomLog:
 
     def after(self, position: int) -> list[Entry]:
         return self.entries[bisect_right(self.positions, position, self.head):]
+
+
+def _position(entry: Entry) -> int:
+    return entry.position
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,23 +163,27 @@ class Window:
         if not room:
             del self._rooms[entry.room]
 
-    def backlog(self, room: str, after_id: str | None, limit: int | None = None) -> Backlog:
-        """Return the room's entries after ``after_id`` (None: all), or all with a reset reason.
+    def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> Backlog:
+        """Return the rooms' entries after ``after_id`` (None: all) in store order, or all with a reset reason.
 
+        One id resumes any set of rooms: positions are one order across rooms.
         Only call once ``ready`` is set: before that a miss proves nothing.
         """
-        log = self._rooms.get(room)
         reason = None
         position = -1
         if after_id is not None:
             entry = self._by_id.get(after_id)
             if entry is None:
                 reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
-            elif entry.room != room:
+            elif entry.room not in rooms:
                 reason = f"last event id {after_id!r} belongs to another room"
             else:
                 position = entry.position
-        entries = [] if log is None else log.after(position)
+        parts = [log.after(position) for log in map(self._rooms.get, rooms) if log is not None]
+        if len(parts) == 1:
+            entries = parts[0]
+        else:
+            entries = list(heapq.merge(*parts, key=_position))
         return Backlog(entries if limit is None else entries[:limit], reason)
 
     def holds(self, message_id: str) -> bool:

@@ -12,7 +12,7 @@ from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HIST
 from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .errors import ApiError
-from .schemas import ROOM_RULE, MessageIn, valid_room
+from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
 
@@ -42,11 +42,16 @@ def _read_json_object() -> object:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
 
 
-def _query_room() -> str:
-    room = request.args.get("room")
-    if not valid_room(room):
-        raise ApiError(400, f"query parameter room must be {ROOM_RULE}", {"room": ["invalid or missing"]})
-    return room
+def _query_rooms() -> tuple[str, ...]:
+    """Return the distinct rooms of the repeated ``room`` parameter, in the order given."""
+    rooms = tuple(dict.fromkeys(request.args.getlist("room")))
+    if not rooms or not all(map(valid_room, rooms)):
+        raise ApiError(400, f"query parameter room must be {ROOM_RULE} (repeat it for several rooms)",
+                       {"room": ["invalid or missing"]})
+    if len(rooms) > MAX_ROOMS_PER_REQUEST:
+        raise ApiError(400, f"at most {MAX_ROOMS_PER_REQUEST} distinct rooms per request, got {len(rooms)}",
+                       {"room": ["too many"]})
+    return rooms
 
 
 @bp.post("/messages")
@@ -79,7 +84,7 @@ def publish() -> tuple[Response, int]:
 @bp.get("/messages")
 def stream() -> Response:
     svc = services()
-    room = _query_room()
+    rooms = _query_rooms()
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
     header, query = request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
@@ -94,7 +99,7 @@ def stream() -> Response:
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
     body = message_stream(
-        room, last_id, window=svc.window, hub=svc.hub, store=svc.store,
+        rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
         settings=StreamSettings(retry_ms=svc.settings.retry_ms),
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
     )
@@ -123,7 +128,7 @@ def _window_has_everything(svc) -> bool:
 @bp.get("/messages/history")
 def history() -> Response:
     svc = services()
-    room = _query_room()
+    rooms = _query_rooms()
     try:
         limit = int(request.args.get("limit", HISTORY_DEFAULT_LIMIT))
     except ValueError:
@@ -137,15 +142,16 @@ def history() -> Response:
     STORE_QUERIES.labels(QUERY_HISTORY).inc()
     try:
         if _window_has_everything(svc):
-            backlog = svc.window.backlog(room, after, limit + 1)
+            backlog = svc.window.backlog(rooms, after, limit + 1)
             messages, reset_reason = [entry.to_json() for entry in backlog.entries], backlog.reset_reason
         else:
-            stored = svc.store.read_room(room, after_id=after, limit=limit + 1)
+            stored = svc.store.read_rooms(rooms, after_id=after, limit=limit + 1)
             messages, reset_reason = [message.to_json() for message in stored.messages], stored.reset_reason
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "history") from None
     return jsonify({
-        "room": room,
+        "room": rooms[0],  # the first asked for (the only one, usually)
+        "rooms": list(rooms),
         "messages": messages[:limit],
         "reset": reset_reason,
         "hasMore": len(messages) > limit,

@@ -21,7 +21,7 @@ bp = Blueprint("openapi", __name__)
 OPENAPI_VERSION = "3.0.3"
 SSE_DESCRIPTION = """\
 An endless `text/event-stream` (Server-Sent Events). It opens with a `retry:` line,
-then the room's stored messages after the resume point, then live ones. Each message
+then the rooms' stored messages after the resume point, then live ones, all in one store order. Each message
 is one event: `id:` is the message id, `event:` its type (left out for `message`),
 and a single `data:` line holds the message JSON (as in the POST reply). A resume id
 that is unknown, evicted or from another room gives `event: reset` (data
@@ -93,7 +93,7 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
 
 def _stream() -> dict[str, Any]:
     return {
-        "summary": "Follow a room as Server-Sent Events",
+        "summary": "Follow one or more rooms as Server-Sent Events",
         "parameters": [
             {"in": "query", "schema": StreamQuery},
             {"in": "header", "name": "Last-Event-ID", "required": False,
@@ -113,7 +113,7 @@ def _stream() -> dict[str, Any]:
 
 def _history() -> dict[str, Any]:
     return {
-        "summary": "Read a room's stored messages as JSON, oldest first",
+        "summary": "Read the stored messages of one or more rooms as JSON, oldest first",
         "parameters": [{"in": "query", "schema": HistoryQuery}],
         "responses": {
             "200": {"description": "A page of messages",

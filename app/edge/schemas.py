@@ -104,17 +104,28 @@ class ErrorOut(Schema):
 class HistoryOut(Schema):
     """The body of ``GET /messages/history``."""
 
-    room = fields.String(required=True)
+    room = fields.String(required=True, metadata={"description": "The first room asked for"})
+    rooms = fields.List(fields.String(), required=True, metadata={"description": "Every room asked for"})
     messages = fields.List(fields.Nested(MessageOut), required=True)
     reset = fields.String(required=True, allow_none=True,
                           metadata={"description": "Why `after` was not found (the page starts at the oldest)"})
     hasMore = fields.Boolean(required=True)
 
 
-class RoomQuery(Schema):
-    """The room every read names in its query string."""
+# One stream or history read can name this many distinct rooms: enough for a
+# chat client's sidebar, few enough that the query string stays far below
+# gunicorn's 4 KB request line.
+MAX_ROOMS_PER_REQUEST = 32
 
-    room = fields.String(required=True, metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+
+class RoomQuery(Schema):
+    """The rooms every read names in its query string: ``room`` repeated (``?room=a&room=b``)."""
+
+    room = fields.List(
+        fields.String(metadata={"pattern": json_schema_pattern(ROOM_PATTERN)}), required=True,
+        metadata={"minItems": 1, "maxItems": MAX_ROOMS_PER_REQUEST,
+                  "description": f"1 to {MAX_ROOMS_PER_REQUEST} distinct rooms (a repeated one counts once); "
+                                 f"messages of all of them arrive in one store order"})
 
 
 class StreamQuery(RoomQuery):

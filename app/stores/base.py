@@ -13,7 +13,7 @@ store itself committed them in) and offers three things:
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -94,6 +94,9 @@ class MessageStore(Protocol):
     def append(self, room: str, text: str, event: str) -> Message: ...
 
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
+
+    def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return several rooms' messages after ``after_id``, merged in store order (read_room for many)."""
 
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import gevent
@@ -160,17 +160,22 @@ class MongoStore:
     # -- reading ---------------------------------------------------------------
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the room's messages after ``after_id`` in natural order, or all with a reset reason."""
+        return self.read_rooms((room,), after_id, limit)
+
+    def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return the rooms' messages after ``after_id`` in natural order, or all with a reset reason."""
         self.prepare()
         target = None
         if after_id is not None:
             if not ObjectId.is_valid(after_id):
-                return self._read_all(room, limit, f"last event id {after_id!r} was not issued by this store")
+                return self._read_all(rooms, limit, f"last event id {after_id!r} was not issued by this store")
             target = ObjectId(after_id)
+        query = {"room": rooms[0]} if len(rooms) == 1 else {"room": {"$in": list(rooms)}}
         before: list[Message] = []
         after: list[Message] = []
         found = target is None
         try:
-            for doc in self.collection.find({"room": room}, _FIELDS).sort("$natural", 1):
+            for doc in self.collection.find(query, _FIELDS).sort("$natural", 1):
                 if found:
                     after.append(self._message(doc))
                     if limit is not None and len(after) >= limit:
@@ -186,8 +191,8 @@ class MongoStore:
         reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
         return Backlog(before[:limit], reason)
 
-    def _read_all(self, room: str, limit: int | None, reason: str) -> Backlog:
-        backlog = self.read_room(room, None, limit)
+    def _read_all(self, rooms: Sequence[str], limit: int | None, reason: str) -> Backlog:
+        backlog = self.read_rooms(rooms, None, limit)
         return Backlog(backlog.messages, reason)
 
     def ping(self) -> None:

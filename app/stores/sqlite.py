@@ -27,7 +27,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import gevent.event
@@ -231,23 +231,28 @@ class SQLiteStore:
 
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the room's messages after ``after_id`` in seq order, or all with a reset reason."""
+        return self.read_rooms((room,), after_id, limit)
+
+    def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return the rooms' messages after ``after_id`` in seq order, or all with a reset reason."""
         sql_limit = -1 if limit is None else limit
         reset_reason = None
         after_seq = 0
         if after_id is not None:
-            after_seq, reset_reason = self._resume_point(room, after_id)
+            after_seq, reset_reason = self._resume_point(rooms, after_id)
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (room, after_seq, sql_limit),
+            f"SELECT {_COLUMNS} FROM messages WHERE room IN ({', '.join('?' * len(rooms))}) AND seq > ? "
+            f"ORDER BY seq LIMIT ?",
+            (*rooms, after_seq, sql_limit),
         )
         return Backlog([self._message(row) for row in rows], reset_reason)
 
-    def _resume_point(self, room: str, after_id: str) -> tuple[int, str | None]:
+    def _resume_point(self, rooms: Sequence[str], after_id: str) -> tuple[int, str | None]:
         seq = self._seq_of(after_id)
         if seq is None:
             return 0, f"last event id {after_id!r} was not issued by this store"
         found = self._query("SELECT room FROM messages WHERE seq = ?", (seq,))
-        if found and found[0][0] == room:
+        if found and found[0][0] in rooms:
             return seq, None
         if found:
             return 0, f"last event id {after_id!r} belongs to another room"

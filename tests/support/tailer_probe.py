@@ -24,7 +24,7 @@ def main(uri: str, room: str, count: int, seconds: float) -> None:
     """Print what one room's subscription receives from the tailer."""
     store = MongoStore(uri, "sse", max_bytes=65_536, max_messages=1000, await_ms=200)
     hub = Hub(queue_limit=1000, heartbeat_seconds=0.2)  # wakes the loop below in silence
-    subscription = hub.subscribe(room)
+    subscription = hub.subscribe((room,))
     tailer = Tailer(store, Window(1000, 65_536), hub, backoff_initial=0.05, backoff_max=0.5)
     tailer.ensure_running()
     deadline = time.monotonic() + seconds
