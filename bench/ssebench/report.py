@@ -290,8 +290,14 @@ def write_report(
     lines = [
         f"# SSE benchmark, {started}",
         "",
-        f"Mode: **{plan.mode}** ({plan.repeats} repetition{'s' if plan.repeats > 1 else ''} per system,"
-        f" medians shown; lost/dup are totals over all repetitions). Wall time: {elapsed_s / 60:.1f} min.",
+        (
+            f"Mode: **{plan.mode}** ({plan.repeats} repetition{'s' if plan.repeats > 1 else ''} per system,"
+            " medians shown; lost/dup are totals over all repetitions"
+            + ("; the reconnect storm runs once per system)." if storms else ").")
+            if results
+            else f"Mode: **{plan.mode}**, the reconnect storm only (it runs once per system)."
+        )
+        + f" Wall time: {elapsed_s / 60:.1f} min.",
         f"Produced by `{command}`.",
         "",
         "## Machine",

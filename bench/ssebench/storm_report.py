@@ -105,6 +105,10 @@ def _details(name: str, storm: dict[str, Any]) -> list[str]:
         f" {storm['resets']:,} reset events."
     )
     survivors = storm.get("survivor_latency")
+    stayed = storm["streams_recorded"] - storm["never_connected"] - storm["dropped"]
+    if survivors and not survivors["count"] and stayed:
+        out.append(f"{name}: the {stayed:,} streams that stayed connected received **none** of the"
+                   " messages published from the kill on.")
     if survivors and survivors["count"]:
         out.append(
             f"{name}: streams that stayed connected, delivery latency of the messages published from"

@@ -162,6 +162,12 @@ class OurServerOnMongo(OurServer):
         " query and its cost are FerretDB's (a room's read scans the whole collection)."
         " FerretDB trims a capped collection in the background (every minute, by default),"
         " so the window can hold more than CAPPED_MAX_MESSAGES for a while.",
+        "FerretDB 1.24.2's tailable cursor (SQLite backend), which each worker's tailer reads,"
+        " sends again on every getMore each document inserted since the cursor reached the end,"
+        " and a getMore on a 10,000-document collection takes seconds (a probe with pymongo:"
+        " 5 inserts 2 s apart came back 59 times in 25 s on 2,000 documents; on 10,000 the"
+        " first new document took 7 s). Live delivery on this row is bound by that, not by our"
+        " server's resume path.",
     )
 
     def __init__(self, repo_root: Path) -> None:
