@@ -37,7 +37,7 @@ class Settings:
     stream_write_timeout_seconds: float = 30.0
     sqlite_poll_ms: int = 10
     log_level: str = "info"
-    # Access (see README "Security settings"): empty means off.
+    # Access (see docs/security.md): empty means off.
     publish_token: str | None = None
     publish_rate: str | None = None
     cors_origins: tuple[str, ...] = ()

@@ -4,8 +4,8 @@ Every test runs twice through ``store_env``: ``[sqlite]`` and ``[mongodb]``
 (a real mongod where MONGODB_URI is set, else FerretDB 1.24.2 standing in).
 The behaviour asserted is the same on both. Where FerretDB cannot give what
 MongoDB gives, the test makes room for it on FerretDB only and says why next
-to it (``FERRETDB:``); the differences are listed in the README, "Running
-against MongoDB".
+to it (``FERRETDB:``); the differences are listed in docs/testing.md,
+"FerretDB as a stand-in for MongoDB".
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ OUR_METRICS = {
 }
 
 
-# Label values known before anything happens, as the README's metrics table lists them.
+# Label values known before anything happens, as the metrics table in docs/operations.md lists them.
 KNOWN_LABELS = {
     "sse_streams_dropped": {"reason": {"slow", "stalled", "limit"}},
     "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready"}},

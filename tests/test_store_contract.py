@@ -4,7 +4,7 @@ SQLite runs always. MongoDB runs against the server of the ``mongodb_server``
 fixture: MONGODB_URI when set (the GitHub workflow provides a real mongod),
 else FerretDB, a MongoDB wire-protocol server on SQLite standing in for it, else
 it is skipped with the reason. Where FerretDB differs from MongoDB the tests say
-so next to what they do about it (see also README, "Running against MongoDB").
+so next to what they do about it (see also docs/testing.md, "FerretDB as a stand-in for MongoDB").
 """
 from __future__ import annotations
 

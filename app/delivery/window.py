@@ -136,7 +136,7 @@ class Window:
         for position, message in batch:
             if message.id in self._by_id:
                 # Natural order never repeats a document, but a store may re-send
-                # one (FerretDB 1.24 does, see README): never deliver it twice.
+                # one (FerretDB 1.24 does, see docs/testing.md): never deliver it twice.
                 continue
             entry = Entry(position, message.id, message.room, message_event(message),
                           stored_size(message.room, message.text, message.event))

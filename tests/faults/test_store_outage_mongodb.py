@@ -162,7 +162,7 @@ def test_an_insert_that_may_have_landed_is_answered_as_unconfirmed_with_its_id(s
     commit); every retry -- PyMongo's own retryable write and the app's retry
     with the same _id -- finds no server. The app cannot know whether the first
     attempt landed. It used to answer a plain 503, which a client reads as "not
-    stored" (README, Guarantees); now the 503 says the write is unconfirmed and
+    stored" (docs/operations.md, Guarantees); now the 503 says the write is unconfirmed and
     names the id to look for.
     """
     fake = FakeCappedCollection(max_messages=1000)

@@ -1,8 +1,8 @@
 """FerretDB on a free loopback port: a MongoDB wire-protocol server the tests can start, kill and restart.
 
 FerretDB (v1.24.2, SQLite backend) stands in for MongoDB where no mongod can be
-installed. It is *not* MongoDB; the differences the tests meet are listed in the
-README ("Running against MongoDB"). `.ci/ferretdb-build` builds the binary into a
+installed. It is *not* MongoDB; the differences the tests meet are listed in
+docs/testing.md ("FerretDB as a stand-in for MongoDB"). `.ci/ferretdb-build` builds the binary into a
 cache outside the repository; every instance keeps its data in its own
 directory (a pytest temp dir), so nothing lands in the work tree.
 """
