@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 from app.config import Settings
 from app.stores import open_store
@@ -72,6 +74,24 @@ def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(start
           f"A -> B delay as a person would see it: {delay_b * 1000:.0f} ms")
     assert page_a.texts() == page_b.texts() == ["hello from A"]
     assert page_a.send_error() == ""
+
+
+def test_one_page_follows_several_rooms_in_one_stream_in_store_order(start_server, store_env, open_page):
+    """Several rooms, one EventSource: each message shows its room; other rooms stay out; sends pick a room."""
+    server = start_server(**store_env)
+    page = open_page(server, "north", query="&room=south")
+    sent = [server.publish(room, f"{room} {n}")["id"] for n, room in enumerate(["north", "south", "east", "north"])]
+    wanted = [sent[0], sent[1], sent[3]]
+    wait_for(lambda: page.ids() == wanted, 5.0, "the page did not show north and south in store order")
+    assert page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages .room'), e => e.textContent)") == [
+        "#north", "#south", "#north"]
+    sources = page.event_source_states()
+    assert len(sources) == 1 and "room=north&room=south" in sources[0][0]  # one connection for both
+    Select(page.driver.find_element(By.ID, "send-room")).select_by_value("south")
+    page.send("from the page")
+    wait_for(lambda: "from the page" in page.texts(), 2.0, "the page's own message did not come back")
+    assert server.history("south")[-1]["text"] == "from the page"
 
 
 def test_markup_in_a_message_is_shown_as_literal_text(live_server, open_page):

@@ -53,15 +53,16 @@ def test_page_has_no_inline_script_style_or_handlers(client):
     assert [script.get("src") for script in page.scripts] == ["/static/demo.js"]
 
 
-@pytest.mark.parametrize("query, room", [
+@pytest.mark.parametrize("query, rooms", [
     ("", "lobby"),
     ("?room=kitchen", "kitchen"),
     ("?room=a.b_c-9", "a.b_c-9"),
-], ids=["default", "named", "every-allowed-character"])
-def test_page_follows_the_room_in_the_url(client, query, room):
+    ("?room=kitchen&room=garden&room=kitchen", "kitchen,garden"),
+], ids=["default", "named", "every-allowed-character", "several"])
+def test_page_follows_the_rooms_in_the_url(client, query, rooms):
     page = _inventory(client.get("/" + query).get_data(as_text=True))
 
-    assert page.body["data-room"] == room
+    assert page.body["data-rooms"] == rooms
 
 
 @pytest.mark.parametrize("bad", ['"><script>alert(1)</script>', "has space", "x" * 65],
@@ -71,8 +72,8 @@ def test_page_falls_back_to_the_default_room_and_says_why(client, bad):
     html = reply.get_data(as_text=True)
 
     assert reply.status_code == 200
-    assert _inventory(html).body["data-room"] == "lobby"
-    assert "room must be" in html
+    assert _inventory(html).body["data-rooms"] == "lobby"
+    assert "rooms must be" in html
     assert "<script>alert" not in html
 
 

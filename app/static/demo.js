@@ -1,4 +1,4 @@
-// The demo page: follow one room with EventSource, send with fetch.
+// The demo page: follow one or more rooms with one EventSource, send with fetch.
 // No framework and no build step; loaded with `defer`, so the DOM is ready.
 // Message text only ever reaches the page through textContent, never as HTML.
 "use strict";
@@ -21,6 +21,7 @@ const ui = {
   list: $("messages"),
   sendForm: $("send-form"),
   sendButton: document.querySelector("#send-form button[type=submit]"),
+  sendRoom: $("send-room"),
   text: $("text"),
   eventType: $("event-type"),
   sendError: $("send-error"),
@@ -34,24 +35,35 @@ const listenedTypes = new Set(
   (new URLSearchParams(location.search).get("types") || "").split(",").map((t) => t.trim()).filter(Boolean),
 );
 
-let current = null; // { room, source, lastEventId, timer, failures }
+let current = null; // { rooms, source, lastEventId, timer, failures }
 
 // -- connection ---------------------------------------------------------------
 
-function follow(room) {
+// "a, b ,c" -> ["a", "b", "c"], each once.
+function parseRooms(text) {
+  return [...new Set(text.split(",").map((room) => room.trim()).filter(Boolean))];
+}
+
+function follow(rooms) {
   close();
-  current = { room, source: null, lastEventId: null, timer: null, failures: 0 };
+  current = { rooms, source: null, lastEventId: null, timer: null, failures: 0 };
   ui.list.replaceChildren();
   ui.empty.hidden = false;
-  ui.roomName.textContent = `#${room}`;
-  ui.roomInput.value = room;
-  document.title = `#${room} · SSE rooms`;
+  const names = rooms.map((room) => `#${room}`).join(", ");
+  ui.roomName.textContent = names;
+  ui.roomInput.value = rooms.join(", ");
+  document.title = `${names} · SSE rooms`;
+  ui.sendRoom.replaceChildren(...rooms.map((room) => new Option(`#${room}`, room)));
+  ui.sendRoom.hidden = rooms.length < 2;
   hide(ui.notice);
   open(current);
 }
 
 function open(follower) {
-  const params = new URLSearchParams({ room: follower.room });
+  // One stream for every room: one connection whatever their number, and
+  // one Last-Event-ID resumes them all.
+  const params = new URLSearchParams();
+  for (const room of follower.rooms) params.append("room", room);
   // A fresh EventSource forgets the last id; the query parameter carries it.
   if (follower.lastEventId) params.set("lastEventId", follower.lastEventId);
   const source = new EventSource(`/messages?${params}`);
@@ -124,10 +136,10 @@ function parse(data) {
 function onMessage(follower, event) {
   if (follower !== current) return;
   const message = parse(event.data);
-  if (!message || message.room !== follower.room) return;
+  if (!message || !follower.rooms.includes(message.room)) return;
   follower.lastEventId = event.lastEventId || follower.lastEventId;
   if (ui.state.dataset.state !== "live") setState("live");
-  show(message);
+  show(message, follower.rooms.length > 1);
 }
 
 function onReset(follower, event) {
@@ -135,7 +147,7 @@ function onReset(follower, event) {
   const data = parse(event.data);
   if (!data || typeof data.reason !== "string") return;
   // The server could not resume from our last id; what follows is a full
-  // replay of the room, so start the list again from it.
+  // replay of the rooms, so start the list again from it.
   follower.lastEventId = null;
   ui.list.replaceChildren();
   ui.empty.hidden = false;
@@ -143,16 +155,24 @@ function onReset(follower, event) {
   ui.notice.hidden = false;
 }
 
-function show(message) {
+function show(message, withRoom) {
   const item = document.createElement("li");
   item.className = "message";
   item.dataset.id = message.id;
+  item.dataset.room = message.room;
 
   const time = document.createElement("time");
   time.dateTime = message.createdAt;
   const created = new Date(message.createdAt);
   time.textContent = Number.isNaN(created.getTime()) ? "" : timeFormat.format(created);
   item.append(time);
+
+  if (withRoom) {
+    const room = document.createElement("span");
+    room.className = "room";
+    room.textContent = `#${message.room}`;
+    item.append(room);
+  }
 
   if (message.event && message.event !== DEFAULT_EVENT) {
     const type = document.createElement("span");
@@ -176,7 +196,7 @@ function show(message) {
 // -- sending ------------------------------------------------------------------
 
 async function send() {
-  const body = { room: current.room, text: ui.text.value };
+  const body = { room: ui.sendRoom.value || current.rooms[0], text: ui.text.value };
   const type = ui.eventType.value.trim();
   if (type) {
     body.event = type;
@@ -226,30 +246,30 @@ function hide(element) {
   element.textContent = "";
 }
 
-function roomUrl(room) {
+function roomsUrl(rooms) {
   const url = new URL(location.href);
-  url.searchParams.set("room", room);
+  url.searchParams.delete("room");
+  for (const room of rooms) url.searchParams.append("room", room);
   return url;
 }
 
 ui.roomForm.addEventListener("submit", (event) => {
   event.preventDefault();
-  const room = ui.roomInput.value.trim();
-  ui.roomInput.value = room;
   if (!ui.roomInput.checkValidity()) {
-    showError(ui.roomError, "A room name is 1-64 characters from A-Z a-z 0-9 _ . -");
+    showError(ui.roomError, "Rooms are 1-64 characters from A-Z a-z 0-9 _ . -, separated by commas (at most 32)");
     return;
   }
+  const rooms = parseRooms(ui.roomInput.value);
   hide(ui.roomError);
-  if (current && room === current.room) return;
-  history.pushState({ room }, "", roomUrl(room));
-  follow(room);
+  if (current && rooms.join() === current.rooms.join()) return;
+  history.pushState({ rooms }, "", roomsUrl(rooms));
+  follow(rooms);
 });
 
 window.addEventListener("popstate", () => {
-  const room = new URLSearchParams(location.search).get("room") || document.body.dataset.room;
-  ui.roomInput.value = room;
-  if (ui.roomInput.checkValidity()) follow(room);
+  const asked = new URLSearchParams(location.search).getAll("room");
+  ui.roomInput.value = (asked.length ? asked : document.body.dataset.rooms.split(",")).join(", ");
+  if (ui.roomInput.checkValidity()) follow(parseRooms(ui.roomInput.value));
 });
 
 ui.toggle.addEventListener("click", () => {
@@ -274,4 +294,4 @@ ui.text.addEventListener("keydown", (event) => {
   }
 });
 
-follow(document.body.dataset.room);
+follow(document.body.dataset.rooms.split(","));

@@ -27,6 +27,11 @@ class LiveServer:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = int(env.get("PORT") or free_port())
         self.env = {**os.environ, "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2", **env, "PORT": str(self.port)}
+        # Beside the log, not a fresh /tmp directory per start: tests kill gunicorn
+        # with SIGKILL, so its own on_exit clean-up never runs.
+        metrics_dir = log_path.with_name(log_path.stem + "-metrics")
+        metrics_dir.mkdir(exist_ok=True)
+        self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -79,6 +84,11 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def history(self, room: str) -> list[dict]:
+        reply = requests.get(self.url + "/messages/history", params={"room": room, "limit": 1000}, timeout=5)
+        reply.raise_for_status()
+        return reply.json()["messages"]
 
     def publish(self, room: str, text: str, **extra: str) -> dict:
         reply = requests.post(self.url + "/messages", json={"room": room, "text": text, **extra}, timeout=5)
