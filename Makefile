@@ -7,18 +7,31 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps ferretdb-build ferretdb run test screenshot lint bench clean
+.PHONY: help install lock system-deps ferretdb-build ferretdb run test screenshot lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): setup.cfg
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+# requirements.lock pins the whole tree (with hashes) that `make test` ran against; setup.cfg keeps
+# the compatible ranges it is resolved from. The project itself is installed on top, without deps,
+# built with the locked setuptools (no build isolation), so nothing unpinned is fetched.
+LOCK := requirements.lock
+LOCK_FLAGS := --quiet --extra=test --extra=dev --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links
+
+$(STAMP): setup.cfg $(LOCK)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/pip check || { echo "$(LOCK) does not satisfy setup.cfg: run 'make lock' and commit $(LOCK)" >&2; exit 1; }
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the server and test dependencies
+install: $(STAMP) ## Create .venv and install exactly the versions in requirements.lock, then the server
+
+# Not `lock: install`: after setup.cfg gains a dependency, install fails until the lock has it.
+lock: ## Re-resolve requirements.lock from setup.cfg (keeps pins; LOCK_ARGS=--upgrade bumps them all)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r $(LOCK)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --output-file=$(LOCK) setup.cfg
 
 system-deps: ## Install the Debian packages the tests drive (needs root)
 	bash .ci/system-deps
