@@ -11,8 +11,9 @@ Cost per delivery is what makes broadcast fast, so the hot path is lean:
 * nothing on that path arms a timer: one *sweeper* greenlet per worker visits
   every subscription a few times per heartbeat interval, to wake the silent
   ones for a heartbeat, to reset the connection of a stream whose write has
-  made no progress for ``write_timeout`` (a reader that stopped reading), and
-  to add up the deliveries into the metrics once per visit.
+  made no progress for ``write_timeout`` (a reader that stopped reading), to
+  end a stream whose token expired (``expires_at``: a second late at most),
+  and to add up the deliveries into the metrics once per visit.
 
 A subscription's queue is bounded: a reader that falls ``queue_limit`` events
 behind is marked ``overflowed`` and its stream ends. It loses nothing -- the
@@ -46,9 +47,9 @@ class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
     __slots__ = ("rooms", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
-                 "heartbeat_due", "stalled", "last_sent", "writing_since", "greenlet")
+                 "heartbeat_due", "stalled", "last_sent", "writing_since", "greenlet", "expires_at", "expired")
 
-    def __init__(self, rooms: tuple[str, ...], limit: int) -> None:
+    def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None) -> None:
         self.rooms = rooms
         self.limit = limit
         self._items: list[Entry] = []
@@ -62,6 +63,8 @@ class Subscription:
         self.last_sent = time.monotonic()
         self.writing_since: float | None = None
         self.greenlet = gevent.getcurrent()
+        self.expires_at = expires_at  # time.monotonic() when the stream's authorization ends
+        self.expired = False  # set by the sweeper at expires_at
 
     def offer(self, event: Entry) -> Waiter | None:
         """Queue an event; return the waiter to wake if the stream is parked."""
@@ -91,7 +94,7 @@ class Subscription:
 
     @property
     def interrupted(self) -> bool:
-        return self.overflowed or self.resync or self.closing or self.gone
+        return self.overflowed or self.resync or self.closing or self.gone or self.expired
 
 
 # Streams woken per hub callback. gevent checks the clock every 50 callbacks
@@ -137,9 +140,13 @@ class Hub:
         """Return how many of this worker's streams follow ``room``."""
         return len(self._rooms.get(room, ()))
 
-    def subscribe(self, rooms: tuple[str, ...]) -> Subscription:
-        """Register the calling greenlet's stream for the live events of some rooms."""
-        subscription = Subscription(rooms, self.queue_limit)
+    def room_counts(self) -> dict[str, int]:
+        """Return how many of this worker's streams follow each room that has any."""
+        return {room: len(subs) for room, subs in self._rooms.items()}
+
+    def subscribe(self, rooms: tuple[str, ...], expires_at: float | None = None) -> Subscription:
+        """Register the calling greenlet's stream for the live events of some rooms, until ``expires_at``."""
+        subscription = Subscription(rooms, self.queue_limit, expires_at)
         # A stream that joins after shutdown began ends as the others did.
         subscription.closing = self.closed
         for room in rooms:
@@ -195,8 +202,12 @@ class Hub:
         self._flag_all("closing")
 
     def sweep(self, now: float) -> None:
-        """Wake silent streams for a heartbeat, reset stalled writers, flush delivery counts."""
+        """Wake silent streams for a heartbeat, reset stalled writers, end expired ones, flush delivery counts."""
         for subscription in list(self._subscriptions):
+            if subscription.expires_at is not None and now >= subscription.expires_at and not subscription.expired:
+                # Ends after its current write, if any: the write deadline still guards that.
+                subscription.expired = True
+                subscription.wake()
             if subscription.writing_since is not None:
                 if now - subscription.writing_since > self.write_timeout_seconds and not subscription.stalled:
                     subscription.stalled = True

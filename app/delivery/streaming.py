@@ -18,6 +18,10 @@ bounded queue (``Subscription.limit``) caps the memory it can hold meanwhile.
 
 When the server can see the client's socket, it also watches it: a client
 that closes its end (FIN) releases its stream at once, not at the next write.
+
+A stream read with a token that expires (``expires_at``, the JWT's ``exp``)
+ends then: the hub's sweeper flags it, so delivery costs nothing more. The
+client's EventSource reconnects and is answered 401 until it has a new token.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from .window import Backlog, Window
 log = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE_COMMENT = b": store unavailable, reconnect later\n\n"
+TOKEN_EXPIRED_COMMENT = b": token expired\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +63,23 @@ class _Outcome:
 
 
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
-                   settings: StreamSettings, client_socket: socket.socket | None = None) -> Iterator[bytes]:
-    """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``."""
+                   settings: StreamSettings, client_socket: socket.socket | None = None,
+                   expires_at: float | None = None) -> Iterator[bytes]:
+    """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
+
+    ``expires_at`` is a Unix time (the token's ``exp``), None for no end.
+    """
     started = time.monotonic()
+    # On the monotonic clock from here on, as the hub's sweeper reads it.
+    deadline = None if expires_at is None else started + (expires_at - time.time())
     outcome = _Outcome()
     try:
         yield retry_line(settings.retry_ms)
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                outcome.ended_by = "token expired"
+                yield TOKEN_EXPIRED_COMMENT
+                return
             if not window.ready.is_set():
                 yield from _wait_for_window(window, hub.heartbeat_seconds, settings.window_wait_seconds)
                 if not window.ready.is_set():
@@ -87,7 +102,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                     continue  # the tailer lost its place meanwhile: wait for the window again
             # No yield between these two lines: the exact hand-over.
             backlog = window.backlog(rooms, last_id)
-            subscription = hub.subscribe(rooms)
+            subscription = hub.subscribe(rooms, deadline)
             watcher = _watch_for_close(client_socket, subscription)
             try:
                 chunk, count, last_id = _backlog_bytes(backlog, last_id)
@@ -102,6 +117,10 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                     outcome.ended_by = "shutdown"
                     # Spread the reconnects of a shutting-down worker's clients.
                     yield retry_line(int(settings.retry_ms * (1 + random.random())))
+                    return
+                if subscription.expired:
+                    outcome.ended_by = "token expired"
+                    yield from _send(TOKEN_EXPIRED_COMMENT, 0, subscription, hub, outcome)  # under the write deadline
                     return
                 if not subscription.resync:
                     # Overflowed: the client resumes from the store on reconnect.
