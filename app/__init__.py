@@ -12,6 +12,7 @@ from .delivery.hub import Hub
 from .delivery.tailer import Tailer
 from .delivery.window import Window
 from .edge.access import init_access
+from .edge.authorization import init_authorization
 from .edge.errors import register_error_handlers
 from .edge.openapi import init_openapi
 from .edge.ratelimit import init_rate_limit
@@ -50,6 +51,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     register_error_handlers(app)
     init_security(app)
     init_access(app, settings)
+    init_authorization(app, settings)
     init_rate_limit(app, settings)  # wraps the token check, so failed attempts count too
     init_openapi(app, settings)
     register_request_log(app)

@@ -42,12 +42,38 @@ class Settings:
     publish_rate: str | None = None
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: int = 0
+    # Private rooms (docs/security.md): either key turns authorization on.
+    auth_jwt_secret: str | None = None
+    auth_jwt_public_key: str | None = None  # PEM
+    public_rooms: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
             # Worst case JSON for the text is 6 bytes a character (\uXXXX),
             # plus room, event and punctuation.
             object.__setattr__(self, "max_body_bytes", 6 * self.max_text_chars + 1024)
+        if self.auth_jwt_secret and self.auth_jwt_public_key:
+            raise ConfigError("AUTH_JWT_SECRET and AUTH_JWT_PUBLIC_KEY are both set: set one of them "
+                              "(a shared secret for HS256, or a public key for RS256/ES256)")
+        if self.public_rooms and not self.authorization:
+            # Without a key every room is public already; whoever set this
+            # believes the other rooms are private, and they would not be.
+            raise ConfigError("PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is: "
+                              "without one of them every room is public")
+
+    @property
+    def authorization(self) -> bool:
+        """Tell whether reading private rooms and publishing need a token (a JWT key is set)."""
+        return bool(self.auth_jwt_secret or self.auth_jwt_public_key)
+
+    @property
+    def auth_jwt_algorithm(self) -> str | None:
+        """Return the one JWT algorithm tokens must use: pinned by the kind of key configured."""
+        if self.auth_jwt_secret:
+            return "HS256"
+        if self.auth_jwt_public_key:
+            return public_key_algorithm(self.auth_jwt_public_key)
+        return None
 
     @property
     def store_kind(self) -> str:
@@ -60,6 +86,10 @@ class Settings:
             summary["mongodb_uri"] = _redact_uri(self.mongodb_uri)
         if self.publish_token:
             summary["publish_token"] = "***"
+        if self.auth_jwt_secret:
+            summary["auth_jwt_secret"] = "***"
+        if self.auth_jwt_public_key:
+            summary["auth_jwt_public_key"] = f"{self.auth_jwt_algorithm} public key"
         return summary
 
     @classmethod
@@ -74,7 +104,7 @@ class Settings:
             try:
                 values[name.lower()] = parse(raw.strip())
             except ValueError as exc:
-                shown = "'***'" if name in _SECRET_VARIABLES else repr(raw)
+                shown = "'***'" if name in _NOT_ECHOED else repr(raw)
                 raise ConfigError(f"{name}={shown} is not valid: {exc}") from None
         return cls(**values)
 
@@ -148,8 +178,63 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.rstrip("/").lower() for origin in origins)
 
 
+MIN_JWT_SECRET_BYTES = 32  # HS256's own output size; shorter secrets can be guessed offline from one token
+MIN_RSA_KEY_BITS = 2048
+
+
+def _jwt_secret(raw: str) -> str:
+    if len(raw.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes (HS256), e.g. "
+                         "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return raw
+
+
+def _pem_public_key(raw: str) -> str:
+    # An .env file often holds the PEM on one line with literal \n escapes.
+    pem = raw.replace("\\n", "\n") if "\n" not in raw else raw
+    if "PRIVATE KEY" in pem:
+        raise ValueError("is a private key: give the server the public key only "
+                         "(openssl pkey -in private.pem -pubout)")
+    public_key_algorithm(pem)
+    return pem + "\n"
+
+
+def public_key_algorithm(pem: str) -> str:
+    """Return RS256 or ES256 for a PEM public key; raise ValueError for anything else."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode("utf-8"))
+    except (ValueError, TypeError):
+        raise ValueError("is not a PEM public key (-----BEGIN PUBLIC KEY----- ...)") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_KEY_BITS:
+            raise ValueError(f"is an RSA key of {key.key_size} bits: at least {MIN_RSA_KEY_BITS} are needed")
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError(f"is an EC key on {key.curve.name}: ES256 needs P-256 (secp256r1)")
+        return "ES256"
+    raise ValueError("must be an RSA (RS256) or P-256 EC (ES256) public key")
+
+
+_ROOM_GLOB = re.compile(r"\A[A-Za-z0-9_.*?\[\]!-]{1,64}\Z")
+
+
+def _room_globs(raw: str) -> tuple[str, ...]:
+    patterns = tuple(filter(None, re.split(r"[\s,]+", raw)))
+    for pattern in patterns:
+        if not _ROOM_GLOB.match(pattern):
+            raise ValueError(f"{pattern!r} is not a room pattern: room characters (A-Z a-z 0-9 _ . -) "
+                             "and the shell wildcards * ? [...]")
+    return patterns
+
+
 # Never echoed back, not even in the start-up error that rejects them.
-_SECRET_VARIABLES = frozenset({"PUBLISH_TOKEN"})
+_SECRET_VARIABLES = frozenset({"PUBLISH_TOKEN", "AUTH_JWT_SECRET"})
+# Not secret, but a page of PEM says nothing a sentence would not.
+_NOT_ECHOED = _SECRET_VARIABLES | {"AUTH_JWT_PUBLIC_KEY"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "HOST": str,
@@ -173,4 +258,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "PUBLISH_RATE": _rate_limits,
     "CORS_ORIGINS": _origins,
     "TRUSTED_PROXIES": _int_in(0, 10),
+    "AUTH_JWT_SECRET": _jwt_secret,
+    "AUTH_JWT_PUBLIC_KEY": _pem_public_key,
+    "PUBLIC_ROOMS": _room_globs,
 }

@@ -9,7 +9,8 @@
   an escaped, anchored pattern, because flask-cors reads strings with regex
   characters in them as unanchored regular expressions.
 * PUBLISH_TOKEN: when set, ``POST /messages`` needs ``Authorization: Bearer
-  <token>``, compared in constant time.
+  <token>``, compared in constant time. With private rooms on
+  (``app.edge.authorization``) a JWT with publish rights will do as well.
 """
 from __future__ import annotations
 
@@ -97,4 +98,5 @@ def init_access(app: Flask, settings: Settings) -> None:
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     init_cors(app, settings.cors_origins)
-    init_publish_token(app, settings.publish_token)
+    if not settings.authorization:  # otherwise app.edge.authorization checks it, beside the JWTs
+        init_publish_token(app, settings.publish_token)

@@ -11,6 +11,7 @@ from ..delivery.streaming import StreamSettings, message_stream
 from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
 from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
+from .authorization import authorize_publishing, authorize_reading
 from .errors import ApiError
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
@@ -62,6 +63,7 @@ def publish() -> tuple[Response, int]:
         fields = MessageIn(max_text_chars=svc.settings.max_text_chars).load(body)
     except ValidationError as exc:
         raise ApiError(422, "the message is invalid", exc.normalized_messages()) from None
+    authorize_publishing(fields["room"])  # the token itself was checked before the body was read
     started = time.perf_counter()
     try:
         message = svc.store.append(fields["room"], fields["text"], fields["event"])
@@ -85,6 +87,7 @@ def publish() -> tuple[Response, int]:
 def stream() -> Response:
     svc = services()
     rooms = _query_rooms()
+    expires_at = authorize_reading(rooms)
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
     header, query = request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
@@ -102,6 +105,7 @@ def stream() -> Response:
         rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
         settings=StreamSettings(retry_ms=svc.settings.retry_ms),
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
+        expires_at=expires_at,  # the token's exp: the stream ends then
     )
     response = Response(body, content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",
@@ -129,6 +133,7 @@ def _window_has_everything(svc) -> bool:
 def history() -> Response:
     svc = services()
     rooms = _query_rooms()
+    authorize_reading(rooms)
     try:
         limit = int(request.args.get("limit", HISTORY_DEFAULT_LIMIT))
     except ValueError:

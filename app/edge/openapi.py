@@ -2,8 +2,9 @@
 
 The document is built once per app from its settings, so it states the limits
 and the access rules this server actually runs with (text length, body size,
-whether publishing needs a token or is rate limited). The schemathesis test
-holds the server to it.
+whether publishing needs a token or is rate limited, whether rooms are
+private and where the JWT may travel). The schemathesis tests hold the server
+to it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import Settings
+from .authorization import TOKEN_COOKIE, TOKEN_QUERY_PARAMETER
 from .schemas import ErrorOut, HistoryOut, HistoryQuery, MessageIn, MessageOut, StreamQuery
 
 bp = Blueprint("openapi", __name__)
@@ -41,6 +43,31 @@ def _error(description: str, **headers: str) -> dict[str, Any]:
 _UNAVAILABLE = _error("The message store is unavailable", **{"Retry-After": "Seconds to wait"})
 _QUERY_TOO_LONG = _error("The query string is too long")
 
+# Private rooms (AUTH_JWT_*): one JWT, taken from the first of these a request carries.
+JWT_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerJWT": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                  "description": "A JWT in Authorization: Bearer; looked at first"},
+    "cookieJWT": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE,
+                  "description": "The same JWT in a cookie (a same-site EventSource sends it); "
+                                 "looked at when there is no Authorization header"},
+    "queryJWT": {"type": "apiKey", "in": "query", "name": TOKEN_QUERY_PARAMETER,
+                 "description": "The same JWT in the query string (EventSource cannot set headers); "
+                                "looked at last"},
+}
+_UNAUTHORIZED = _error("No token, or an invalid, expired or not yet valid one",
+                       **{"WWW-Authenticate": "The Bearer challenge"})
+_FORBIDDEN = _error("The token does not allow this room",
+                    **{"WWW-Authenticate": 'The Bearer challenge, error="insufficient_scope"'})
+
+
+def _read_access(operation: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """State who may read, when rooms are private."""
+    if settings.authorization:
+        anonymous = [{}] if settings.public_rooms else []  # the public rooms need no token
+        operation["security"] = [{name: []} for name in JWT_SCHEMES] + anonymous
+        operation["responses"].update({"401": _UNAUTHORIZED, "403": _FORBIDDEN})
+    return operation
+
 
 def _publish(settings: Settings) -> dict[str, Any]:
     responses: dict[str, Any] = {
@@ -59,7 +86,12 @@ def _publish(settings: Settings) -> dict[str, Any]:
                         "content": {"application/json": {"schema": MessageIn(max_text_chars=settings.max_text_chars)}}},
         "responses": responses,
     }
-    if settings.publish_token:
+    if settings.authorization:
+        operation["security"] = [{name: []} for name in JWT_SCHEMES]
+        if settings.publish_token:
+            operation["security"].append({"bearerAuth": []})
+        responses.update({"401": _UNAUTHORIZED, "403": _FORBIDDEN})
+    elif settings.publish_token:
         operation["security"] = [{"bearerAuth": []}]
         responses["401"] = _error("The bearer token is missing or wrong",
                                   **{"WWW-Authenticate": "The Bearer challenge"})
@@ -91,8 +123,8 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
 ]}
 
 
-def _stream() -> dict[str, Any]:
-    return {
+def _stream(settings: Settings) -> dict[str, Any]:
+    return _read_access({
         "summary": "Follow one or more rooms as Server-Sent Events",
         "parameters": [
             {"in": "query", "schema": StreamQuery},
@@ -108,11 +140,11 @@ def _stream() -> dict[str, Any]:
             "503": _error("This worker holds its maximum number of streams",
                           **{"Retry-After": "Seconds to wait"}),
         },
-    }
+    }, settings)
 
 
-def _history() -> dict[str, Any]:
-    return {
+def _history(settings: Settings) -> dict[str, Any]:
+    return _read_access({
         "summary": "Read the stored messages of one or more rooms as JSON, oldest first",
         "parameters": [{"in": "query", "schema": HistoryQuery}],
         "responses": {
@@ -122,7 +154,7 @@ def _history() -> dict[str, Any]:
             "414": _QUERY_TOO_LONG,
             "503": _UNAVAILABLE,
         },
-    }
+    }, settings)
 
 
 def build_spec(settings: Settings) -> dict[str, Any]:
@@ -135,8 +167,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.components.schema("MessageOut", schema=MessageOut)
     if settings.publish_token:
         spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    spec.path(path="/messages", operations={"post": _publish(settings), "get": _stream()})
-    spec.path(path="/messages/history", operations={"get": _history()})
+    if settings.authorization:
+        for name, scheme in JWT_SCHEMES.items():
+            spec.components.security_scheme(name, scheme)
+    spec.path(path="/messages", operations={"post": _publish(settings), "get": _stream(settings)})
+    spec.path(path="/messages/history", operations={"get": _history(settings)})
     spec.path(path="/openapi.json", operations={"get": {
         "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {

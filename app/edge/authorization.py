@@ -1,0 +1,210 @@
+"""Private rooms: who may read and publish which rooms, from a JWT.
+
+Off unless AUTH_JWT_SECRET (HS256) or AUTH_JWT_PUBLIC_KEY (RS256 or ES256)
+is set; then every room is private except those PUBLIC_ROOMS names, and
+publishing needs a token too. A token's claim says which rooms it opens,
+as shell-style globs matched with ``fnmatch.fnmatchcase``::
+
+    {"rooms": {"subscribe": ["team-*"], "publish": ["team-red"]}, "exp": 1767225600}
+
+* Verified by PyJWT with the one algorithm the configured key implies, so a
+  token cannot pick its own: ``none``, HS256 signed with the public key, or
+  any other algorithm is refused. ``exp`` and ``nbf`` are honoured when
+  present (no leeway); an ``aud`` claim is refused, as there is no audience
+  to check it against.
+* Where the token is taken from, first found wins and is the only one read
+  (an invalid header token is not rescued by a valid cookie): the
+  ``Authorization: Bearer`` header, the ``sse_token`` cookie (what a
+  same-site EventSource sends), the ``access_token`` query parameter
+  (EventSource cannot set headers).
+* Reading rooms that are all public needs nothing, and a token sent along
+  is not looked at. Otherwise: no token or a bad one is 401 with a Bearer
+  challenge; a good one that does not open every requested room (public
+  ones aside) is 403. A stream ends when its token expires.
+* Publishing needs a token whose ``publish`` globs cover the room, or
+  PUBLISH_TOKEN in the header (for servers). Taking it from the cookie is
+  safe from cross-site forgery because publishing takes JSON only: a
+  browser preflights that, and CORS answers only CORS_ORIGINS.
+
+Tokens are never logged and never echoed: error messages are ours, not
+PyJWT's.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from flask import Flask, current_app, g, request
+
+from ..config import Settings
+from .access import PUBLISH_ENDPOINTS, bearer_token_matches
+from .errors import ApiError
+
+TOKEN_COOKIE = "sse_token"
+TOKEN_QUERY_PARAMETER = "access_token"
+REALM = "sse-rooms"
+# Far above any real token; keeps garbage from reaching the decoder.
+MAX_TOKEN_CHARS = 4096
+MAX_PATTERNS = 256
+
+# PyJWT's errors, in our words (its own can quote pieces of the token).
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidAlgorithmError, "the token is not signed with the algorithm this server accepts"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.InvalidAudienceError, "the token names an audience, which this server does not accept"),
+    (jwt.DecodeError, "the token is malformed"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one verified token allows, and until when (Unix time, or None: no ``exp``)."""
+
+    subscribe: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    expires_at: float | None = None
+
+    def may_subscribe(self, room: str) -> bool:
+        return any(fnmatchcase(room, pattern) for pattern in self.subscribe)
+
+    def may_publish(self, room: str) -> bool:
+        return any(fnmatchcase(room, pattern) for pattern in self.publish)
+
+
+EVERYTHING = Grant(subscribe=("*",), publish=("*",))
+
+
+def _refuse(message: str, *, token_sent: bool) -> ApiError:
+    challenge = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if token_sent else "")
+    return ApiError(401, message, headers={"WWW-Authenticate": challenge})
+
+
+def _forbid(message: str) -> ApiError:
+    return ApiError(403, message, headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'})
+
+
+def _patterns(rooms: dict[str, Any], name: str) -> tuple[str, ...]:
+    patterns = rooms.get(name, [])
+    if (not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS
+            or not all(isinstance(pattern, str) and pattern for pattern in patterns)):
+        raise ValueError(name)
+    return tuple(patterns)
+
+
+class Authorization:
+    """Checks tokens against one key with one algorithm; the views ask it about rooms."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.authorization
+        self.algorithm = settings.auth_jwt_algorithm
+        self.public_rooms = settings.public_rooms
+        self.publish_token = settings.publish_token
+        self._key: Any = None
+        if settings.auth_jwt_secret:
+            self._key = settings.auth_jwt_secret.encode("utf-8")
+        elif settings.auth_jwt_public_key:
+            self._key = load_pem_public_key(settings.auth_jwt_public_key.encode("utf-8"))
+
+    def is_public(self, room: str) -> bool:
+        return any(fnmatchcase(room, pattern) for pattern in self.public_rooms)
+
+    def verify(self, token: str) -> Grant:
+        """Return what a token allows, or raise the 401 it deserves."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _refuse(f"the token is longer than {MAX_TOKEN_CHARS} characters", token_sent=True)
+        try:
+            claims = jwt.decode(token, self._key, algorithms=[self.algorithm])
+        except jwt.PyJWTError as exc:  # InvalidKeyError too: a secret that looks like a PEM
+            reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token is invalid")
+            raise _refuse(reason, token_sent=True) from None
+        rooms = claims.get("rooms", {})
+        try:
+            if not isinstance(rooms, dict):
+                raise ValueError("rooms")
+            subscribe, publish = _patterns(rooms, "subscribe"), _patterns(rooms, "publish")
+        except ValueError:
+            raise _refuse('the token\'s "rooms" claim must be {"subscribe": [patterns], "publish": [patterns]}',
+                          token_sent=True) from None
+        expires_at = int(claims["exp"]) if "exp" in claims else None  # as PyJWT read it
+        return Grant(subscribe, publish, expires_at)
+
+    def read_grant(self, rooms: tuple[str, ...]) -> Grant:
+        """Return the grant to read these rooms with, or raise 401/403 (EVERYTHING when off or all public)."""
+        private = [room for room in rooms if not self.is_public(room)] if self.enabled else []
+        if not private:
+            return EVERYTHING
+        token = token_from_request()
+        if token is None:
+            raise _refuse(f"reading room {private[0]!r} needs a token: Authorization: Bearer <token>, "
+                          f"the {TOKEN_COOKIE} cookie, or the {TOKEN_QUERY_PARAMETER} query parameter",
+                          token_sent=False)
+        grant = self.verify(token)
+        refused = [room for room in private if not grant.may_subscribe(room)]
+        if refused:
+            raise _forbid(f"the token does not allow reading room {refused[0]!r}"
+                          + (f" (nor {len(refused) - 1} more)" if len(refused) > 1 else ""))
+        return grant
+
+    def publish_grant(self) -> Grant:
+        """Return what the request's credentials may publish to, or raise 401."""
+        if self.publish_token and bearer_token_matches(request.headers.get("Authorization"), self.publish_token):
+            return EVERYTHING
+        token = token_from_request()
+        if token is None:
+            raise _refuse("publishing needs a token: Authorization: Bearer <token>", token_sent=False)
+        return self.verify(token)
+
+
+def token_from_request() -> str | None:
+    """Return the request's token: the Bearer header, else the cookie, else the query parameter."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        # Another scheme (Basic ...) is no token of ours: answered as an invalid one.
+        return credentials.strip() if scheme.lower() == "bearer" else ""
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie is not None:
+        return cookie
+    return request.args.get(TOKEN_QUERY_PARAMETER)
+
+
+def authorization() -> Authorization:
+    return current_app.extensions["authorization"]
+
+
+def authorize_reading(rooms: tuple[str, ...]) -> float | None:
+    """Raise 401/403 unless the request may read every one of these rooms; return when that ends (Unix time)."""
+    return authorization().read_grant(rooms).expires_at
+
+
+def authorize_publishing(room: str) -> None:
+    """Raise 403 unless the request's credentials (checked before the body was read) may publish to this room."""
+    grant: Grant | None = g.get("publish_grant")
+    if grant is not None and not grant.may_publish(room):
+        raise _forbid(f"the token does not allow publishing to room {room!r}")
+
+
+def require_publisher(auth: Authorization, view: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a publishing view: 401 before its body is read, unless the request carries credentials."""
+
+    @functools.wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        g.publish_grant = auth.publish_grant()
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def init_authorization(app: Flask, settings: Settings) -> None:
+    """Keep the checker on the app; when on, guard publishing with it (it takes PUBLISH_TOKEN's place)."""
+    auth = app.extensions["authorization"] = Authorization(settings)
+    if auth.enabled:
+        for endpoint in PUBLISH_ENDPOINTS:
+            app.view_functions[endpoint] = require_publisher(auth, app.view_functions[endpoint])
