@@ -50,7 +50,8 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log()}")
             try:
-                if requests.get(self.url + "/messages/history?room=ready", timeout=1).status_code == 200:
+                # 401: private rooms are on (AUTH_JWT_*) and "ready" is one of them; the app answers all the same.
+                if requests.get(self.url + "/messages/history?room=ready", timeout=1).status_code in (200, 401):
                     if len(self.worker_pids()) >= int(self.env["WEB_CONCURRENCY"]):
                         return self
             except requests.RequestException:
