@@ -7,12 +7,17 @@ the store either.
 
 The table runs once per store (``[sqlite-...]``, ``[mongodb-...]``): after each
 request the store itself is counted, the SQLite file or the capped collection.
+
+A second table sends hostile tokens to a server with private rooms on
+(an RS256 public key): each is a 401 with the ``invalid_token`` challenge,
+reads nothing, stores nothing and is never echoed.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,6 +26,8 @@ from pymongo import MongoClient
 
 from app.edge.security import SECURITY_HEADERS
 from tests.conftest import FILLER_ROOM, prefill_capped
+from tests.support.tokens import (claims, ec_keys, garbage, hs256_signed_with, mint, other_rsa_key, rsa_keys,
+                                  unsigned)
 
 MAX_TEXT_CHARS = 100
 JSON = {"Content-Type": "application/json"}
@@ -107,11 +114,21 @@ TABLE = {
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)])
 def hostile_server(request, tmp_path_factory):
     """Real gunicorn on one store, shared by the module's tests on that store."""
+    yield from _server_on_store(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)])
+def private_server(request, tmp_path_factory):
+    """The same with private rooms on: tokens verified with an RS256 public key, no public room."""
+    yield from _server_on_store(request, tmp_path_factory, AUTH_JWT_PUBLIC_KEY=rsa_keys()[1])
+
+
+def _server_on_store(request, tmp_path_factory, **extra_env: str):
     from tests.support.live import LiveServer
 
     directory = tmp_path_factory.mktemp("hostile")
     env = {"SQLITE_PATH": str(directory / "messages.sqlite3"), "MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
-           "MONGODB_URI": ""}  # SQLite, even where MONGODB_URI is set for the whole run
+           "MONGODB_URI": "", **extra_env}  # SQLite, even where MONGODB_URI is set for the whole run
     database = None
     if request.param == "mongodb":
         uri = request.getfixturevalue("mongodb_uri")
@@ -180,3 +197,101 @@ def test_garbage_last_event_id_resets_rather_than_skipping(hostile_server, last_
                 break
     assert b"event: reset\n" in head
     assert head.index(b"event: reset") < head.index(b'"text":"kept"')
+
+
+# -- hostile tokens (private rooms on, RS256) ------------------------------------------------------
+
+PRIVATE_ROOM = "private"
+INVALID_TOKEN = 'Bearer realm="sse-rooms", error="invalid_token"'
+
+
+def _good() -> str:
+    return mint(claims(["*"], ["*"]), rsa_keys()[0], "RS256")
+
+
+@dataclass
+class HostileToken:
+    make: Callable[[], str]
+    where: str = "header"  # or "cookie", "query"
+    status: int = 401
+    message: str = "token"
+    by_gunicorn: bool = False
+
+
+TOKEN_TABLE = {
+    "alg none": HostileToken(lambda: unsigned(claims(["*"], ["*"]))),
+    "alg none in the cookie": HostileToken(lambda: unsigned(claims(["*"], ["*"])), "cookie"),
+    "alg none in the query": HostileToken(lambda: unsigned(claims(["*"], ["*"])), "query"),
+    "HS256 signed with the server's public key (key confusion)": HostileToken(
+        lambda: hs256_signed_with(rsa_keys()[1].encode(), claims(["*"], ["*"])), message="algorithm"),
+    "wrong algorithm: ES256": HostileToken(lambda: mint(claims(["*"], ["*"]), ec_keys()[0], "ES256"),
+                                           message="algorithm"),
+    "wrong algorithm: RS512 with the right key": HostileToken(
+        lambda: mint(claims(["*"], ["*"]), rsa_keys()[0], "RS512"), message="algorithm"),
+    "wrong key": HostileToken(lambda: mint(claims(["*"], ["*"]), other_rsa_key(), "RS256"), message="signature"),
+    "expired": HostileToken(lambda: mint(claims(["*"], ["*"], expires_in=-1), rsa_keys()[0], "RS256"),
+                            message="expired"),
+    "expired, in the query": HostileToken(lambda: mint(claims(["*"], ["*"], expires_in=-1), rsa_keys()[0], "RS256"),
+                                          "query", message="expired"),
+    "not yet valid": HostileToken(lambda: mint(claims(["*"], ["*"], nbf=int(time.time()) + 300), rsa_keys()[0],
+                                               "RS256"), message="not valid yet"),
+    "4 KB of garbage": HostileToken(lambda: garbage(4000), message="malformed"),
+    "just over 4096 characters, in the cookie": HostileToken(lambda: garbage(4097), "cookie", message="longer"),
+    "8 KB of garbage in the header (past gunicorn's header limit)": HostileToken(
+        lambda: garbage(8192), status=431, message="", by_gunicorn=True),
+    "8 KB of garbage in the query (past gunicorn's request line)": HostileToken(
+        lambda: garbage(8192), "query", status=414, message="", by_gunicorn=True),
+    "1.5 KB of garbage in the query (under our 2048-byte query limit)": HostileToken(
+        lambda: garbage(1500), "query", message="malformed"),
+    "a bad header beats a good cookie and query (no fallback)": HostileToken(
+        lambda: "not-a-jwt", "all three", message="malformed"),
+}
+
+
+def _request_with(base_url: str, row: HostileToken, token: str, method: str, path: str) -> requests.Response:
+    """Send the hostile token where the row says; "all three": in the header, with good ones in the others."""
+    headers, params = {"Connection": "close"}, {}
+    if row.where in ("header", "all three"):
+        headers["Authorization"] = f"Bearer {token}"
+    if row.where == "cookie":
+        headers["Cookie"] = f"sse_token={token}"
+    if row.where == "query":
+        params["access_token"] = token
+    if row.where == "all three":
+        headers["Cookie"], params["access_token"] = f"sse_token={_good()}", _good()
+    body = {"json": {"room": PRIVATE_ROOM, "text": "forged"}} if method == "POST" else {}
+    return requests.request(method, base_url + path, params=params, headers=headers, timeout=5, stream=True,
+                            **body)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", TOKEN_TABLE.values(), ids=TOKEN_TABLE.keys())
+def test_hostile_token_gets_401_reads_nothing_and_stores_nothing(private_server, row: HostileToken):
+    token = row.make()
+    for method, path in [("GET", f"/messages?room={PRIVATE_ROOM}"), ("GET", f"/messages/history?room={PRIVATE_ROOM}"),
+                         ("POST", "/messages")]:
+        reply = _request_with(private_server.url, row, token, method, path)
+        try:
+            assert reply.status_code == row.status, (method, path, reply.text[:300])
+            body = reply.text
+        finally:
+            reply.close()
+        assert "Traceback" not in body and token not in body and token not in str(reply.headers)
+        if row.by_gunicorn:
+            continue
+        assert reply.headers["Content-Type"] == "application/json"
+        assert reply.headers["WWW-Authenticate"] == INVALID_TOKEN
+        error = reply.json()
+        assert set(error) == {"code", "status", "message", "errors"} and error["code"] == 401
+        assert row.message in error["message"], error
+        for name, value in SECURITY_HEADERS.items():
+            assert reply.headers[name] == value
+    assert _stored_messages(private_server) == 0
+
+
+@pytest.mark.slow
+def test_a_good_token_in_the_header_wins_over_bad_ones_in_the_cookie_and_query(private_server):
+    headers = {"Authorization": f"Bearer {_good()}", "Cookie": "sse_token=not-a-jwt", "Connection": "close"}
+    reply = requests.get(f"{private_server.url}/messages/history?room={PRIVATE_ROOM}&access_token=not-a-jwt",
+                         headers=headers, timeout=5)
+    assert reply.status_code == 200 and reply.json()["messages"] == []
