@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import gevent
 import gevent.event
@@ -402,3 +402,57 @@ def test_read_rooms_merges_rooms_in_store_order_and_resumes_after_any_of_their_i
         assert [m.id for m in backlog.messages] == [m.id for m in followed[cut + 1:]]
     other = store.read_rooms(("a", "b"), after_id=sent[2].id)  # room c
     assert other.reset_reason and [m.id for m in other.messages] == [m.id for m in followed]
+
+
+# -- presence: each worker's streams per room, with an expiry ------------------------------------
+
+def test_presence_sums_every_unexpired_entry_but_the_one_excluded(make_store):
+    store = make_store()
+    assert store.presence_counts() == {}
+    store.publish_presence("host:1:a", {"lobby": 2, "a.b-c_d": 1}, ttl=30)
+    store.publish_presence("host:2:b", {"lobby": 3}, ttl=30)
+    assert store.presence_counts() == {"lobby": 5, "a.b-c_d": 1}
+    assert store.presence_counts(exclude="host:1:a") == {"lobby": 3}
+    # A worker's new entry replaces its old one.
+    store.publish_presence("host:1:a", {"dev": 1}, ttl=30)
+    assert store.presence_counts() == {"lobby": 3, "dev": 1}
+    # Another store object on the same store (another worker, another node) reads the same.
+    assert make_store().presence_counts(exclude="host:2:b") == {"dev": 1}
+
+
+def test_presence_withdrawn_entry_is_gone_and_withdrawing_twice_is_harmless(make_store):
+    store = make_store()
+    store.publish_presence("w1", {"lobby": 1}, ttl=30)
+    store.publish_presence("w2", {"lobby": 1}, ttl=30)
+    store.withdraw_presence("w1")
+    store.withdraw_presence("w1")
+    store.withdraw_presence("never-published")
+    assert store.presence_counts() == {"lobby": 1}
+
+
+def test_presence_entry_expires_without_anyone_deleting_it(make_store):
+    """A killed worker never withdraws: readers skip its entry once it expired (no TTL monitor needed)."""
+    store = make_store()
+    store.publish_presence("killed", {"lobby": 4}, ttl=0.3)
+    store.publish_presence("alive", {"lobby": 1}, ttl=30)
+    assert store.presence_counts() == {"lobby": 5}
+    gevent.sleep(0.5)
+    assert store.presence_counts() == {"lobby": 1}
+
+
+def test_presence_expiry_is_on_the_database_clock_on_mongodb(make_store, monkeypatch):
+    """A node whose clock is 10 s behind writes entries that other nodes still see as live."""
+    if make_store.kind != "mongodb":
+        pytest.skip("SQLite's presence is on one machine, one clock")
+    from app.stores import mongo
+
+    class TenSecondsBehind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(seconds=10)
+
+    skewed_node = make_store()
+    with monkeypatch.context() as patch:
+        patch.setattr(mongo, "datetime", TenSecondsBehind)
+        skewed_node.publish_presence("behind", {"lobby": 1}, ttl=3)
+    assert make_store().presence_counts() == {"lobby": 1}

@@ -10,6 +10,13 @@ store itself committed them in) and offers three things:
   tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, by which the worker's in-memory window
   (``app/delivery/window.py``) finds where a resume starts.
+
+Beside the messages a store keeps *presence*, the one other piece of state the
+workers of every node share (the store is the only bus between them): each
+worker ``publish_presence``-es how many of its streams follow each room, with
+an expiry, and anyone can read the sum over the entries that have not expired
+(``presence_counts``). A worker that stops cleanly ``withdraw_presence``-es its
+entry; a killed one's just expires.
 """
 from __future__ import annotations
 
@@ -109,6 +116,15 @@ class MessageStore(Protocol):
 
         An empty batch means "caught up": everything committed so far was yielded.
         """
+
+    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+        """Replace this worker's presence entry: its streams per room, valid for ``ttl`` seconds from now."""
+
+    def withdraw_presence(self, worker_id: str) -> None:
+        """Remove this worker's presence entry (it is shutting down, or follows nothing any more)."""
+
+    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
+        """Return the streams per room summed over every unexpired entry but ``exclude``'s."""
 
     def prepare(self) -> None:
         """Create what the store needs; raise StoreMisconfigured if it must not be used."""

@@ -35,13 +35,27 @@ Failures, and what each becomes:
   explicit error-code branches below stay for a driver that does raise them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
   with backoff from the last message it delivered).
+
+Presence (see ``base.py``) lives in a plain collection beside the capped one,
+one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
+streams}, ...], expiresAt}``. Rooms are a list, not a ``{<room>: streams}``
+object, because a room name may contain ``.``, which a field name cannot
+carry (FerretDB refuses it in any key; MongoDB reads it as a path in
+updates); and a list of documents, not of pairs, because FerretDB 1.24 does
+not store nested arrays. Readers filter on ``expiresAt`` themselves: MongoDB's TTL monitor
+runs once a minute (and FerretDB 1.24 has no TTL indexes), so it could only
+ever be the clean-up, and the clean-up is a ``delete_many`` each worker runs
+once a minute instead. ``expiresAt`` is on the *database server's* clock
+(each worker learns its offset from ``hello``'s ``localTime`` once a minute),
+so nodes whose clocks disagree still agree on what has expired.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import gevent
 import gevent.event
@@ -73,13 +87,18 @@ CAPPED_POSITION_LOST = 136
 NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
+# Presence documents of workers that died without withdrawing are deleted this
+# long after they expired; each worker looks for them this often.
+_PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
+_PRESENCE_SWEEP_SECONDS = 60.0
+_CLOCK_CHECK_SECONDS = 60.0
 
 
 class MongoStore:
     """Messages in a capped collection; one tailable cursor per worker follows it."""
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
-                 collection: str = "messages", await_ms: int = 1000,
+                 collection: str = "messages", presence_collection: str = "presence", await_ms: int = 1000,
                  dead_cursor_wait: tuple[float, float] = (0.05, 1.0),
                  client: MongoClient | None = None) -> None:
         # connect=False: nothing happens on the network until first use, which
@@ -90,12 +109,16 @@ class MongoStore:
             retryWrites=True,
         )
         self.collection = self.client[database][collection]
+        self.presence_collection = self.client[database][presence_collection]
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.await_ms = await_ms
         self.dead_cursor_wait = dead_cursor_wait
         self._prepared = False
         self._counter = itertools.count(1)
+        self._clock_offset = timedelta(0)  # the server's clock minus ours
+        self._clock_checked_at = float("-inf")
+        self._presence_swept_at = float("-inf")
 
     # -- set-up ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -218,6 +241,55 @@ class MongoStore:
             return self.collection.find_one({"_id": ObjectId(message_id)}, {"_id": 1}) is not None
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
+
+    # -- presence --------------------------------------------------------------
+    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+        """Replace this worker's document; once a minute, delete those that expired long ago."""
+        try:
+            now = self._server_now()
+            self.presence_collection.replace_one(
+                {"_id": worker_id},
+                {"rooms": [{"room": room, "streams": streams} for room, streams in counts.items()],
+                 "expiresAt": now + timedelta(seconds=ttl)},
+                upsert=True,
+            )
+            if time.monotonic() - self._presence_swept_at > _PRESENCE_SWEEP_SECONDS:
+                self._presence_swept_at = time.monotonic()
+                self.presence_collection.delete_many({"expiresAt": {"$lt": now - _PRESENCE_KEEP_EXPIRED}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
+
+    def withdraw_presence(self, worker_id: str) -> None:
+        try:
+            self.presence_collection.delete_one({"_id": worker_id})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
+
+    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        try:
+            query: dict = {"expiresAt": {"$gt": self._server_now()}}
+            if exclude is not None:
+                query["_id"] = {"$ne": exclude}
+            for doc in self.presence_collection.find(query, {"rooms": 1}):
+                for entry in doc["rooms"]:
+                    totals[entry["room"]] = totals.get(entry["room"], 0) + entry["streams"]
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB presence read failed: {exc}") from exc
+        return totals
+
+    def _server_now(self) -> datetime:
+        """Return the time on the database server's clock, which every node's workers share."""
+        if time.monotonic() - self._clock_checked_at > _CLOCK_CHECK_SECONDS:
+            sent = datetime.now(UTC)
+            server_time = self.client.admin.command("hello").get("localTime")
+            received = datetime.now(UTC)
+            self._clock_checked_at = time.monotonic()
+            if server_time is not None:
+                # Commands decode dates naive (UTC) whatever the client's tz_aware.
+                server_time = server_time.replace(tzinfo=UTC)
+                self._clock_offset = server_time - (sent + (received - sent) / 2)
+        return datetime.now(UTC) + self._clock_offset
 
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:

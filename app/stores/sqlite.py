@@ -18,9 +18,19 @@ the heartbeats of the worker's other streams; one thread also serialises them
 without a lock (a threading.Lock is a gevent lock once the worker is patched,
 and blocking on it from a native thread deadlocks). Reads are short indexed
 queries and run in place.
+
+Presence (see ``base.py``) is a table of its own in the same file, one row per
+worker: its streams per room as JSON, and when the row expires (this
+machine's clock: every worker that shares the file runs on it). Rows are
+written on the same writer thread, through a connection of their own whose
+busy timeout is short, so a locked file holds this worker's publishers up by
+at most ``_PRESENCE_BUSY_MS`` per presence write. Every presence write is a
+commit, so it also wakes every worker's follower for one indexed query
+(``PRAGMA data_version`` changes): one per writing worker per second.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -48,6 +58,11 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+CREATE TABLE IF NOT EXISTS presence (
+    worker     TEXT    PRIMARY KEY,
+    rooms      TEXT    NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 """
 _COLUMNS = "seq, room, text, event, created_ms"
 _ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
@@ -55,6 +70,12 @@ _FEED_BATCH = 1000
 # How long a write may wait for the file's write lock (SQLite's busy
 # timeout), and as long again for its turn on this worker's writer thread.
 _WRITE_BUSY_MS = 2000
+# Presence is refreshed every second: a write that cannot get the lock soon
+# gives up rather than hold up the publishers queued behind it.
+_PRESENCE_BUSY_MS = 250
+# Rows of workers that died without withdrawing are deleted this long after
+# they expired (readers skip them from the moment they expire).
+_PRESENCE_KEEP_EXPIRED_MS = 60_000
 
 
 def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
@@ -96,6 +117,7 @@ class SQLiteStore:
         self._last_write_failed = False
         self._write_pool: ThreadPool | None = None  # made on first write: after the fork
         self._writer: sqlite3.Connection | None = None
+        self._presence_writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self.epoch = self._initialise()
 
@@ -149,11 +171,15 @@ class SQLiteStore:
         return Message(id=self._make_id(seq), room=room, text=text, event=event, created_at=created)
 
     # -- writing -------------------------------------------------------------
-    def append(self, room: str, text: str, event: str) -> Message:
-        """Store a message, evicting the oldest beyond the bound, and return it."""
+    def _on_writer_thread(self, function, *args):
+        """Run ``function`` on this worker's one writer thread (made on first use: after the fork)."""
         if self._write_pool is None:
             self._write_pool = ThreadPool(1)
-        outcome = self._write_pool.apply(self._append_or_failure, (room, text, event, time.monotonic()))
+        return self._write_pool.apply(function, args)
+
+    def append(self, room: str, text: str, event: str) -> Message:
+        """Store a message, evicting the oldest beyond the bound, and return it."""
+        outcome = self._on_writer_thread(self._append_or_failure, room, text, event, time.monotonic())
         if isinstance(outcome, StoreUnavailable):
             raise outcome  # raised here, not in the pool thread, where gevent would print a traceback
         return outcome
@@ -212,6 +238,57 @@ class SQLiteStore:
             count -= 1
             conn.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (freed,))
             conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'count'")
+
+    # -- presence ------------------------------------------------------------
+    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+        """Upsert this worker's row, and delete rows that expired long ago (workers that were killed)."""
+        now_ms = int(time.time() * 1000)
+        self._write_presence(
+            ("INSERT INTO presence (worker, rooms, expires_ms) VALUES (?, ?, ?) ON CONFLICT (worker) "
+             "DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms",
+             (worker_id, json.dumps(counts, separators=(",", ":")), now_ms + int(ttl * 1000))),
+            ("DELETE FROM presence WHERE expires_ms < ?", (now_ms - _PRESENCE_KEEP_EXPIRED_MS,)),
+        )
+
+    def withdraw_presence(self, worker_id: str) -> None:
+        self._write_presence(("DELETE FROM presence WHERE worker = ?", (worker_id,)))
+
+    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
+        rows = self._query("SELECT rooms FROM presence WHERE expires_ms > ? AND worker IS NOT ?",
+                           (int(time.time() * 1000), exclude))
+        totals: dict[str, int] = {}
+        for (rooms,) in rows:
+            for room, streams in json.loads(rooms).items():
+                totals[room] = totals.get(room, 0) + streams
+        return totals
+
+    def _write_presence(self, *statements: tuple[str, tuple]) -> None:
+        failure = self._on_writer_thread(self._write_presence_or_failure, statements)
+        if failure is not None:
+            raise failure  # here, not in the pool thread (see append)
+
+    def _write_presence_or_failure(self, statements: tuple[tuple[str, tuple], ...]) -> StoreUnavailable | None:
+        try:
+            if self._presence_writer is None:
+                self._presence_writer = self._connect(busy_ms=_PRESENCE_BUSY_MS)
+            conn = self._presence_writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            conn, self._presence_writer = self._presence_writer, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            return StoreUnavailable(f"SQLite presence write failed: {exc}")
+        return None
 
     def _drop_writer(self) -> None:
         if self._writer is not None:
@@ -318,7 +395,7 @@ class SQLiteStore:
         if self._write_pool is not None:
             self._write_pool.kill()
             self._write_pool = None
-        for conn in (self._reader, self._writer):
+        for conn in (self._reader, self._writer, self._presence_writer):
             if conn is not None:
                 conn.close()
-        self._reader = self._writer = None
+        self._reader = self._writer = self._presence_writer = None
