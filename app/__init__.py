@@ -9,6 +9,7 @@ from flask import Flask
 from .config import Settings
 from .delivery.admission import StreamSlots
 from .delivery.hub import Hub
+from .delivery.presence import Presence
 from .delivery.tailer import Tailer
 from .delivery.window import Window
 from .edge.access import init_access
@@ -41,11 +42,12 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     window = Window(settings.capped_max_messages, settings.capped_size_bytes)
     tailer = Tailer(store, window, hub)
     app.extensions["sse"] = Services(settings, store, window, hub, tailer,
-                                     StreamSlots(settings.max_streams_per_worker))
+                                     StreamSlots(settings.max_streams_per_worker), Presence(store, hub))
 
-    from .edge import messages, ops, pages
+    from .edge import messages, ops, pages, rooms
 
     app.register_blueprint(messages.bp)
+    app.register_blueprint(rooms.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(ops.bp)
     register_error_handlers(app)

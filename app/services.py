@@ -8,6 +8,7 @@ from flask import current_app
 from .config import Settings
 from .delivery.admission import StreamSlots
 from .delivery.hub import Hub
+from .delivery.presence import Presence
 from .delivery.tailer import Tailer
 from .delivery.window import Window
 from .stores.base import MessageStore
@@ -21,6 +22,7 @@ class Services:
     hub: Hub
     tailer: Tailer
     slots: StreamSlots
+    presence: Presence
 
 
 def services() -> Services:

@@ -186,6 +186,17 @@ class Window:
             entries = list(heapq.merge(*parts, key=_position))
         return Backlog(entries if limit is None else entries[:limit], reason)
 
+    def rooms(self) -> list[str]:
+        """Return the rooms that have messages in the window."""
+        return list(self._rooms)
+
+    def room_summary(self, room: str) -> tuple[int, Entry | None]:
+        """Return how many of the room's messages the window holds, and the newest of them."""
+        log = self._rooms.get(room)
+        if log is None:
+            return 0, None
+        return len(log), log.entries[-1]
+
     def holds(self, message_id: str) -> bool:
         """Say whether the window holds this id (any room)."""
         return message_id in self._by_id

@@ -2,7 +2,9 @@
 
 Start-up: the tailer starts with the worker, not with its first stream, so
 the worker's in-memory window is warm (one read of the store's window) by the
-time clients come -- after a worker died, thousands of them at once.
+time clients come -- after a worker died, thousands of them at once. Its
+presence loop starts with it too: this worker's streams per room, written to
+the store for the workers of every node (``app/delivery/presence.py``).
 
 Graceful shutdown: on SIGTERM gunicorn's gevent worker stops accepting and
 then waits up to ``graceful_timeout`` for its open requests to finish. An SSE
@@ -10,7 +12,9 @@ stream never finishes on its own, so without help every shutdown would take
 the full timeout and then cut the streams off. Here SIGTERM also asks the
 worker's hub to end every stream: each sends a ``retry:`` line with jitter
 (so clients do not all come back at once) and ends, and the worker exits as
-soon as its requests are done, usually within a second or two.
+soon as its requests are done, usually within a second or two. The worker
+also withdraws its presence entry at once: its clients are about to be
+elsewhere, and counted there.
 """
 from __future__ import annotations
 
@@ -28,6 +32,13 @@ def start_tailer(worker: Any) -> None:
     services = getattr(worker.wsgi, "extensions", {}).get("sse")
     if services is not None:
         services.tailer.ensure_running()
+
+
+def start_presence(worker: Any) -> None:
+    """Start writing this worker's streams per room to the store, where every node reads them."""
+    services = getattr(worker.wsgi, "extensions", {}).get("sse")
+    if services is not None:
+        services.presence.start()
 
 
 def end_streams_on_sigterm(worker: Any) -> None:
@@ -51,3 +62,4 @@ def end_streams_on_sigterm(worker: Any) -> None:
 def _close_streams(services: Any) -> None:
     log.info("SIGTERM: ending %d open streams", services.slots.open)
     services.hub.close_all()
+    services.presence.stop()

@@ -75,10 +75,11 @@ DROP_LIMIT = "limit"  # refused: the worker holds MAX_STREAMS_PER_WORKER streams
 DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT)
 
 # Operations counted by STORE_ERRORS (the callers pass these words).
-STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready")
+STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready", "presence")
 # Reads counted by STORE_QUERIES: a join asking whether an id it does not hold
-# is in the store; a history page read from the store; a window warmed from it.
-QUERY_RESUME, QUERY_HISTORY, QUERY_WARM = "resume", "history", "warm"
+# is in the store; a history page read from the store; a window warmed from it;
+# the other workers' presence read (at most twice a second per worker).
+QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE = "resume", "history", "warm", "presence"
 
 ALL_METRICS = (
     OPEN_STREAMS, SUBSCRIPTIONS, MESSAGES_PUBLISHED, EVENTS_DELIVERED, STREAMS_DROPPED,
@@ -89,7 +90,7 @@ for _reason in DROP_REASONS:
     STREAMS_DROPPED.labels(_reason)
 for _operation in STORE_OPERATIONS:
     STORE_ERRORS.labels(_operation)
-for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM):
+for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE):
     STORE_QUERIES.labels(_operation)
 
 
