@@ -124,7 +124,7 @@ class RoomQuery(Schema):
     room = fields.List(
         fields.String(metadata={"pattern": json_schema_pattern(ROOM_PATTERN)}), required=True,
         metadata={"minItems": 1, "maxItems": MAX_ROOMS_PER_REQUEST,
-                  "description": f"1 to {MAX_ROOMS_PER_REQUEST} distinct rooms (a repeated one counts once); "
+                  "description": f"1 to {MAX_ROOMS_PER_REQUEST} rooms (a repeated one is read once); "
                                  f"messages of all of them arrive in one store order"})
 
 
