@@ -6,6 +6,10 @@ rejected with a documented 4xx), with all of schemathesis's built-in checks:
 no 5xx, documented status codes, content types, headers and bodies, the
 token actually enforced (ignored_auth), wrong methods answered 405.
 
+A second run does the same with private rooms on (AUTH_JWT_SECRET): the
+document then declares the JWT in a header, a cookie or the query, and
+``ignored_auth`` checks that every operation refuses a request without it.
+
 The SSE endpoint never ends. Schemathesis reads an event stream only until
 the request timeout passes, then judges the head it got (status, content
 type, headers), so the stream stays in the run; the timeout is kept short
@@ -20,6 +24,8 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
+from tests.support.tokens import SECRET, claims, mint
+
 TOKEN = "fuzz-token-0123456789abcdef"
 # Examples per operation and mode; four operations, two modes.
 MAX_EXAMPLES = 40
@@ -30,7 +36,7 @@ CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {"
     "400", "401", "405", "413", "414", "415", "422", "429"]}}})
 
 
-def _fuzz(operation, mode: GenerationMode, base_url: str, counts: dict[str, int]) -> None:
+def _fuzz(operation, mode: GenerationMode, base_url: str, counts: dict[str, int], token: str = TOKEN) -> None:
     key = f"{operation.method.upper()} {operation.path} {mode.value}"
     counts[key] = 0
 
@@ -40,7 +46,7 @@ def _fuzz(operation, mode: GenerationMode, base_url: str, counts: dict[str, int]
               suppress_health_check=list(HealthCheck))
     def run(case) -> None:
         counts[key] += 1
-        case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"},
+        case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
                                timeout=STREAM_READ_SECONDS)
 
     run()
@@ -67,3 +73,25 @@ def test_schemathesis_finds_no_5xx_and_no_departure_from_the_spec(start_server, 
     assert counts["POST /messages negative"] >= MAX_EXAMPLES // 2
     stored = sqlite3.connect(sqlite_path).execute("SELECT count(*) FROM messages").fetchone()[0]
     assert stored > 0, "positive POST cases must have been stored"
+
+
+@pytest.mark.slow
+def test_schemathesis_with_private_rooms_finds_no_5xx_and_no_ignored_auth(start_server, sqlite_path, capsys):
+    server = start_server(AUTH_JWT_SECRET=SECRET, PUBLISH_RATE="100000/minute", HEARTBEAT_SECONDS="0.1",
+                          MAX_TEXT_CHARS="200")
+    token = mint(claims(["*"], ["*"], expires_in=3600))
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json", config=CONFIG)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert all(operation.definition.raw.get("security") for operation in operations
+               if operation.path.startswith("/messages"))
+
+    counts: dict[str, int] = {}
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _fuzz(operation, mode, server.url, counts, token)
+
+    with capsys.disabled():
+        print("\nschemathesis examples, private rooms:", counts)
+    assert counts["POST /messages positive"] >= MAX_EXAMPLES // 2
+    stored = sqlite3.connect(sqlite_path).execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert stored > 0, "positive POST cases with the token must have been stored"
