@@ -140,6 +140,27 @@ def test_publish_and_history_through_nginx(proxied):
     assert history.json()["messages"] == [message]
 
 
+@pytest.mark.slow
+def test_nginx_logs_no_token_from_the_query_string(proxied):
+    from tests.support.tokens import SECRET, claims, mint
+
+    server, nginx = proxied(AUTH_JWT_SECRET=SECRET)
+    token = mint(claims(["private"]))
+    with requests.get(f"{nginx.url}/messages?room=private&access_token={token}", stream=True, timeout=5) as stream:
+        assert stream.status_code == 200
+    refused = requests.get(f"{nginx.url}/messages/history?room=private&access_token={token}x", timeout=5)
+    assert refused.status_code == 401
+
+    log = nginx.directory / "sse-rooms.access.log"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and log.read_text().count("\n") < 2:
+        time.sleep(0.05)  # nginx writes a stream's line when the client has gone
+    lines = log.read_text()
+    assert '"GET /messages HTTP/1.1" 200' in lines and '"GET /messages/history HTTP/1.1" 401' in lines
+    for piece in token.split("."):
+        assert piece not in lines
+
+
 def _body_of_exactly(size: int) -> bytes:
     empty = json.dumps({"room": "big", "text": ""}).encode()
     body = json.dumps({"room": "big", "text": "x" * (size - len(empty))}).encode()

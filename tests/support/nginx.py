@@ -1,8 +1,8 @@
 """Real nginx (Debian's) on a loopback port, running deploy/nginx.conf in front of a LiveServer.
 
 The server block is rendered from deploy/nginx.conf by replacing only its
-DEPLOY: values -- ports, the static path and, where a test asks, the stream's
-read timeout -- so what is tested is what is deployed. The http {} around it
+DEPLOY: values -- ports, the static path, the access log's path and, where a
+test asks, the stream's read timeout -- so what is tested is what is deployed. The http {} around it
 is the test's own, with every file nginx writes kept in a temp folder.
 """
 from __future__ import annotations
@@ -40,10 +40,11 @@ http {{
 """
 
 
-def render_server_block(*, upstream_port: int, listen_port: int, read_timeout: str = "60s") -> str:
+def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, read_timeout: str = "60s") -> str:
     """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test."""
     text = DEPLOY_CONF.read_text()
     replacements = {
+        "access_log /var/log/nginx/sse-rooms.access.log sse_rooms;": f"access_log {log_dir}/sse-rooms.access.log sse_rooms;",
         "server 127.0.0.1:8080;": f"server 127.0.0.1:{upstream_port};",
         "listen 80;": f"listen 127.0.0.1:{listen_port};",
         "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
@@ -79,7 +80,7 @@ class LiveNginx:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "sse-rooms.conf").write_text(
             render_server_block(upstream_port=self.upstream_port, listen_port=self.port,
-                                read_timeout=self.read_timeout))
+                                log_dir=self.directory, read_timeout=self.read_timeout))
         # As root, nginx would run its worker as "nobody", which cannot enter
         # pytest's private temp folder; the test's own user can.
         user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
