@@ -18,8 +18,19 @@ from app.config import ConfigError, Settings
 from app.delivery.hub import Hub
 from app.edge.authorization import MAX_TOKEN_CHARS, Grant
 from tests.support.live import GUNICORN, ROOT
-from tests.support.tokens import (OTHER_SECRET, SECRET, claims, ec_keys, garbage, hs256_signed_with, mint,
-                                  other_rsa_key, private_pem, rsa_keys, unsigned)
+from tests.support.tokens import (
+    OTHER_SECRET,
+    SECRET,
+    claims,
+    ec_keys,
+    garbage,
+    hs256_signed_with,
+    mint,
+    other_rsa_key,
+    private_pem,
+    rsa_keys,
+    unsigned,
+)
 
 PUBLISH_TOKEN = "server-publish-token-0123456789"
 CHALLENGE = 'Bearer realm="sse-rooms"'

@@ -26,8 +26,7 @@ from pymongo import MongoClient
 
 from app.edge.security import SECURITY_HEADERS
 from tests.conftest import FILLER_ROOM, prefill_capped
-from tests.support.tokens import (claims, ec_keys, garbage, hs256_signed_with, mint, other_rsa_key, rsa_keys,
-                                  unsigned)
+from tests.support.tokens import claims, ec_keys, garbage, hs256_signed_with, mint, other_rsa_key, rsa_keys, unsigned
 
 MAX_TEXT_CHARS = 100
 JSON = {"Content-Type": "application/json"}

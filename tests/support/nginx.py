@@ -44,7 +44,8 @@ def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, 
     """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test."""
     text = DEPLOY_CONF.read_text()
     replacements = {
-        "access_log /var/log/nginx/sse-rooms.access.log sse_rooms;": f"access_log {log_dir}/sse-rooms.access.log sse_rooms;",
+        "access_log /var/log/nginx/sse-rooms.access.log sse_rooms;":
+            f"access_log {log_dir}/sse-rooms.access.log sse_rooms;",
         "server 127.0.0.1:8080;": f"server 127.0.0.1:{upstream_port};",
         "listen 80;": f"listen 127.0.0.1:{listen_port};",
         "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
