@@ -1,6 +1,8 @@
 """/openapi.json: a valid OpenAPI 3 document covering every route the app serves."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 
@@ -16,22 +18,23 @@ def document(sqlite_path):
     return app, app.test_client().get("/openapi.json").json
 
 
-def test_every_messages_route_and_method_is_documented(document):
+def test_every_messages_and_rooms_route_and_method_is_documented(document):
     app, spec = document
-    served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
+    # Flask's /rooms/<converter:room> is OpenAPI's /rooms/{room}.
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower()) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
 
     assert documented <= served
-    # The API lives under /messages; pages and operational endpoints are not part of it.
-    assert {route for route in served if route[0].startswith("/messages")} <= documented
+    # The API lives under /messages and /rooms; pages and operational endpoints are not part of it.
+    assert {route for route in served if route[0].startswith(("/messages", "/rooms"))} <= documented
 
 
 def test_schemathesis_accepts_the_document(document):
     _, spec = document
     schema = schemathesis.openapi.from_dict(spec)
 
-    assert len([result.ok() for result in schema.get_all_operations()]) == 4
+    assert len([result.ok() for result in schema.get_all_operations()]) == 6
 
 
 def test_document_states_the_running_limits_and_access_rules(document):

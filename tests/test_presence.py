@@ -216,12 +216,29 @@ def test_rooms_lists_rooms_with_subscribers_or_messages_by_name(app, client):
     assert listed[1]["messages"] == 1 and listed[1]["subscribers"] == 0
 
 
-@pytest.mark.parametrize("room", ["a%20b", "r" * 65, "caf%C3%A9", "a%2Cb"],
-                         ids=["space", "too-long", "non-ascii", "comma"])
+@pytest.mark.parametrize("room", ["a%20b", "r" * 65, "caf%C3%A9", "a%2Cb", "", "/lobby", "a/b", "lobby/", "a%0Ab"],
+                         ids=["space", "too-long", "non-ascii", "comma", "empty", "leading-slash", "slash",
+                              "trailing-slash", "newline"])
 def test_invalid_room_is_400_in_the_one_error_shape(client, room):
     reply = client.get(f"/rooms/{room}")
     assert reply.status_code == 400
     assert set(reply.get_json()) == {"code", "status", "message", "errors"} and "room" in reply.get_json()["errors"]
+
+
+def test_the_rooms_dot_and_dot_dot_are_reached_percent_encoded(client):
+    """Regression (schemathesis): clients resolve a bare ../. segment, so these go as %2E."""
+    assert client.get("/rooms/%2E%2E").get_json()["room"] == ".."
+    assert client.get("/rooms/%2E").get_json()["room"] == "."
+
+
+def test_the_document_describes_both_paths_with_the_shapes_they_answer(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    room = paths["/rooms/{room}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    listing = paths["/rooms"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    assert room == {"$ref": "#/components/schemas/RoomOut"} and listing == {"$ref": "#/components/schemas/RoomsOut"}
+    assert set(schemas["RoomOut"]["required"]) == set(client.get("/rooms/lobby").get_json())
+    assert schemas["RoomsOut"]["required"] == ["rooms"]
 
 
 @pytest.fixture

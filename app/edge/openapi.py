@@ -16,7 +16,18 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import Settings
 from .authorization import TOKEN_COOKIE, TOKEN_QUERY_PARAMETER
-from .schemas import ErrorOut, HistoryOut, HistoryQuery, MessageIn, MessageOut, StreamQuery
+from .schemas import (
+    ROOM_PATTERN,
+    ErrorOut,
+    HistoryOut,
+    HistoryQuery,
+    MessageIn,
+    MessageOut,
+    RoomOut,
+    RoomsOut,
+    StreamQuery,
+    json_schema_pattern,
+)
 
 bp = Blueprint("openapi", __name__)
 
@@ -157,6 +168,43 @@ def _history(settings: Settings) -> dict[str, Any]:
     }, settings)
 
 
+def _room_presence(settings: Settings) -> dict[str, Any]:
+    return _read_access({
+        "summary": "Presence of one room: its subscribers on every node, its messages in the window",
+        "parameters": [{"in": "path", "name": "room", "required": True,
+                        "schema": {"type": "string", "pattern": json_schema_pattern(ROOM_PATTERN)},
+                        # HTTP clients resolve a bare . or .. segment before sending (/rooms/.. becomes /).
+                        "description": "The room; `.` and `..` go percent-encoded (`%2E`, `%2E%2E`)"}],
+        "responses": {
+            "200": {"description": "The room's presence (all zero and null for a room nobody uses)",
+                    "content": {"application/json": {"schema": RoomOut}}},
+            "400": _error("The room name is invalid"),
+            # The path is over gunicorn's request-line limit (4094 bytes): its own page, before the app.
+            "414": {"description": "The request line is too long (gunicorn's answer)",
+                    "content": {"text/html": {"schema": {"type": "string"}}}},
+            "503": _UNAVAILABLE,
+        },
+    }, settings)
+
+
+def _rooms_presence(settings: Settings) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": "Presence of every room with subscribers or messages",
+        "responses": {
+            "200": {"description": "The rooms, by name" + (
+                        "; only those the caller may read (public ones without a token)"
+                        if settings.authorization else ""),
+                    "content": {"application/json": {"schema": RoomsOut}}},
+            "503": _UNAVAILABLE,
+        },
+    }
+    if settings.authorization:
+        # Anyone may ask; a token only widens the list, and a bad one is refused.
+        operation["security"] = [{name: []} for name in JWT_SCHEMES] + [{}]
+        operation["responses"]["401"] = _UNAUTHORIZED
+    return operation
+
+
 def build_spec(settings: Settings) -> dict[str, Any]:
     """Return the OpenAPI document for a server running with these settings."""
     spec = APISpec(
@@ -172,6 +220,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             spec.components.security_scheme(name, scheme)
     spec.path(path="/messages", operations={"post": _publish(settings), "get": _stream(settings)})
     spec.path(path="/messages/history", operations={"get": _history(settings)})
+    spec.path(path="/rooms", operations={"get": _rooms_presence(settings)})
+    spec.path(path="/rooms/{room}", operations={"get": _room_presence(settings)})
     spec.path(path="/openapi.json", operations={"get": {
         "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {

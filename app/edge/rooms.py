@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify
+from werkzeug.routing import PathConverter
 
 from ..delivery.window import Window
 from ..services import Services, services
@@ -25,6 +26,17 @@ from .errors import ApiError
 from .schemas import ROOM_RULE, valid_room
 
 bp = Blueprint("rooms", __name__)
+
+
+class _RestOfPath(PathConverter):
+    """Everything after the prefix, empty or with slashes anywhere: a bad room name is a 400, never a 404."""
+
+    regex = r"[\s\S]*"  # "." would stop at a newline (%0A)
+    part_isolating = False  # it spans "/" (werkzeug guesses from the regex, which holds none)
+
+
+# Before the rules below: they are made, at registration, in this order.
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("rest_of_path", _RestOfPath))
 
 RETRY_AFTER = "2"
 WINDOW_WAIT_SECONDS = 2.0  # at a worker's start, while its tailer warms the window
@@ -75,7 +87,9 @@ def _describe(room: str, subscribers: dict[str, int], window: Window) -> dict[st
     }
 
 
-@bp.get("/rooms/<room>")
+# No merged slashes either: /rooms//lobby is the room "/lobby" (a 400), not a
+# redirect to the lobby.
+@bp.get("/rooms/<rest_of_path:room>", merge_slashes=False)
 def room_presence(room: str) -> Response:
     if not valid_room(room):
         raise ApiError(400, f"room must be {ROOM_RULE}", {"room": ["invalid"]})

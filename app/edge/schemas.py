@@ -112,6 +112,27 @@ class HistoryOut(Schema):
     hasMore = fields.Boolean(required=True)
 
 
+class RoomOut(Schema):
+    """One room's presence: ``GET /rooms/<room>``, and each item of ``GET /rooms``."""
+
+    room = fields.String(required=True, metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+    subscribers = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "Open streams following the room, on every worker of every node "
+                                     "(each counts once however many rooms it follows); up to ~2 s old"})
+    messages = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "The room's messages in the stored window"})
+    lastMessageAt = fields.String(required=True, allow_none=True, metadata={
+        "format": "date-time", "description": "createdAt of the room's newest message in the window; "
+                                              "null when it has none"})
+
+
+class RoomsOut(Schema):
+    """The body of ``GET /rooms``."""
+
+    rooms = fields.List(fields.Nested(RoomOut), required=True, metadata={
+        "description": "Every room with subscribers or messages in the window, by name"})
+
+
 # One stream or history read can name this many distinct rooms: enough for a
 # chat client's sidebar, few enough that the query string stays far below
 # gunicorn's 4 KB request line.
