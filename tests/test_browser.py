@@ -221,6 +221,24 @@ def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page
     wait_for(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
 
 
+def test_the_page_shows_how_many_listen_on_every_worker(live_server, open_page):
+    """Presence: the page polls GET /rooms/<room> every 2 s; its two workers each hold some of the streams."""
+    def listening(page) -> str:
+        element = page.driver.find_element(By.ID, "listening")
+        return element.text if element.is_displayed() else ""
+
+    page_a = open_page(live_server, "count", browser=0)
+    page_b = open_page(live_server, "count", browser=1)
+    wait_for(lambda: listening(page_a) == listening(page_b) == "2 listening", 5.0,
+             "the pages did not both show 2 listening")
+    page_b.driver.find_element(By.ID, "toggle").click()  # Stop: closes its EventSource
+    wait_for(lambda: listening(page_a) == "1 listening", 5.0, "page A did not show page B stopping")
+
+    page_a.switch_room("count, elsewhere")
+    wait_for(lambda: listening(page_a) == "#count 1 · #elsewhere 1 listening", 5.0,
+             "the page did not count each of its rooms")
+
+
 def test_demo_page_screenshot(live_server, open_page, tmp_path):
     room = "lobby"
     for text, event in [

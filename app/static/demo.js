@@ -14,6 +14,7 @@ const ui = {
   roomError: $("room-error"),
   roomName: $("room-name"),
   state: $("state"),
+  listening: $("listening"),
   toggle: $("toggle"),
   notice: $("notice"),
   empty: $("empty"),
@@ -56,7 +57,9 @@ function follow(rooms) {
   ui.sendRoom.replaceChildren(...rooms.map((room) => new Option(`#${room}`, room)));
   ui.sendRoom.hidden = rooms.length < 2;
   hide(ui.notice);
+  ui.listening.hidden = true; // until counted for these rooms
   open(current);
+  setTimeout(showListening, 500); // once this page's own stream is likely counted
 }
 
 function open(follower) {
@@ -234,6 +237,32 @@ async function describeError(reply) {
   return details.length ? details.join(" ") : payload.message;
 }
 
+// -- who is listening ---------------------------------------------------------
+
+const PRESENCE_POLL_MS = 2000;
+
+// A bare "." or ".." path segment would be resolved away by the browser.
+const presencePath = (room) => `/rooms/${/^\.\.?$/.test(room) ? room.replaceAll(".", "%2E") : room}`;
+
+async function showListening() {
+  const follower = current;
+  if (!follower || document.hidden) return;
+  try {
+    const counts = await Promise.all(follower.rooms.map(async (room) => {
+      const reply = await fetch(presencePath(room), { headers: { Accept: "application/json" } });
+      if (!reply.ok) throw new Error(`${reply.status}`);
+      return (await reply.json()).subscribers;
+    }));
+    if (follower !== current) return;
+    ui.listening.textContent = follower.rooms.length === 1
+      ? `${counts[0]} listening`
+      : `${follower.rooms.map((room, i) => `#${room} ${counts[i]}`).join(" · ")} listening`;
+    ui.listening.hidden = false;
+  } catch {
+    if (follower === current) ui.listening.hidden = true; // not allowed, or the server is away: say nothing
+  }
+}
+
 // -- the page -----------------------------------------------------------------
 
 function showError(element, text) {
@@ -295,3 +324,4 @@ ui.text.addEventListener("keydown", (event) => {
 });
 
 follow(document.body.dataset.rooms.split(","));
+setInterval(showListening, PRESENCE_POLL_MS);
