@@ -222,7 +222,7 @@ def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page
 
 
 def test_the_page_shows_how_many_listen_on_every_worker(live_server, open_page):
-    """Presence: the page polls GET /rooms/<room> every 2 s; its two workers each hold some of the streams."""
+    """Presence: the page polls GET /rooms/<room> every 2 s (the two pages may sit on either worker)."""
     def listening(page) -> str:
         element = page.driver.find_element(By.ID, "listening")
         return element.text if element.is_displayed() else ""
