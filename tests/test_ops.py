@@ -21,8 +21,8 @@ OUR_METRICS = {
 # Label values known before anything happens, as the metrics table in docs/operations.md lists them.
 KNOWN_LABELS = {
     "sse_streams_dropped": {"reason": {"slow", "stalled", "limit"}},
-    "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready"}},
-    "sse_store_queries": {"operation": {"resume", "history", "warm"}},
+    "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready", "presence"}},
+    "sse_store_queries": {"operation": {"resume", "history", "warm", "presence"}},
 }
 
 
