@@ -52,7 +52,9 @@ def _error(description: str, **headers: str) -> dict[str, Any]:
 
 
 _UNAVAILABLE = _error("The message store is unavailable", **{"Retry-After": "Seconds to wait"})
-_QUERY_TOO_LONG = _error("The query string is too long")
+# Our JSON up to the request-line limit; past gunicorn's (4094 bytes) its own small page, before the app.
+_QUERY_TOO_LONG = _error("The query string is too long (past 4094 bytes of request line: gunicorn's own page)")
+_QUERY_TOO_LONG["content"]["text/html"] = {"schema": {"type": "string"}}
 
 # Private rooms (AUTH_JWT_*): one JWT, taken from the first of these a request carries.
 JWT_SCHEMES: dict[str, dict[str, Any]] = {
