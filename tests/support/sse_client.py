@@ -61,5 +61,10 @@ class StreamReader:
                 sock.shutdown(socket.SHUT_RDWR)
         except (AttributeError, OSError):
             pass
-        self.response.close()
+        try:
+            self.response.close()
+        except (AttributeError, OSError):
+            # urllib3 may trip over its own half-closed state while the reader
+            # thread is inside a read on the same connection; it is closed anyway.
+            pass
         self._thread.join(5)
