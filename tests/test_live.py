@@ -212,3 +212,33 @@ def test_closed_clients_release_their_streams_at_once_not_at_the_next_heartbeat(
     took = wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == 0, 3)
     print(f"\n20 closed streams released in {took * 1000:.0f} ms (heartbeat 60 s)")
     assert metric(server.url, "sse_open_streams") == 0
+
+
+def test_streams_of_several_rooms_on_both_workers_get_them_in_store_order_and_resume_with_one_id(
+        start_server, store_env, kind):
+    """Several rooms in one stream, across 2 workers: one store order, and one Last-Event-ID resumes them all."""
+    server = start_server(**store_env)
+    url = server.url + "/messages?room=north&room=south"
+    readers = [StreamReader(url) for _ in range(8)]
+    try:
+        workers = {worker_of(server, reader) for reader in readers}  # usually both; either way it must hold
+        first = [server.publish(room, f"{room} {n}")["id"] for n, room in enumerate(["north", "east", "south"])]
+        wanted = [first[0], first[2]]
+        for reader in readers:
+            assert reader.wait_for(lambda events: [e.id for e in events] == wanted, delivery_timeout(kind))
+        resumed = StreamReader(url, last_event_id=first[0])  # had north 0: gets the rest of both rooms
+        readers.append(resumed)
+        rest = [server.publish(room, f"{room} again")["id"] for room in ["south", "west", "north"]]
+        wanted_after = [first[2], rest[0], rest[2]]
+        assert resumed.wait_for(lambda events: [e.id for e in events] == wanted_after, delivery_timeout(kind))
+        for reader in readers[:-1]:
+            assert reader.wait_for(lambda events: [e.id for e in events] == wanted + [rest[0], rest[2]],
+                                   delivery_timeout(kind))
+        time.sleep(0.3)  # a duplicate, if any, would arrive now
+        assert [e.id for e in resumed.events] == wanted_after and not resumed.error
+        assert stored_order(store_env, "north") == [first[0], rest[2]]
+        assert stored_order(store_env, "south") == [first[2], rest[0]]
+        print(f"\nseveral rooms: 8 streams on {len(workers)} worker(s), then a resume with one id: exact")
+    finally:
+        for reader in readers:
+            reader.close()
