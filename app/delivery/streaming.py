@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import gevent
 from gevent.hub import get_hub
 
 from ..operations.metrics import DROP_SLOW, QUERY_RESUME, RESETS_SENT, STORE_ERRORS, STORE_QUERIES, STREAMS_DROPPED
@@ -148,16 +147,11 @@ def _wait_for_tailer(last_id: str, window: Window, store: MessageStore, heartbea
     STORE_QUERIES.labels(QUERY_RESUME).inc()
     if not store.contains(last_id):
         return
-    started = time.monotonic()
-    beat = started + heartbeat_seconds
-    while not window.holds(last_id) and window.ready.is_set():
-        now = time.monotonic()
-        if now - started > patience:
+    deadline = time.monotonic() + patience
+    while not window.wait_to_hold(last_id, min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
+        if not window.ready.is_set() or time.monotonic() >= deadline:
             return
-        if now >= beat:
-            beat = now + heartbeat_seconds
-            yield HEARTBEAT
-        gevent.sleep(0.005)
+        yield HEARTBEAT
 
 
 def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
