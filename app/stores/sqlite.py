@@ -38,6 +38,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import gevent.event
@@ -104,6 +105,26 @@ def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
                 time.sleep(0.02)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block as one write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
 
 class SQLiteStore:
@@ -207,18 +228,12 @@ class SQLiteStore:
         try:
             if self._writer is None:
                 self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(self._writer) as conn:
                 seq = conn.execute(
                     "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
                     (room, text, event, created_ms, size),
                 ).lastrowid
                 self._evict(conn, size)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             self._drop_writer()
             raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
@@ -271,32 +286,18 @@ class SQLiteStore:
         try:
             if self._presence_writer is None:
                 self._presence_writer = self._connect(busy_ms=_PRESENCE_BUSY_MS)
-            conn = self._presence_writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(self._presence_writer) as conn:
                 for sql, params in statements:
                     conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
-            conn, self._presence_writer = self._presence_writer, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
+            _close_quietly(self._presence_writer)
+            self._presence_writer = None
             return StoreUnavailable(f"SQLite presence write failed: {exc}")
         return None
 
     def _drop_writer(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except sqlite3.Error:
-                pass
-            self._writer = None
+        _close_quietly(self._writer)
+        self._writer = None
 
     # -- reading -------------------------------------------------------------
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
