@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the benchmark needs on a fresh machine: the peer servers from
-# Debian, FerretDB (for ours-mongodb) and the bench's own Python packages in bench/.venv.
+# Debian, Centrifugo and Mercure built with Go from the module proxy, FerretDB
+# (for ours-mongodb) and the bench's own Python packages in bench/.venv.
 # Idempotent: a second run finds everything in place and changes nothing.
 set -euo pipefail
 
@@ -75,6 +76,53 @@ install_ferretdb() {
     fi
 }
 
+# Go-built peers live outside the repo, one directory per pinned version,
+# so a second run (or a later session) finds them and builds nothing.
+PEER_BUILDS="${SSE_ROOMS_CACHE:-$HOME/.cache/sse-rooms}"
+CENTRIFUGO_VERSION=v6.9.1
+MERCURE_VERSION=v0.21.4
+
+install_centrifugo() {
+    local dir="$PEER_BUILDS/centrifugo-$CENTRIFUGO_VERSION"
+    if [[ -x "$dir/centrifugo" ]]; then
+        echo "install: Centrifugo $CENTRIFUGO_VERSION already built"
+        return
+    fi
+    if ! command -v go >/dev/null; then
+        echo "install: no Go; centrifugo will be skipped" >&2
+        return
+    fi
+    # Its go.mod has no replace directive, so `go install` builds it as released (~7 min on 2 cores).
+    echo "install: building Centrifugo $CENTRIFUGO_VERSION (go install, several minutes)"
+    GOBIN="$dir" go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION" \
+        || echo "install: Centrifugo not built; centrifugo will be skipped" >&2
+}
+
+install_mercure() {
+    local dir="$PEER_BUILDS/mercure-$MERCURE_VERSION"
+    if [[ -x "$dir/caddy" ]]; then
+        echo "install: Mercure $MERCURE_VERSION already built"
+        return
+    fi
+    if ! command -v go >/dev/null; then
+        echo "install: no Go; mercure will be skipped" >&2
+        return
+    fi
+    # The Caddy module's go.mod has a replace directive, so `go install` refuses
+    # it: bench/peers/mercure is the small main package xcaddy would generate,
+    # pinned by its go.mod and go.sum. The checksum database has no entry for
+    # the mercure modules (its lookup answers 404 here), so they are checked
+    # against go.sum only.
+    echo "install: building Mercure $MERCURE_VERSION (Caddy module, ~2 min)"
+    mkdir -p "$dir"
+    (cd "$BENCH_DIR/peers/mercure" \
+        && GONOSUMDB=github.com/dunglas/mercure GOFLAGS=-mod=readonly \
+           go build -trimpath -o "$dir/caddy" .) \
+        || echo "install: Mercure not built; mercure will be skipped" >&2
+}
+
 install_debian_packages
 install_ferretdb
+install_centrifugo
+install_mercure
 install_python_packages

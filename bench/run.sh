@@ -2,7 +2,7 @@
 # `make bench`: install what is missing, run every system through every
 # scenario, write bench/results/<date>.md with plots, print its path.
 #   BENCH_QUICK=1        small and short instead of full
-#   BENCH_SYSTEMS=...    comma list, default ours,ours-mongodb,nchan,pushpin,flask-sse
+#   BENCH_SYSTEMS=...    comma list, default: all eight (see ssebench/__main__.py)
 #   BENCH_SCENARIOS=...  comma list, default classic,storm (storm: the reconnect storm alone)
 #   BENCH_ROOT=/path     repo whose server is measured (default: this repo)
 #   BENCH_SCALE=0.05     shrink every stream count (development runs)
@@ -35,7 +35,7 @@ if [[ "${BENCH_SNAPSHOT:-0}" == 1 ]]; then
 fi
 
 args=(--root "$server_root"
-      --systems "${BENCH_SYSTEMS:-ours,ours-mongodb,nchan,pushpin,flask-sse}"
+      --systems "${BENCH_SYSTEMS:-ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse}"
       --scenarios "${BENCH_SCENARIOS:-classic,storm}")
 [[ "${BENCH_QUICK:-0}" == 1 ]] && args+=(--quick)
 [[ -n "${BENCH_SCALE:-}" ]] && args+=(--scale "$BENCH_SCALE")
@@ -44,7 +44,7 @@ args=(--root "$server_root"
 # Hard stop well past the planned time: the run must end by itself. Each
 # storm bounds its phases (at most ~9 min, usually 1-3); the classic
 # scenarios stop starting repetitions when their budget is spent.
-if [[ "${BENCH_QUICK:-0}" == 1 ]]; then limit=1500; else limit=4200; fi
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then limit=2400; else limit=7200; fi
 
 bench_pid=""
 stop_bench() {

@@ -1,7 +1,7 @@
 """Run the SSE benchmark: every system, every scenario, then write the report.
 
 Usage (bench/run.sh does this for `make bench`):
-  python -m ssebench [--quick] [--systems ours,ours-mongodb,nchan,pushpin,flask-sse]
+  python -m ssebench [--quick] [--systems ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse]
                      [--scenarios classic,storm] [--root REPO] [--repeats N] [--scale F]
                      [--budget-minutes M]
 """
@@ -36,7 +36,7 @@ RUN_SETTINGS = (
     "BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCENARIOS", "BENCH_SCALE", "BENCH_REPEATS",
     "BENCH_SNAPSHOT",
 )
-DEFAULT_SYSTEMS = "ours,ours-mongodb,nchan,pushpin,flask-sse"
+DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse"
 # classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
 # storm: the reconnect storm (storm.py), for the systems that can resume.
 SCENARIOS = ("classic", "storm")

@@ -146,7 +146,8 @@ class ClientPool:
 
     # -- the reconnect storm's resuming streams (resuming.py) ------------------
     async def storm_open(
-        self, tag: int, host: str, port: int, paths: list[tuple[int, str]], timeout: float
+        self, tag: int, host: str, port: int, paths: list[tuple[int, str]], timeout: float,
+        resume: str = "last-event-id",
     ) -> dict[str, Any]:
         """Open one resuming stream per (room index, path), dealt round the processes."""
         count = len(self.pipes)
@@ -154,7 +155,7 @@ class ClientPool:
             *(
                 self.call(
                     i,
-                    ("storm_open", tag, host, port, self.source_ips[i], paths[i::count], timeout),
+                    ("storm_open", tag, host, port, self.source_ips[i], paths[i::count], timeout, resume),
                     timeout + RPC_GRACE_SECONDS,
                 )
                 for i in range(count)

@@ -80,7 +80,7 @@ class Publisher:
         assert self.session is not None
         try:
             async with self.session.post(
-                request.url, data=request.body, headers={"Content-Type": request.content_type}
+                request.url, data=request.body, headers=request.all_headers()
             ) as response:
                 await response.read()
                 result.request_ms.append((time.monotonic_ns() - sent_ns) / 1e6)
@@ -168,7 +168,7 @@ class RoomsPublisher:
         assert self.session is not None
         try:
             async with self.session.post(
-                request.url, data=request.body, headers={"Content-Type": request.content_type}
+                request.url, data=request.body, headers=request.all_headers()
             ) as response:
                 return response.status, await response.read(), ""
         except (TimeoutError, aiohttp.ClientError) as error:

@@ -17,9 +17,12 @@ compares the records with the store's history of each room.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from array import array
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .marker import MARKER_PATTERN
 
@@ -29,6 +32,15 @@ OPEN_CONCURRENCY = 64
 # After a refused or failed reconnect (503, connection error), wait this long.
 RETRY_PAUSE_SECONDS = 0.25
 MAX_BUFFER_BYTES = 1 << 20
+# How a client tells the server where it stopped, by system:
+#   last-event-id  the SSE standard: the last `id:` seen, sent back in a header
+#   centrifugo     Centrifugo's uni_sse sends no `id:`; its client keeps the
+#                  channel's epoch and the offset of the last publication and
+#                  asks for recovery in the `cf_connect` query parameter (the
+#                  recovered publications arrive inside the connect reply).
+RESUME_STYLES = ("last-event-id", "centrifugo")
+CENTRIFUGO_EPOCH = re.compile(rb'"epoch":"([^"]*)"')
+CENTRIFUGO_OFFSET = re.compile(rb'"offset":(\d+)')
 
 
 class ResumingStream:
@@ -38,6 +50,9 @@ class ResumingStream:
         self.room_index = room_index
         self.path = path
         self.last_id: str | None = None
+        # Centrifugo's position in its channel: (epoch, offset of the last publication).
+        self.epoch: str | None = None
+        self.offset = 0
         self.seqs = array("i")
         self.received_ns = array("q")
         self.seen: set[int] = set()  # for the progress checks: len(seen) messages owed are in
@@ -207,6 +222,8 @@ class Connection(asyncio.Protocol):
                 # An event's id becomes the last event id when it is dispatched;
                 # an empty one (our reset event) clears it.
                 stream.last_id = event_id or None
+            elif self.owner.resume == "centrifugo":
+                _follow_centrifugo_position(stream, event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.established.done():
@@ -230,6 +247,35 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _follow_centrifugo_position(stream: ResumingStream, event: bytes) -> None:
+    """Keep the epoch and the highest offset a Centrifugo event carries.
+
+    Each stream follows one channel, so every offset in an event (a
+    publication's, or those of the publications recovered inside a connect
+    reply) is a position in that channel; a new epoch (the channel's history
+    was lost, as on a restart of the memory engine) starts the count again.
+    """
+    epoch = CENTRIFUGO_EPOCH.search(event)
+    if epoch is not None and epoch.group(1).decode() != stream.epoch:
+        stream.epoch = epoch.group(1).decode()
+        stream.offset = 0
+    offsets = CENTRIFUGO_OFFSET.findall(event)
+    if offsets:
+        stream.offset = max(stream.offset, *(int(offset) for offset in offsets))
+        stream.last_id = f"{stream.epoch}:{stream.offset}"  # for the progress counts
+
+
+def centrifugo_resume_path(path: str, epoch: str | None, offset: int) -> str:
+    """The uni_sse path of `path`'s channel, asking to recover from (epoch, offset)."""
+    split = urlsplit(path)
+    connect = json.loads(parse_qs(split.query)["cf_connect"][0])
+    subs = {
+        channel: {"recover": True, "epoch": epoch, "offset": offset} if epoch else {}
+        for channel in connect.get("subs", {})
+    }
+    return f"{split.path}?cf_connect={quote(json.dumps({**connect, 'subs': subs}, separators=(',', ':')))}"
+
+
 class ResumingClients:
     """All the resuming streams of one load-generator process."""
 
@@ -241,16 +287,20 @@ class ResumingClients:
         self.port = 0
         self.source_ip = ""
         self.reconnecting = True
+        self.resume = "last-event-id"
         self.tasks: set[asyncio.Task] = set()
 
     def _request(self, stream: ResumingStream) -> bytes:
+        path = stream.path
+        if self.resume == "centrifugo" and stream.epoch:
+            path = centrifugo_resume_path(path, stream.epoch, stream.offset)
         lines = [
-            f"GET {stream.path} HTTP/1.1",
+            f"GET {path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
             "Accept: text/event-stream",
             "Cache-Control: no-cache",
         ]
-        if stream.last_id:
+        if stream.last_id and self.resume == "last-event-id":
             lines.append(f"Last-Event-ID: {stream.last_id}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -283,9 +333,12 @@ class ResumingClients:
         return reason
 
     async def open(self, tag: int, host: str, port: int, source_ip: str,
-                   paths: list[tuple[int, str]], timeout: float) -> dict[str, Any]:
+                   paths: list[tuple[int, str]], timeout: float, resume: str = "last-event-id") -> dict[str, Any]:
         """Open one stream per (room index, path), OPEN_CONCURRENCY at a time."""
+        if resume not in RESUME_STYLES:
+            raise ValueError(f"unknown resume style {resume!r}")
         self.tag, self.host, self.port, self.source_ip = tag, host, port, source_ip
+        self.resume = resume
         self.reconnecting = True
         limit = asyncio.Semaphore(OPEN_CONCURRENCY)
         deadline = self.loop.time() + timeout

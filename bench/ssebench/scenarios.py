@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 from .clients import ClientPool, Receipts
+from .cores import LOADGEN_CPUS, client_bound, pin_load_generator, server_cpus
 from .measure import machine_busy_seconds, own_cpu_seconds, percentiles_ms
 from .plan import Plan
 from .processes import ServerGroup
@@ -59,6 +60,8 @@ class CpuWindow:
             "loadgen_cpu_pct": 100 * loadgen / wall,
             # Busy time outside server and bench: other jobs on this machine.
             "other_cpu_pct": max(0.0, 100 * (machine - server - loadgen) / wall),
+            # The load generator's core was full: the figure is the client's.
+            "client_bound": client_bound(100 * loadgen / wall),
         }
 
 
@@ -89,7 +92,16 @@ class Repetition:
     async def run(self) -> dict[str, Any]:
         result: dict[str, Any] = {"idle": [], "broadcast": [], "fanout": None, "cross": None}
         self.deadline = time.monotonic() + self.plan.repetition_budget_seconds
-        self.group = await asyncio.to_thread(self.system.start, self.workdir)
+        # Servers on core 0, load generator on core 1, for every system alike.
+        try:
+            self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus())
+        except (RuntimeError, OSError) as error:
+            result["notes"] = [f"did not start: {error}"]
+            self.log(f"did not start: {error}")
+            if self.system.group is not None:
+                await asyncio.to_thread(self.system.group.stop)
+            return result
+        pin_load_generator(self.pool, LOADGEN_CPUS)
         try:
             async with Publisher(self.system, self.room) as publisher:
                 await asyncio.sleep(self.plan.settle_seconds)
@@ -116,6 +128,7 @@ class Repetition:
             except (OSError, EOFError, RuntimeError, TimeoutError) as error:
                 # The load generators are gone (interrupted run): nothing to close.
                 self.log(f"could not close streams: {type(error).__name__}")
+            pin_load_generator(self.pool, None)
         return result
 
     def _skip(self, scenario: str, result: dict[str, Any]) -> bool:
@@ -377,7 +390,8 @@ class Repetition:
                     and c.laddr.port == self.system.port
                     and c.status == "ESTABLISHED"
                     and c.raddr
-                    and c.raddr.ip in sources
+                    # A Go server's dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d.
+                    and c.raddr.ip.removeprefix("::ffff:") in sources
                 )
             )
         return counts

@@ -37,15 +37,14 @@ import aiohttp
 import psutil
 
 from .clients import ClientPool
+from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, pin_load_generator, server_cpus
 from .plan import Plan
-from .processes import ServerGroup, pin_process
+from .processes import ServerGroup
 from .publisher import RoomsPublisher, Sent
 from .storequeries import parse_exposition, read_counter_files
 from .stormcheck import analyse
 from .systems import System
 
-SERVER_CPUS = "0"
-LOADGEN_CPUS = {1}
 SAMPLE_SECONDS = 0.25
 POLL_SECONDS = 0.2
 STORM_TAG = 1
@@ -81,17 +80,17 @@ class Storm:
             streams=plan.storm_streams, rooms=len(self.rooms), window=plan.storm_fill, rate=plan.storm_rate,
             server_cpus=SERVER_CPUS, loadgen_cpus=sorted(LOADGEN_CPUS),
         )
-        if (os.cpu_count() or 1) < 2:
+        if not can_split():
             self.note("one core only: server and load generator share it (no split)")
         env = {"CAPPED_MAX_MESSAGES": str(plan.storm_fill)}
         try:
-            self.group = await asyncio.to_thread(self.system.start, self.workdir, SERVER_CPUS, env)
+            self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)
         except (RuntimeError, OSError) as error:
             self.note(f"did not start: {error}")
             if self.system.group is not None:
                 await asyncio.to_thread(self.system.group.stop)
             return result
-        self._pin_loadgen(LOADGEN_CPUS)
+        pin_load_generator(self.pool, LOADGEN_CPUS)
         try:
             async with RoomsPublisher(self.system) as publisher:
                 await self._storm(publisher)
@@ -106,14 +105,8 @@ class Storm:
                 await self.pool.storm_close()
             except (OSError, EOFError, RuntimeError, TimeoutError) as error:
                 self.log(f"could not close streams: {type(error).__name__}")
-            self._pin_loadgen(None)
+            pin_load_generator(self.pool, None)
         return result
-
-    def _pin_loadgen(self, cpus: set[int] | None) -> None:
-        if (os.cpu_count() or 1) < 2:
-            return
-        self.pool.pin(cpus)
-        pin_process(os.getpid(), cpus)
 
     def _phase(self, name: str, started: float) -> None:
         self.result["phases"][name] = round(time.monotonic() - started, 2)
@@ -131,7 +124,7 @@ class Storm:
         paths = [(i % len(self.rooms), self.system.subscribe_path(self.rooms[i % len(self.rooms)]))
                  for i in range(plan.storm_streams)]
         opening = await self.pool.storm_open(STORM_TAG, "127.0.0.1", self.system.port, paths,
-                                             plan.storm_open_timeout_seconds)
+                                             plan.storm_open_timeout_seconds, self.system.resume_style)
         result["open"] = opening
         self._phase("open", began)
         self.log(f"opened {opening['opened']:,}/{plan.storm_streams:,} streams in {time.monotonic() - began:.1f}s"
@@ -336,7 +329,8 @@ class Storm:
             spread[pid] = sum(
                 1 for c in connections
                 if c.laddr and c.laddr.port == self.system.port and c.status == "ESTABLISHED"
-                and c.raddr and c.raddr.ip in sources
+                # A Go server's dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d.
+                and c.raddr and c.raddr.ip.removeprefix("::ffff:") in sources
             )
         return spread
 

@@ -21,12 +21,14 @@ def storm_lines(storms: dict[str, dict[str, Any]], plan: Any) -> list[str]:
     lines = [
         "## Reconnect storm",
         "",
-        f"{plan.storm_streams:,} streams over {plan.storm_rooms} rooms and 2 workers; the store first"
+        f"{plan.storm_streams:,} streams over {plan.storm_rooms} rooms; the store first"
         f" holds a full window of other rooms' messages ({plan.storm_fill:,} = CAPPED_MAX_MESSAGES);"
         f" {plan.storm_rate:.0f} messages/s keep arriving round the rooms; the worker holding the most"
-        " streams is killed with SIGKILL and its clients reconnect at once with `Last-Event-ID`."
-        " **Server processes (gunicorn, FerretDB, nginx) on core 0, load generator (subscribers and"
-        " publisher) on core 1** (`taskset`).",
+        " streams (of 2; for the one-process Go servers, the process, which a supervisor loop"
+        " restarts) is killed with SIGKILL and its clients reconnect at once with `Last-Event-ID`"
+        " (Centrifugo: its epoch and offset in `cf_connect`)."
+        " **Server processes (gunicorn, FerretDB, nginx, Centrifugo, Caddy) on core 0, load generator"
+        " (subscribers and publisher) on core 1** (`taskset`).",
         "",
         "| System | Streams held / on killed worker / dropped | All resumed: first byte / caught up"
         " | Per client first byte p50 / p99 | Per client caught up p50 / p99 | Store queries per resume"

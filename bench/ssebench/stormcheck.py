@@ -16,10 +16,10 @@ from array import array
 from collections import Counter
 from typing import Any
 
+from .cores import client_bound
 from .publisher import Sent
 from .storequeries import storm_delta, total_delta
 
-CLIENT_BOUND_PCT = 95.0
 EXAMPLES = 5
 
 
@@ -177,7 +177,7 @@ def _cpu(window: tuple[dict, dict], killed_pid: int) -> dict[str, Any]:
         # Busy time of neither: other jobs on this shared machine, and the kernel's
         # work not charged to a process.
         "other_pct": max(0.0, sum(cores) - server - loadgen),
-        "client_bound": loadgen_core is not None and loadgen_core >= CLIENT_BOUND_PCT,
+        "client_bound": client_bound(loadgen_core),
     }
 
 

@@ -20,12 +20,31 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from .processes import ServerGroup, free_port, wait_for_port
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 PEERS_DIR = BENCH_DIR / "peers"
 BENCH_VENV_BIN = Path(sys.executable).parent
+# Where bench/install.sh puts the Go-built peers (outside the repo, kept between runs).
+PEER_BUILDS = Path(os.environ.get("SSE_ROOMS_CACHE", Path.home() / ".cache" / "sse-rooms"))
+CENTRIFUGO_VERSION = "v6.9.1"
+MERCURE_VERSION = "v0.21.4"
+# Each room's history in the peers that keep one: as many messages as our
+# window (CAPPED_MAX_MESSAGES, 10,000 by default), so resumes can reach as far back.
+HISTORY_SIZE = 10000
+
+
+def _caddy_version() -> str:
+    """The Caddy version bench/peers/mercure/go.mod pins (for the report)."""
+    for line in (PEERS_DIR / "mercure" / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "github.com/caddyserver/caddy/v2":
+            return parts[1]
+    return "(version unknown)"
+
+
 
 # Every system gets the same shape: 2 worker processes, 15 s heartbeats.
 WORKERS = 2
@@ -37,6 +56,10 @@ class PublishRequest:
     url: str
     body: bytes
     content_type: str
+    headers: dict[str, str] | None = None  # e.g. the publisher's credentials
+
+    def all_headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type, **(self.headers or {})}
 
 
 class System:
@@ -49,8 +72,10 @@ class System:
     # False where the response head waits for the first event (Flask-SSE):
     # a stream then counts as held once its request is sent and not refused.
     head_before_first_event = True
-    # The reconnect storm needs streams that resume from a Last-Event-ID.
+    # The reconnect storm needs streams that resume where they stopped, and
+    # how they say where (resuming.RESUME_STYLES).
     resumable = False
+    resume_style = "last-event-id"
     # Where this system's per-process metric files are (ours: prometheus_client
     # multiprocess files), for the store queries per resume; None: none.
     metrics_dir: Path | None = None
@@ -357,22 +382,9 @@ class FlaskSse(System):
 
     def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
-        redis_port = free_port()
         self.publish_base = f"http://127.0.0.1:{self.port}"
         group = ServerGroup(workdir)
-        group.launch(
-            "redis",
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--bind", "127.0.0.1", "--port", str(redis_port),
-                "--save", "", "--appendonly", "no",
-                "--maxclients", "25000", "--dir", str(workdir),
-            ],
-            cwd=workdir,
-            env={},
-            cpus=cpus,
-        )
-        wait_for_port(redis_port, group)
+        redis_port = _start_redis(group, workdir, cpus)
         group.launch(
             "flask_sse",
             [
@@ -404,6 +416,211 @@ class FlaskSse(System):
 
         master = psutil.Process(self.group.launched[1].pid)
         return [child.pid for child in master.children()]
+
+
+class Centrifugo(System):
+    name = "centrifugo"
+    description = (
+        f"Centrifugo {CENTRIFUGO_VERSION} (go install from the module proxy), memory engine,"
+        " uni_sse transport, anonymous subscribers, per-channel history with recovery,"
+        " publish over its HTTP API; one process"
+    )
+    resumable = True
+    resume_style = "centrifugo"
+    caveats = (
+        "One process (Go, its own scheduler across goroutines) pinned to the server core, where"
+        " the other systems run 2 workers on that core. In the reconnect storm it is the process"
+        " that is killed (a supervisor loop restarts it, as systemd would), so every stream drops,"
+        " not half; the memory engine keeps history in that process, so a restart loses it and"
+        " Centrifugo answers recovery with a new epoch (recovered: false).",
+        "It sends no SSE `id:`: the bench's resuming client keeps the channel's epoch and offset"
+        " and asks for recovery in `cf_connect`, as Centrifugo's uni_sse protocol describes.",
+    )
+
+    def unavailable(self) -> str | None:
+        if not self._binary().exists():
+            return f"{self._binary()} not built (run bench/install.sh: go install centrifugo/v6@{CENTRIFUGO_VERSION})"
+        return None
+
+    @staticmethod
+    def _binary() -> Path:
+        return PEER_BUILDS / f"centrifugo-{CENTRIFUGO_VERSION}" / "centrifugo"
+
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        self.api_key = f"bench-{os.getpid()}-{int(time.time())}"
+        config = (PEERS_DIR / "centrifugo.json").read_text()
+        config = (
+            config.replace("@PORT@", str(self.port))
+            .replace("@API_KEY@", self.api_key)
+            .replace("@HISTORY_SIZE@", str(HISTORY_SIZE))
+        )
+        (workdir / "centrifugo.json").write_text(config)
+        group = ServerGroup(workdir)
+        self.supervisor = group.launch(
+            "centrifugo", _supervised([str(self._binary()), "-c", str(workdir / "centrifugo.json")]),
+            cwd=workdir, env={}, cpus=cpus,
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        connect = json.dumps({"subs": {room: {}}}, separators=(",", ":"))
+        return f"/connection/uni_sse?cf_connect={quote(connect)}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        body = json.dumps({"channel": room, "data": {"room": room, "text": text}}).encode()
+        return PublishRequest(f"{self.publish_base}/api/publish", body, "application/json",
+                              {"X-API-Key": self.api_key})
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.supervisor.pid) if self.group else []
+
+
+class Mercure(System):
+    name = "mercure"
+    description = (
+        f"Mercure {MERCURE_VERSION} (Caddy {_caddy_version()} module, built from the module proxy),"
+        " bolt transport on the run's temp dir with a bounded size, anonymous subscribers,"
+        " publisher JWT; one process"
+    )
+    resumable = True  # Last-Event-ID, from the bolt history
+    caveats = (
+        "One process (Go) pinned to the server core, where the other systems run 2 workers on"
+        " that core. In the reconnect storm it is the process that is killed (a supervisor loop"
+        " restarts it, as systemd would), so every stream drops, not half; its bolt history is on"
+        " disk and survives the restart.",
+    )
+
+    def unavailable(self) -> str | None:
+        if not self._binary().exists():
+            return f"{self._binary()} not built (run bench/install.sh: go build bench/peers/mercure)"
+        return None
+
+    @staticmethod
+    def _binary() -> Path:
+        return PEER_BUILDS / f"mercure-{MERCURE_VERSION}" / "caddy"
+
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+        import jwt
+
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        key = f"bench-publisher-key-{os.getpid()}-{int(time.time())}"
+        self.token = jwt.encode({"mercure": {"publish": ["*"]}}, key, algorithm="HS256")
+        config = (PEERS_DIR / "mercure.Caddyfile").read_text()
+        config = (
+            config.replace("@PORT@", str(self.port))
+            .replace("@DATADIR@", str(workdir))
+            .replace("@HISTORY_SIZE@", str(HISTORY_SIZE))
+            .replace("@PUBLISHER_KEY@", key)
+        )
+        (workdir / "Caddyfile").write_text(config)
+        group = ServerGroup(workdir)
+        self.supervisor = group.launch(
+            "mercure",
+            _supervised([str(self._binary()), "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"]),
+            cwd=workdir, env={"HOME": str(workdir), "XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)},
+            cpus=cpus,
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/.well-known/mercure?topic={quote(room, safe='')}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        data = json.dumps({"room": room, "text": text})
+        return PublishRequest(
+            f"{self.publish_base}/.well-known/mercure",
+            urlencode({"topic": room, "data": data}).encode(),
+            "application/x-www-form-urlencoded",
+            {"Authorization": f"Bearer {self.token}"},
+        )
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.supervisor.pid) if self.group else []
+
+
+class SseStarlette(System):
+    name = "sse-starlette"
+    description = "sse-starlette 3 on uvicorn, 2 workers, fanned out through Redis 7 pub/sub (broadcaster)"
+    caveats = (
+        "No history, so no resume: not in the reconnect storm. Each worker holds one Redis"
+        " pub/sub connection (broadcaster); redis-server's memory and CPU are counted with it.",
+    )
+
+    def unavailable(self) -> str | None:
+        if not shutil.which("redis-server"):
+            return "redis-server not installed (run bench/install.sh)"
+        if not (BENCH_VENV_BIN / "uvicorn").exists():
+            return "bench/.venv has no uvicorn (run bench/install.sh)"
+        return None
+
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        group = ServerGroup(workdir)
+        redis_port = _start_redis(group, workdir, cpus)
+        self.uvicorn = group.launch(
+            "sse_starlette",
+            [
+                str(BENCH_VENV_BIN / "uvicorn"),
+                "sse_starlette_app:app",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(WORKERS),
+                "--loop", "uvloop", "--http", "httptools",
+                "--log-level", "warning", "--no-access-log",
+                "--backlog", "4096",
+            ],
+            cwd=PEERS_DIR,
+            env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)},
+            cpus=cpus,
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/stream?channel={room}"
+
+    def publish_request(self, room: str, text: str) -> PublishRequest:
+        body = json.dumps({"room": room, "text": text}).encode()
+        return PublishRequest(f"{self.publish_base}/publish", body, "application/json")
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.uvicorn.pid) if self.group else []
+
+
+def _supervised(argv: list[str]) -> list[str]:
+    """`argv` under a restart loop, as systemd's Restart=always would run it.
+
+    The reconnect storm SIGKILLs a system's serving process; for a
+    one-process server that is the whole server, and this brings it back
+    (100 ms later, systemd's default RestartSec) the way gunicorn respawns a worker.
+    """
+    return ["bash", "-c", 'while :; do "$@"; sleep 0.1; done', "supervise", *argv]
+
+
+def _start_redis(group: ServerGroup, workdir: Path, cpus: str | None) -> int:
+    port = free_port()
+    group.launch(
+        "redis",
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", "127.0.0.1", "--port", str(port),
+            "--save", "", "--appendonly", "no",
+            "--maxclients", "25000", "--dir", str(workdir),
+        ],
+        cwd=workdir,
+        env={},
+        cpus=cpus,
+    )
+    wait_for_port(port, group)
+    return port
 
 
 def _free_port_block(base: int, width: int) -> int:
@@ -451,4 +668,7 @@ def _ferretdb_binary() -> tuple[str | None, str | None]:
 
 
 def all_systems(repo_root: Path) -> list[System]:
-    return [OurServer(repo_root), OurServerOnMongo(repo_root), Nchan(), Pushpin(), FlaskSse()]
+    return [
+        OurServer(repo_root), OurServerOnMongo(repo_root), Centrifugo(), Mercure(), Nchan(), Pushpin(),
+        SseStarlette(), FlaskSse(),
+    ]

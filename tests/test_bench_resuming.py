@@ -1,0 +1,57 @@
+"""The benchmark's resuming client follows Centrifugo's position and asks to recover from it.
+
+bench/ssebench counts a peer's lost messages in the reconnect storm only if its
+client resumes the way that peer's protocol says; for Centrifugo (no SSE `id:`)
+that is the epoch and offset in `cf_connect`. Only the standard library is
+imported from the bench here (resuming.py needs no bench package).
+"""
+
+import json
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from ssebench.resuming import (  # noqa: E402
+    ResumingStream,
+    _follow_centrifugo_position,
+    centrifugo_resume_path,
+)
+
+FIRST_PATH = "/connection/uni_sse?cf_connect=%7B%22subs%22%3A%7B%22room-1%22%3A%7B%7D%7D%7D"
+
+
+def _connect_request(path: str) -> dict:
+    return json.loads(parse_qs(urlsplit(path).query)["cf_connect"][0])
+
+
+def test_position_follows_publications_and_recovered_batches():
+    stream = ResumingStream(0, FIRST_PATH)
+    _follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"recoverable":true,"epoch":"E1"}}}}')
+    assert (stream.epoch, stream.offset) == ("E1", 0)
+    _follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"data":{},"offset":7}}')
+    # A reconnect's reply carries the recovered publications: the highest offset wins.
+    _follow_centrifugo_position(
+        stream,
+        b'data: {"connect":{"subs":{"room-1":{"epoch":"E1","recovered":true,'
+        b'"publications":[{"offset":8},{"offset":9}],"offset":9}}}}',
+    )
+    assert (stream.epoch, stream.offset) == ("E1", 9)
+
+
+def test_a_new_epoch_starts_the_count_again():
+    stream = ResumingStream(0, FIRST_PATH)
+    _follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"offset":40,"epoch":"E1"}}')
+    _follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"epoch":"E2","offset":3}}}}')
+    assert (stream.epoch, stream.offset) == ("E2", 3)
+
+
+def test_resume_path_asks_to_recover_from_the_position():
+    path = centrifugo_resume_path(FIRST_PATH, "E1", 9)
+    assert path.startswith("/connection/uni_sse?cf_connect=")
+    assert _connect_request(path) == {"subs": {"room-1": {"recover": True, "epoch": "E1", "offset": 9}}}
+
+
+def test_without_an_epoch_the_first_request_is_sent_again():
+    assert _connect_request(centrifugo_resume_path(FIRST_PATH, None, 0)) == {"subs": {"room-1": {}}}
