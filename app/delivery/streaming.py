@@ -105,11 +105,23 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
             watcher = _watch_for_close(client_socket, subscription)
             try:
                 chunk, count, last_id = _backlog_bytes(backlog, last_id)
-                if chunk:
-                    yield from _send(chunk, count, subscription, hub, outcome)
-                for chunk, count, sent_last_id in _live(subscription, last_id):
-                    yield from _send(chunk, count, subscription, hub, outcome)
-                    last_id = sent_last_id  # where a resync re-joins from
+                del backlog
+                # The live loop is written out here, not in helper generators:
+                # each generator level is one more C frame to resume on every
+                # write, and to keep in every parked stream's saved stack.
+                while chunk is not None:
+                    if chunk:
+                        subscription.writing_since = time.monotonic()
+                        try:
+                            yield chunk
+                        except GeneratorExit:
+                            if subscription.stalled:
+                                outcome.ended_by = "stalled"
+                            raise
+                        _written(subscription, count, hub, outcome)
+                    # A parked stream keeps no bytes alive (a backlog can be large).
+                    chunk = None
+                    chunk, count, last_id = _next_chunk(subscription, last_id)  # last_id: where a resync re-joins
                 if subscription.gone:
                     return
                 if subscription.closing:
@@ -177,6 +189,11 @@ def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcom
         if subscription.stalled:
             outcome.ended_by = "stalled"
         raise
+    _written(subscription, count, hub, outcome)
+
+
+def _written(subscription: Subscription, count: int, hub: Hub, outcome: _Outcome) -> None:
+    """Disarm the write deadline and count the events the chunk delivered."""
     subscription.writing_since = None
     subscription.last_sent = time.monotonic()
     if count:
@@ -227,16 +244,19 @@ def _backlog_bytes(backlog: Backlog, last_id: str | None) -> tuple[bytes, int, s
     return b"".join(parts), len(backlog.entries), last_id
 
 
-def _live(subscription: Subscription, last_id: str | None) -> Iterator[tuple[bytes, int, str | None]]:
-    """Yield (bytes, events, last id) for each drain of the queue, and heartbeats in silence."""
-    while True:
-        entries = subscription.take()
-        if subscription.interrupted:
-            return
-        if entries:
-            subscription.heartbeat_due = False
-            last_id = entries[-1].id
-            yield b"".join(entry.payload for entry in entries), len(entries), last_id
-        elif subscription.heartbeat_due:
-            subscription.heartbeat_due = False
-            yield HEARTBEAT, 0, last_id
+def _next_chunk(subscription: Subscription, last_id: str | None) -> tuple[bytes | None, int, str | None]:
+    """Park until there is something to write: (bytes, events, last id); None bytes once interrupted.
+
+    The bytes are every queued event in one chunk, or a heartbeat in silence
+    (or empty after a wake-up with nothing to say).
+    """
+    entries = subscription.take()
+    if subscription.interrupted:
+        return None, 0, last_id
+    if entries:
+        subscription.heartbeat_due = False
+        return b"".join(entry.payload for entry in entries), len(entries), entries[-1].id
+    if subscription.heartbeat_due:
+        subscription.heartbeat_due = False
+        return HEARTBEAT, 0, last_id
+    return b"", 0, last_id

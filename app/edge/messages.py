@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
@@ -109,13 +110,37 @@ def stream() -> Response:
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
         expires_at=expires_at,  # the token's exp: the stream ends then
     )
-    response = Response(body, content_type="text/event-stream; charset=utf-8", headers={
+    return Response(StreamBody(body, svc.slots.release), content_type="text/event-stream; charset=utf-8", headers={
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
-    })
-    # The server closes every response it got, streamed or not, started or not.
-    response.call_on_close(svc.slots.release)
-    return response
+    }, direct_passthrough=True)
+
+
+class StreamBody:
+    """A stream's generator as the WSGI response body, handed to the server unwrapped.
+
+    Werkzeug would wrap the body in two iterators of its own (``ClosingIterator``
+    and ``iter_encoded``): a Python frame each per chunk written, and in every
+    parked stream's saved stack. With ``direct_passthrough`` the server gets
+    this object: iterating it *is* the generator, and ``close`` -- which the
+    server calls on every response it got, started or not -- ends the
+    generator and gives the stream's slot back.
+    """
+
+    __slots__ = ("_generator", "_on_close")
+
+    def __init__(self, generator: Iterator[bytes], on_close: Callable[[], None]) -> None:
+        self._generator = generator
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._generator
+
+    def close(self) -> None:
+        try:
+            self._generator.close()
+        finally:
+            self._on_close()
 
 
 def _window_has_everything(svc) -> bool:
