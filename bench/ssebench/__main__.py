@@ -41,7 +41,7 @@ DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starle
 # storm: the reconnect storm (storm.py), for the systems that can resume.
 SCENARIOS = ("classic", "storm")
 # Minutes of classic scenarios per system and repetition, for the default budget.
-CLASSIC_MINUTES = {"full": 1.75, "quick": 0.75}
+CLASSIC_MINUTES = {"full": 2.0, "quick": 0.75}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
