@@ -6,6 +6,8 @@
 #   BENCH_SCENARIOS=...  comma list, default classic,storm (storm: the reconnect storm alone)
 #   BENCH_ROOT=/path     repo whose server is measured (default: this repo)
 #   BENCH_SCALE=0.05     shrink every stream count (development runs)
+#   BENCH_REPETITION_BUDGET=S  seconds one system's repetition may take (full: 120)
+#   BENCH_BUDGET_MINUTES=M     stop starting classic repetitions after M minutes
 #   BENCH_SKIP_INSTALL=1 trust that bench/install.sh already ran
 #   BENCH_SNAPSHOT=1     measure the server as committed (`git archive HEAD` of the
 #                        root into a temp dir), not the files in the work tree: a
@@ -40,6 +42,8 @@ args=(--root "$server_root"
 [[ "${BENCH_QUICK:-0}" == 1 ]] && args+=(--quick)
 [[ -n "${BENCH_SCALE:-}" ]] && args+=(--scale "$BENCH_SCALE")
 [[ -n "${BENCH_REPEATS:-}" ]] && args+=(--repeats "$BENCH_REPEATS")
+[[ -n "${BENCH_REPETITION_BUDGET:-}" ]] && args+=(--repetition-budget "$BENCH_REPETITION_BUDGET")
+[[ -n "${BENCH_BUDGET_MINUTES:-}" ]] && args+=(--budget-minutes "$BENCH_BUDGET_MINUTES")
 
 # Hard stop well past the planned time: the run must end by itself. Each
 # storm bounds its phases (at most ~9 min, usually 1-3); the classic

@@ -34,7 +34,7 @@ LOG_DIR = BENCH_DIR / "out" / "logs"
 # The environment settings of run.sh, quoted in the report as the command that made it.
 RUN_SETTINGS = (
     "BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCENARIOS", "BENCH_SCALE", "BENCH_REPEATS",
-    "BENCH_SNAPSHOT",
+    "BENCH_SNAPSHOT", "BENCH_REPETITION_BUDGET", "BENCH_BUDGET_MINUTES",
 )
 DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse"
 # classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
@@ -57,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="multiply every stream count (development runs: 0.05)")
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="stop starting repetitions after this long (default: by mode)")
+    parser.add_argument("--repetition-budget", type=float, default=None,
+                        help="seconds one repetition of one system may take (default: by mode)")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--stem", default=None, help="report file name without extension")
     parser.add_argument("--render", type=Path, default=None,
@@ -180,6 +182,8 @@ def main(argv: list[str]) -> int:
     if args.render:
         return render_again(args.render)
     plan = scaled(choose_plan(args.quick, args.repeats), args.scale)
+    if args.repetition_budget:
+        plan = dataclasses.replace(plan, repetition_budget_seconds=args.repetition_budget)
     wanted_scenarios(args.scenarios)  # a typo stops the run before anything starts
     raise_fd_limit()
     started = datetime.datetime.now().astimezone()

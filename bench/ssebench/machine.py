@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 
 import psutil
 
+from .cores import LOADGEN_CPUS, SERVER_CPUS
+
 DEBIAN_PACKAGES = ("nginx-light", "libnginx-mod-nchan", "pushpin", "redis-server")
+# The Python peers' packages, from bench/.venv.
+PYTHON_PACKAGES = ("sse-starlette", "starlette", "uvicorn", "broadcaster", "flask-sse", "redis", "gunicorn", "gevent")
 
 
 def _cpu_model() -> str:
@@ -34,6 +39,27 @@ def _package_versions() -> str:
             version = ""
         versions.append(f"{package} {version or 'not installed'}")
     return ", ".join(versions)
+
+
+def _python_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for package in PYTHON_PACKAGES:
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package} not installed")
+    return ", ".join(versions)
+
+
+def _go_versions() -> str:
+    from .systems import CENTRIFUGO_VERSION, MERCURE_VERSION, _caddy_version
+
+    go = subprocess.run(["go", "version"], capture_output=True, text=True, timeout=10).stdout.strip() \
+        if shutil.which("go") else "no Go"
+    return (f"Centrifugo {CENTRIFUGO_VERSION}, Mercure {MERCURE_VERSION} in Caddy {_caddy_version()}"
+            f" (built here with {go.removeprefix('go version ') or 'Go'})")
 
 
 def _git_commit(root: Path) -> str:
@@ -61,6 +87,10 @@ def describe_machine(server_root: Path) -> list[str]:
         f"{os.cpu_count()} cores ({_cpu_model()}), {memory_gib:.0f} GiB RAM,"
         f" {platform.system()} {platform.release()}, Python {platform.python_version()}",
         "Shared machine: other jobs may run at the same time (see the Other CPU column).",
-        f"Peers: {_package_versions()}",
+        f"Peers from Debian: {_package_versions()}",
+        f"Peers built from the Go module proxy: {_go_versions()}",
+        f"Python peers (bench/.venv): {_python_versions()}",
+        f"Core split: servers on core {SERVER_CPUS}, load generator on core(s)"
+        f" {', '.join(map(str, sorted(LOADGEN_CPUS)))} (taskset / sched_setaffinity), every scenario",
         f"Our server: {server_root} at {_git_commit(server_root)}",
     ]
