@@ -82,8 +82,13 @@ def child_exit(server, worker):
 
 # -- Logging and shutdown in each worker -----------------------------------------
 def post_fork(server, worker):
-    """Send the app's log lines to gunicorn's error log, at its level."""
+    """Send the app's log lines to gunicorn's error log, at its level; one send per chunk written."""
     import logging
+
+    from app.operations import socket_writes
+
+    # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
+    socket_writes.install()
 
     app_logger = logging.getLogger("app")
     app_logger.handlers = list(server.log.error_log.handlers)
