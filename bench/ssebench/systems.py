@@ -418,14 +418,60 @@ class FlaskSse(System):
         return [child.pid for child in master.children()]
 
 
-class Centrifugo(System):
+class OneProcessServer(System):
+    """A Go server that runs as one process, under a restart loop (Centrifugo, Mercure).
+
+    Subclasses name the binary, the config template in peers/ and its
+    placeholders, and the command line that runs it.
+    """
+
+    resumable = True
+    binary: Path
+    build_hint = ""
+    config_template = ""
+
+    def unavailable(self) -> str | None:
+        if not self.binary.exists():
+            return f"{self.binary} not built (run bench/install.sh: {self.build_hint})"
+        return None
+
+    def placeholders(self, workdir: Path) -> dict[str, str]:
+        raise NotImplementedError
+
+    def command(self, config: Path) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+        self.port = free_port()
+        self.publish_base = f"http://127.0.0.1:{self.port}"
+        config = (PEERS_DIR / self.config_template).read_text()
+        for name, value in {"PORT": str(self.port), "HISTORY_SIZE": str(HISTORY_SIZE),
+                            **self.placeholders(workdir)}.items():
+            config = config.replace(f"@{name}@", value)
+        config_path = workdir / self.config_template
+        config_path.write_text(config)
+        group = ServerGroup(workdir)
+        # HOME and XDG dirs in the run's temp dir: nothing is left behind.
+        self.supervisor = group.launch(
+            self.name, _supervised(self.command(config_path)), cwd=workdir,
+            env={"HOME": str(workdir), "XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)},
+            cpus=cpus,
+        )
+        self.group = group
+        wait_for_port(self.port, group)
+        return group
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.supervisor.pid) if self.group else []
+
+
+class Centrifugo(OneProcessServer):
     name = "centrifugo"
     description = (
         f"Centrifugo {CENTRIFUGO_VERSION} (go install from the module proxy), memory engine,"
         " uni_sse transport, anonymous subscribers, per-channel history with recovery,"
         " publish over its HTTP API; one process"
     )
-    resumable = True
     resume_style = "centrifugo"
     caveats = (
         "One process (Go, its own scheduler across goroutines) pinned to the server core, where"
@@ -436,35 +482,16 @@ class Centrifugo(System):
         "It sends no SSE `id:`: the bench's resuming client keeps the channel's epoch and offset"
         " and asks for recovery in `cf_connect`, as Centrifugo's uni_sse protocol describes.",
     )
+    binary = PEER_BUILDS / f"centrifugo-{CENTRIFUGO_VERSION}" / "centrifugo"
+    build_hint = f"go install centrifugo/v6@{CENTRIFUGO_VERSION}"
+    config_template = "centrifugo.json"
 
-    def unavailable(self) -> str | None:
-        if not self._binary().exists():
-            return f"{self._binary()} not built (run bench/install.sh: go install centrifugo/v6@{CENTRIFUGO_VERSION})"
-        return None
-
-    @staticmethod
-    def _binary() -> Path:
-        return PEER_BUILDS / f"centrifugo-{CENTRIFUGO_VERSION}" / "centrifugo"
-
-    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
-        self.port = free_port()
-        self.publish_base = f"http://127.0.0.1:{self.port}"
+    def placeholders(self, workdir: Path) -> dict[str, str]:
         self.api_key = f"bench-{os.getpid()}-{int(time.time())}"
-        config = (PEERS_DIR / "centrifugo.json").read_text()
-        config = (
-            config.replace("@PORT@", str(self.port))
-            .replace("@API_KEY@", self.api_key)
-            .replace("@HISTORY_SIZE@", str(HISTORY_SIZE))
-        )
-        (workdir / "centrifugo.json").write_text(config)
-        group = ServerGroup(workdir)
-        self.supervisor = group.launch(
-            "centrifugo", _supervised([str(self._binary()), "-c", str(workdir / "centrifugo.json")]),
-            cwd=workdir, env={}, cpus=cpus,
-        )
-        self.group = group
-        wait_for_port(self.port, group)
-        return group
+        return {"API_KEY": self.api_key}
+
+    def command(self, config: Path) -> list[str]:
+        return [str(self.binary), "-c", str(config)]
 
     def subscribe_path(self, room: str) -> str:
         connect = json.dumps({"subs": {room: {}}}, separators=(",", ":"))
@@ -475,59 +502,34 @@ class Centrifugo(System):
         return PublishRequest(f"{self.publish_base}/api/publish", body, "application/json",
                               {"X-API-Key": self.api_key})
 
-    def worker_pids(self) -> list[int]:
-        return _children(self.supervisor.pid) if self.group else []
 
-
-class Mercure(System):
+class Mercure(OneProcessServer):
     name = "mercure"
     description = (
         f"Mercure {MERCURE_VERSION} (Caddy {_caddy_version()} module, built from the module proxy),"
         " bolt transport on the run's temp dir with a bounded size, anonymous subscribers,"
         " publisher JWT; one process"
     )
-    resumable = True  # Last-Event-ID, from the bolt history
+    # resumable: Last-Event-ID, from the bolt history
     caveats = (
         "One process (Go) pinned to the server core, where the other systems run 2 workers on"
         " that core. In the reconnect storm it is the process that is killed (a supervisor loop"
         " restarts it, as systemd would), so every stream drops, not half; its bolt history is on"
         " disk and survives the restart.",
     )
+    binary = PEER_BUILDS / f"mercure-{MERCURE_VERSION}" / "caddy"
+    build_hint = "go build bench/peers/mercure"
+    config_template = "mercure.Caddyfile"
 
-    def unavailable(self) -> str | None:
-        if not self._binary().exists():
-            return f"{self._binary()} not built (run bench/install.sh: go build bench/peers/mercure)"
-        return None
-
-    @staticmethod
-    def _binary() -> Path:
-        return PEER_BUILDS / f"mercure-{MERCURE_VERSION}" / "caddy"
-
-    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
+    def placeholders(self, workdir: Path) -> dict[str, str]:
         import jwt
 
-        self.port = free_port()
-        self.publish_base = f"http://127.0.0.1:{self.port}"
         key = f"bench-publisher-key-{os.getpid()}-{int(time.time())}"
         self.token = jwt.encode({"mercure": {"publish": ["*"]}}, key, algorithm="HS256")
-        config = (PEERS_DIR / "mercure.Caddyfile").read_text()
-        config = (
-            config.replace("@PORT@", str(self.port))
-            .replace("@DATADIR@", str(workdir))
-            .replace("@HISTORY_SIZE@", str(HISTORY_SIZE))
-            .replace("@PUBLISHER_KEY@", key)
-        )
-        (workdir / "Caddyfile").write_text(config)
-        group = ServerGroup(workdir)
-        self.supervisor = group.launch(
-            "mercure",
-            _supervised([str(self._binary()), "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"]),
-            cwd=workdir, env={"HOME": str(workdir), "XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)},
-            cpus=cpus,
-        )
-        self.group = group
-        wait_for_port(self.port, group)
-        return group
+        return {"DATADIR": str(workdir), "PUBLISHER_KEY": key}
+
+    def command(self, config: Path) -> list[str]:
+        return [str(self.binary), "run", "--config", str(config), "--adapter", "caddyfile"]
 
     def subscribe_path(self, room: str) -> str:
         return f"/.well-known/mercure?topic={quote(room, safe='')}"
@@ -540,9 +542,6 @@ class Mercure(System):
             "application/x-www-form-urlencoded",
             {"Authorization": f"Bearer {self.token}"},
         )
-
-    def worker_pids(self) -> list[int]:
-        return _children(self.supervisor.pid) if self.group else []
 
 
 class SseStarlette(System):
