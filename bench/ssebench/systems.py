@@ -361,41 +361,35 @@ class Pushpin(System):
         return PublishRequest(f"{self.publish_base}/publish/", body, "application/json")
 
 
-class FlaskSse(System):
-    name = "flask-sse"
-    description = "Flask-SSE 1.0 + Redis 7 pub/sub, gunicorn 2 gevent workers"
-    # Its generator yields nothing until the first message, and gunicorn sends
-    # the head with the first body chunk.
-    head_before_first_event = False
-    caveats = (
-        "Flask-SSE sends no response head until the first message, so a stream counts as"
-        " held when its request was sent and the connection stayed open; each stream also"
-        " holds a Redis connection, whose memory (redis-server) is counted in its RSS.",
-    )
+class RedisFannedOut(System):
+    """A Python app on 2 workers that fan out through Redis pub/sub (Flask-SSE, sse-starlette).
+
+    Both peers' apps answer GET /stream?channel= and POST /publish; subclasses
+    say which server runs them (``app_command``) and what else it needs.
+    """
+
+    server_tool = ""
 
     def unavailable(self) -> str | None:
         if not shutil.which("redis-server"):
             return "redis-server not installed (run bench/install.sh)"
-        if not (BENCH_VENV_BIN / "gunicorn").exists():
-            return "bench/.venv has no gunicorn (run bench/install.sh)"
+        if not (BENCH_VENV_BIN / self.server_tool).exists():
+            return f"bench/.venv has no {self.server_tool} (run bench/install.sh)"
         return None
+
+    def app_command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
         self.port = free_port()
         self.publish_base = f"http://127.0.0.1:{self.port}"
         group = ServerGroup(workdir)
         redis_port = _start_redis(group, workdir, cpus)
-        group.launch(
-            "flask_sse",
-            [
-                str(BENCH_VENV_BIN / "gunicorn"),
-                "-k", "gevent", "-w", str(WORKERS),
-                "--worker-connections", "20000",
-                "-b", f"127.0.0.1:{self.port}",
-                "flask_sse_app:app",
-            ],
+        self.app_master = group.launch(
+            self.name.replace("-", "_"),
+            self.app_command(),
             cwd=PEERS_DIR,
-            env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+            env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)},
             cpus=cpus,
         )
         self.group = group
@@ -410,12 +404,30 @@ class FlaskSse(System):
         return PublishRequest(f"{self.publish_base}/publish", body, "application/json")
 
     def worker_pids(self) -> list[int]:
-        if not self.group or len(self.group.launched) < 2:
-            return []
-        import psutil
+        return _children(self.app_master.pid) if self.group else []
 
-        master = psutil.Process(self.group.launched[1].pid)
-        return [child.pid for child in master.children()]
+
+class FlaskSse(RedisFannedOut):
+    name = "flask-sse"
+    description = "Flask-SSE 1.0 + Redis 7 pub/sub, gunicorn 2 gevent workers"
+    # Its generator yields nothing until the first message, and gunicorn sends
+    # the head with the first body chunk.
+    head_before_first_event = False
+    caveats = (
+        "Flask-SSE sends no response head until the first message, so a stream counts as"
+        " held when its request was sent and the connection stayed open; each stream also"
+        " holds a Redis connection, whose memory (redis-server) is counted in its RSS.",
+    )
+    server_tool = "gunicorn"
+
+    def app_command(self) -> list[str]:
+        return [
+            str(BENCH_VENV_BIN / "gunicorn"),
+            "-k", "gevent", "-w", str(WORKERS),
+            "--worker-connections", "20000",
+            "-b", f"127.0.0.1:{self.port}",
+            "flask_sse_app:app",
+        ]
 
 
 class OneProcessServer(System):
@@ -544,54 +556,25 @@ class Mercure(OneProcessServer):
         )
 
 
-class SseStarlette(System):
+class SseStarlette(RedisFannedOut):
     name = "sse-starlette"
     description = "sse-starlette 3 on uvicorn, 2 workers, fanned out through Redis 7 pub/sub (broadcaster)"
     caveats = (
         "No history, so no resume: not in the reconnect storm. Each worker holds one Redis"
         " pub/sub connection (broadcaster); redis-server's memory and CPU are counted with it.",
     )
+    server_tool = "uvicorn"
 
-    def unavailable(self) -> str | None:
-        if not shutil.which("redis-server"):
-            return "redis-server not installed (run bench/install.sh)"
-        if not (BENCH_VENV_BIN / "uvicorn").exists():
-            return "bench/.venv has no uvicorn (run bench/install.sh)"
-        return None
-
-    def start(self, workdir: Path, cpus: str | None = None, env: dict[str, str] | None = None) -> ServerGroup:
-        self.port = free_port()
-        self.publish_base = f"http://127.0.0.1:{self.port}"
-        group = ServerGroup(workdir)
-        redis_port = _start_redis(group, workdir, cpus)
-        self.uvicorn = group.launch(
-            "sse_starlette",
-            [
-                str(BENCH_VENV_BIN / "uvicorn"),
-                "sse_starlette_app:app",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(WORKERS),
-                "--loop", "uvloop", "--http", "httptools",
-                "--log-level", "warning", "--no-access-log",
-                "--backlog", "4096",
-            ],
-            cwd=PEERS_DIR,
-            env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)},
-            cpus=cpus,
-        )
-        self.group = group
-        wait_for_port(self.port, group)
-        return group
-
-    def subscribe_path(self, room: str) -> str:
-        return f"/stream?channel={room}"
-
-    def publish_request(self, room: str, text: str) -> PublishRequest:
-        body = json.dumps({"room": room, "text": text}).encode()
-        return PublishRequest(f"{self.publish_base}/publish", body, "application/json")
-
-    def worker_pids(self) -> list[int]:
-        return _children(self.uvicorn.pid) if self.group else []
+    def app_command(self) -> list[str]:
+        return [
+            str(BENCH_VENV_BIN / "uvicorn"),
+            "sse_starlette_app:app",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(WORKERS),
+            "--loop", "uvloop", "--http", "httptools",
+            "--log-level", "warning", "--no-access-log",
+            "--backlog", "4096",
+        ]
 
 
 def _supervised(argv: list[str]) -> list[str]:
