@@ -1,61 +1,23 @@
-"""The application factory: it wires things together and does nothing else."""
+"""The SSE server package; ``create_app`` (in ``app/factory.py``) builds the Flask app.
+
+This file imports nothing, on purpose. gunicorn.conf.py reads ``app.config``
+in the gunicorn master, and importing a submodule runs this file first. Had it
+imported the factory -- flask, pymongo, PyJWT and with them ``ssl`` -- the
+master would hold ssl's classes before the gevent worker monkey-patches after
+fork, and TLS to MongoDB fails in every worker (issue 18). So the factory is
+imported when it is called, in the worker, after the patch.
+"""
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from flask import Flask
-
-from .config import Settings
-from .delivery.admission import StreamSlots
-from .delivery.hub import Hub
-from .delivery.presence import Presence
-from .delivery.tailer import Tailer
-from .delivery.window import Window
-from .edge.access import init_access
-from .edge.authorization import init_authorization
-from .edge.errors import register_error_handlers
-from .edge.openapi import init_openapi
-from .edge.ratelimit import init_rate_limit
-from .edge.request_log import register_request_log
-from .edge.security import init_security
-from .services import Services
-from .stores import StoreUnavailable, open_store
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(env: Mapping[str, str] | None = None) -> Flask:
     """Create the app from environment variables (tests pass their own mapping)."""
-    settings = Settings.from_env(env)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.ensure_ascii = False
-    app.json.sort_keys = False
+    from .factory import create_app as build
 
-    store = open_store(settings)
-    try:
-        store.prepare()
-    except StoreUnavailable as exc:  # not fatal: readiness says so, and each use retries
-        log.warning("message store not reachable at start-up (%s); will retry on use", exc)
-    hub = Hub(settings.stream_queue_limit, settings.heartbeat_seconds, settings.stream_write_timeout_seconds)
-    window = Window(settings.capped_max_messages, settings.capped_size_bytes)
-    tailer = Tailer(store, window, hub)
-    app.extensions["sse"] = Services(settings, store, window, hub, tailer,
-                                     StreamSlots(settings.max_streams_per_worker), Presence(store, hub))
-
-    from .edge import messages, ops, pages, rooms
-
-    app.register_blueprint(messages.bp)
-    app.register_blueprint(rooms.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(ops.bp)
-    register_error_handlers(app)
-    init_security(app)
-    init_access(app, settings)
-    init_authorization(app, settings)
-    init_rate_limit(app, settings)  # wraps the token check, so failed attempts count too
-    init_openapi(app, settings)
-    register_request_log(app)
-    log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
-    return app
+    return build(env)
