@@ -3,24 +3,37 @@
 Values come from the same environment variables the app reads (see README),
 through app.config, so a bad value stops start-up with a clear sentence.
 """
-# -- Metrics across workers (first: before anything imports prometheus_client) --
+# -- Settings first: a bad value stops start-up with one line ----------------------
+# gunicorn prints a traceback under "Failed to read config file" for any
+# exception raised here; SystemExit is not one, so the sentence that names the
+# variable is all that is printed, and the exit status is 1.
+#
+# Importing app.config imports nothing of the app: app/__init__.py imports nothing on
+# purpose. This file runs in the master, before gunicorn forks the workers, and
+# the gevent worker monkey-patches only after fork; whatever the master imports
+# (flask, pymongo, PyJWT -- ssl among them) the workers inherit unpatched, and
+# TLS to MongoDB then fails (issue 18). tests/test_startup.py keeps it so.
+import os
+import sys
+import tempfile
+
+from app.config import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    sys.exit(f"sse-rooms: {exc}")
+
+# -- Metrics across workers ----------------------------------------------------------
 # prometheus_client's multiprocess mode: each worker writes its metrics to
 # files in this directory and GET /metrics adds them up. The variable must be
 # in the environment before prometheus_client is first imported -- it picks
-# its storage at import -- and importing app.config below already imports the
-# app package, which imports it. So it is set here, first, in the master, and
-# the workers inherit it. Left unset, a fresh temporary directory is used.
-import os
-import tempfile
-
+# its storage at import -- so it is set here, in the master, and the workers
+# inherit it. Left unset, a fresh temporary directory is used.
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-
-from app.config import Settings  # noqa: E402
-
-_settings = Settings.from_env()
 
 # Where to listen. Behind nginx keep the default loopback address.
 bind = f"{_settings.host}:{_settings.port}"

@@ -118,7 +118,10 @@ def _redact_uri(uri: str) -> str:
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw.replace("_", ""))
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"must be a whole number between {low:,} and {high:,}") from None
         if not low <= value <= high:
             raise ValueError(f"must be between {low:,} and {high:,}")
         return value
@@ -127,7 +130,10 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 def _positive_float(high: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")  # not a number: the message below says what is expected
         if not 0 < value <= high:
             raise ValueError(f"must be a number of seconds above 0 and at most {high:g}")
         return value

@@ -39,9 +39,21 @@ def test_secrets_are_not_logged():
 
 
 @pytest.mark.slow
-def test_gunicorn_refuses_to_start_with_a_bad_value():
+@pytest.mark.parametrize("name, value, shown", [
+    ("CAPPED_SIZE_BYTES", "abc", "CAPPED_SIZE_BYTES='abc' is not valid"),
+    ("HEARTBEAT_SECONDS", "never", "HEARTBEAT_SECONDS='never' is not valid"),
+    ("PUBLISH_TOKEN", "short secret", "PUBLISH_TOKEN='***' is not valid"),
+    ("PUBLIC_ROOMS", "lobby", "PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is"),
+], ids=["not-a-number", "not-seconds", "secret-not-echoed", "checked-after-parsing"])
+def test_gunicorn_refuses_to_start_with_one_line_naming_the_variable(tmp_path, name, value, shown):
+    """A bad value used to end in a 14-line traceback under "Failed to read config file" (issue 18)."""
     result = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, timeout=30,
-                            env={"PATH": "/usr/bin:/bin", "HEARTBEAT_SECONDS": "never"},
+                            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), name: value},
                             capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "HEARTBEAT_SECONDS='never' is not valid" in result.stderr
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"sse-rooms: {shown}")
+    assert name != "PUBLISH_TOKEN" or value not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # stopped before making its metrics directory
