@@ -1,0 +1,61 @@
+"""Start-up is clean: the gunicorn master leaves ssl for the gevent worker to patch, and nothing warns."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.live import ROOT
+
+# What gunicorn's master does before it forks a gevent worker, then what the worker
+# does first: gunicorn.conf.py is read as gunicorn reads it, the master's own hooks
+# run (on_starting; child_exit, as after a worker was killed: the next worker is
+# forked from this master), and then gevent patches, with warnings recorded.
+MASTER_THEN_WORKER = """
+import importlib.util, json, sys, types, warnings
+
+import gunicorn.app.wsgiapp  # noqa: F401 (the master's own imports)
+from gunicorn.workers import ggevent  # noqa: F401 (worker_class is loaded in the master)
+
+spec = importlib.util.spec_from_file_location("__config__", "gunicorn.conf.py")
+config = importlib.util.module_from_spec(spec)
+sys.modules["__config__"] = config
+spec.loader.exec_module(config)
+config.on_starting(None)
+config.child_exit(None, types.SimpleNamespace(pid=2**22 + 1))
+in_master = sorted(name for name in sys.modules if name.split(".")[0] in {"app", "flask", "jwt", "pymongo"})
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from gevent import monkey
+    monkey.patch_all()
+print(json.dumps({"in_master": in_master, "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}))
+"""
+
+
+def _public_key_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    # Every setting whose check imports a library in the master (limits, cryptography).
+    {"MONGODB_URI": "mongodb://127.0.0.1:9/?tls=true", "PUBLISH_RATE": "20/second",
+     "AUTH_JWT_PUBLIC_KEY": "PEM", "PUBLIC_ROOMS": "lobby"},
+], ids=["defaults", "every-checked-setting"])
+def test_gunicorn_master_imports_nothing_the_gevent_worker_cannot_patch(tmp_path, env):
+    """The master imported the app (ssl through PyJWT) before the worker patched: TLS to MongoDB failed (issue 18)."""
+    env = {**env, "AUTH_JWT_PUBLIC_KEY": _public_key_pem()} if "AUTH_JWT_PUBLIC_KEY" in env else env
+    result = subprocess.run([sys.executable, "-c", MASTER_THEN_WORKER], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+                                             **env})
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["warnings"] == []
+    # Only the settings: the app, its web framework and its clients are imported in the worker.
+    assert seen["in_master"] == ["app", "app.config"]
