@@ -85,6 +85,30 @@ def test_a_client_gone_raises_as_before():
             single_send_sendall(a, b"data: x\n\n")
 
 
+def test_a_tls_socket_keeps_encrypting_once_installed(monkeypatch, tmp_path):
+    """It sent plaintext on gevent's TLS sockets (their sendall calls this one): TLS to MongoDB failed (issue 18)."""
+    from gevent import ssl as gevent_ssl
+
+    from app.operations import socket_writes
+    from tests.support.ferretdb_tls import make_certificates
+
+    monkeypatch.setattr(gevent_socket.socket, "sendall", gevent_socket.socket.sendall)  # restored afterwards
+    socket_writes.install()
+    certificates = make_certificates(tmp_path)
+    server_context = gevent_ssl.SSLContext(gevent_ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(certificates.cert_file, certificates.key_file)
+    client_context = gevent_ssl.SSLContext(gevent_ssl.PROTOCOL_TLS_CLIENT)  # gevent's, so the handshake yields
+    client_context.load_verify_locations(cafile=str(certificates.ca_file))
+    a, b = _pair()
+    server = gevent.spawn(lambda: server_context.wrap_socket(b, server_side=True))
+    client = client_context.wrap_socket(a, server_hostname="localhost")
+    server_side = server.get(timeout=10)
+    data = b"data: over TLS\n\n" * 10_000  # more than one TLS record and one socket buffer
+    reader = gevent.spawn(_read_all, server_side, len(data))
+    client.sendall(data)
+    assert reader.get(timeout=30) == data
+
+
 def test_gunicorn_workers_install_it(monkeypatch, tmp_path):
     """gunicorn.conf.py's post_fork puts single_send_sendall on the worker's gevent sockets."""
     import importlib.util

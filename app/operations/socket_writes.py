@@ -10,6 +10,13 @@ all of it if the buffer is full, the rest after a partial send -- to gevent's
 own ``sendall``, which waits for the socket as before. Errors (a client gone)
 surface exactly as they did.
 
+Plain sockets only. gevent's TLS socket is a subclass whose ``sendall``
+encrypts and then calls this class's ``sendall``; sending to its underlying
+socket from here would put plaintext on a TLS connection. That is what broke
+every worker's connection to MongoDB over TLS (issue 18: the server saw a
+garbage TLS record and answered ``TLSV1_ALERT_PROTOCOL_VERSION``). So any
+subclass keeps gevent's own path.
+
 Profile that found it: bench/results/2026-12-01-profile.md (``getsockopt``
 before every send; the per-write path is most of a delivery's cost).
 """
@@ -22,6 +29,8 @@ _gevent_sendall = gevent_socket.socket.sendall
 
 def single_send_sendall(sock: gevent_socket.socket, data, flags: int = 0) -> None:
     """Send all of ``data``: one ``send`` when the buffer has room, gevent's loop otherwise."""
+    if type(sock) is not gevent_socket.socket:  # a TLS socket (or another wrapper): not ours to shortcut
+        return _gevent_sendall(sock, data, flags)
     try:
         sent = sock._sock.send(data, flags)  # the underlying non-blocking socket: never waits
     except BlockingIOError:
@@ -32,5 +41,5 @@ def single_send_sendall(sock: gevent_socket.socket, data, flags: int = 0) -> Non
 
 
 def install() -> None:
-    """Use ``single_send_sendall`` for this process's gevent sockets (TLS sockets keep their own)."""
+    """Use ``single_send_sendall`` for this process's plain gevent sockets (TLS sockets keep gevent's)."""
     gevent_socket.socket.sendall = single_send_sendall
