@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,22 @@ def test_gunicorn_master_imports_nothing_the_gevent_worker_cannot_patch(tmp_path
     assert seen["warnings"] == []
     # Only the settings: the app, its web framework and its clients are imported in the worker.
     assert seen["in_master"] == ["app", "app.config"]
+
+
+def test_installing_the_project_for_development_prints_no_warning(tmp_path):
+    """`make install` (pip install -e .) printed setuptools' warning wall about a package named `app` (issue 18)."""
+    import shutil
+
+    project = tmp_path / "project"  # a copy: the build writes its metadata beside the sources
+    shutil.copytree(ROOT / "app", project / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    (tmp_path / "wheel").mkdir()
+    # What pip runs for `pip install --no-build-isolation -e .`; every warning shown, once each.
+    build = f"from setuptools import build_meta; build_meta.build_editable({str(tmp_path / 'wheel')!r})"
+    result = subprocess.run([sys.executable, "-W", "always", "-c", build],
+                            cwd=project, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # A warning prints as "file:line: Category: message" (setuptools' wall was InformationOnly).
+    assert not re.search(r"\.py:\d+: \w+: ", result.stderr), result.stderr
+    assert [path.name for path in (tmp_path / "wheel").iterdir()] == ["sse_rooms-0.1.0-0.editable-py3-none-any.whl"]
