@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 
 class ConfigError(ValueError):
@@ -104,7 +105,7 @@ class Settings:
             try:
                 values[name.lower()] = parse(raw.strip())
             except ValueError as exc:
-                shown = "'***'" if name in _NOT_ECHOED else repr(raw)
+                shown = "'***'" if name in _NOT_ECHOED else repr(_SHOWN_AS.get(name, str)(raw))
                 raise ConfigError(f"{name}={shown} is not valid: {exc}") from None
         return cls(**values)
 
@@ -140,9 +141,20 @@ def _positive_float(high: float) -> Callable[[str], float]:
     return parse
 
 
+# -- MongoDB over TLS (issue 18) ---------------------------------------------------------
+# The files a URI names for TLS (PyMongo's option names, matched as it does: any case).
+_TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscrlfile")
+
+
 def _mongodb_uri(raw: str) -> str:
     if not raw.startswith(("mongodb://", "mongodb+srv://")):
         raise ValueError("must start with mongodb:// or mongodb+srv://")
+    # PyMongo opens these when each worker creates its client, and a missing one
+    # failed every worker with a traceback; here it is one line, before any fork.
+    # (PyMongo itself is not imported here: the master must not import ssl's users.)
+    for key, value in parse_qsl(urlsplit(raw).query):
+        if key.lower() in _TLS_FILE_OPTIONS and not os.access(value, os.R_OK):
+            raise ValueError(f"{key}={value} is not a file this process can read")
     return raw
 
 
@@ -241,6 +253,8 @@ def _room_globs(raw: str) -> tuple[str, ...]:
 _SECRET_VARIABLES = frozenset({"PUBLISH_TOKEN", "AUTH_JWT_SECRET"})
 # Not secret, but a page of PEM says nothing a sentence would not.
 _NOT_ECHOED = _SECRET_VARIABLES | {"AUTH_JWT_PUBLIC_KEY"}
+# Echoed with their secret part hidden.
+_SHOWN_AS: dict[str, Callable[[str], str]] = {"MONGODB_URI": _redact_uri}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "HOST": str,

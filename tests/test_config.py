@@ -38,13 +38,32 @@ def test_secrets_are_not_logged():
     assert "hunter2" not in str(summary) and summary["mongodb_uri"] == "mongodb://***@db:27017/x"
 
 
+def test_tls_files_a_mongodb_uri_names_must_be_readable(tmp_path):
+    """A missing tlsCAFile failed every worker with a 140-line traceback (issue 18)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    uri = f"mongodb://db:27017/?tls=true&tlsCAFile={ca}"
+    assert Settings.from_env({"MONGODB_URI": uri}).mongodb_uri == uri
+    for option in ("tlsCAFile", "tlscafile", "tlsCertificateKeyFile", "tlsCRLFile"):
+        with pytest.raises(ConfigError, match=f"MONGODB_URI=.* {option}={tmp_path}/missing.pem is not a file"):
+            Settings.from_env({"MONGODB_URI": f"mongodb://db:27017/?tls=true&{option}={tmp_path}/missing.pem"})
+
+
+def test_a_rejected_mongodb_uri_is_shown_without_its_password(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"MONGODB_URI": f"mongodb://user:hunter2@db/?tlsCAFile={tmp_path}/missing.pem"})
+    assert "hunter2" not in str(refused.value) and "mongodb://***@db/" in str(refused.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, value, shown", [
     ("CAPPED_SIZE_BYTES", "abc", "CAPPED_SIZE_BYTES='abc' is not valid"),
     ("HEARTBEAT_SECONDS", "never", "HEARTBEAT_SECONDS='never' is not valid"),
     ("PUBLISH_TOKEN", "short secret", "PUBLISH_TOKEN='***' is not valid"),
     ("PUBLIC_ROOMS", "lobby", "PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is"),
-], ids=["not-a-number", "not-seconds", "secret-not-echoed", "checked-after-parsing"])
+    ("MONGODB_URI", "mongodb://u:hunter2@db/?tls=true&tlsCAFile=/no/ca.pem",
+     "MONGODB_URI='mongodb://***@db/?tls=true&tlsCAFile=/no/ca.pem' is not valid: tlsCAFile=/no/ca.pem is not"),
+], ids=["not-a-number", "not-seconds", "secret-not-echoed", "checked-after-parsing", "tls-ca-file-missing"])
 def test_gunicorn_refuses_to_start_with_one_line_naming_the_variable(tmp_path, name, value, shown):
     """A bad value used to end in a 14-line traceback under "Failed to read config file" (issue 18)."""
     result = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, timeout=30,
@@ -54,6 +73,6 @@ def test_gunicorn_refuses_to_start_with_one_line_naming_the_variable(tmp_path, n
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"sse-rooms: {shown}")
-    assert name != "PUBLISH_TOKEN" or value not in result.stderr
+    assert "secret" not in result.stderr and "hunter2" not in result.stderr
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []  # stopped before making its metrics directory
