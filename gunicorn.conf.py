@@ -99,7 +99,10 @@ def post_fork(server, worker):
     import logging
 
     from app.operations import socket_writes
+    from app.operations.lifecycle import quit_once
 
+    # Ctrl-C reaches each worker twice (the terminal's SIGINT, the master's SIGQUIT), loading or not.
+    quit_once(worker)
     # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
     socket_writes.install()
 

@@ -127,5 +127,6 @@ def test_gunicorn_workers_install_it(monkeypatch, tmp_path):
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
     error_log = logging.getLogger("gunicorn-under-test")
-    conf.post_fork(SimpleNamespace(log=SimpleNamespace(error_log=error_log)), None)
+    conf.post_fork(SimpleNamespace(log=SimpleNamespace(error_log=error_log)),
+                   SimpleNamespace(handle_quit=lambda signum, frame: None))
     assert gevent_socket.socket.sendall is single_send_sendall

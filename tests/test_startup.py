@@ -15,7 +15,8 @@ from tests.support.live import ROOT
 # What gunicorn's master does before it forks a gevent worker, then what the worker
 # does first: gunicorn.conf.py is read as gunicorn reads it, the master's own hooks
 # run (on_starting; child_exit, as after a worker was killed: the next worker is
-# forked from this master), and then gevent patches, with warnings recorded.
+# forked from this master), the worker's post_fork runs (before the patch, as in
+# gunicorn), and then gevent patches, with warnings recorded.
 MASTER_THEN_WORKER = """
 import importlib.util, json, sys, types, warnings
 
@@ -28,6 +29,9 @@ sys.modules["__config__"] = config
 spec.loader.exec_module(config)
 config.on_starting(None)
 config.child_exit(None, types.SimpleNamespace(pid=2**22 + 1))
+import logging
+config.post_fork(types.SimpleNamespace(log=types.SimpleNamespace(error_log=logging.getLogger("gunicorn.error"))),
+                 types.SimpleNamespace(handle_quit=lambda signum, frame: None))
 in_master = sorted(name for name in sys.modules
                    if name == "app.factory" or name.split(".")[0] in {"flask", "werkzeug", "jwt", "pymongo"})
 

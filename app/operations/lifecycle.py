@@ -15,6 +15,13 @@ worker's hub to end every stream: each sends a ``retry:`` line with jitter
 soon as its requests are done, usually within a second or two. The worker
 also withdraws its presence entry at once: its clients are about to be
 elsewhere, and counted there.
+
+Quick shutdown (SIGINT, SIGQUIT) is gunicorn's: the worker exits at once.
+Ctrl-C on ``make run`` signals the whole process group, so each worker gets
+the terminal's SIGINT and then the master's SIGQUIT; gunicorn's gevent worker
+runs its exit in a new greenlet for each, and the second one's ``sys.exit``
+landed in the middle of the interpreter's shutdown -- a traceback from gevent
+and one from PyMongo's exit handler. A worker now quits once.
 """
 from __future__ import annotations
 
@@ -57,6 +64,25 @@ def end_streams_on_sigterm(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn set it: don't break system calls
+
+
+def quit_once(worker: Any) -> None:
+    """Make SIGINT and SIGQUIT quit this gunicorn worker once: the second of the two is already being obeyed.
+
+    Call it after fork and before the worker sets its signals up (post_fork):
+    gunicorn installs ``worker.handle_quit``, so a worker still loading the
+    app, which Ctrl-C also reaches twice, is covered too.
+    """
+    gunicorn_handler = worker.handle_quit
+    quitting = False
+
+    def handle_quit(signum: int, frame: Any) -> None:
+        nonlocal quitting
+        if not quitting:
+            quitting = True
+            gunicorn_handler(signum, frame)
+
+    worker.handle_quit = handle_quit
 
 
 def _close_streams(services: Any) -> None:
