@@ -98,7 +98,6 @@ def _run_traffic(server: LiveServer, uri: str, database: str, *, ferretdb: TLSFe
             seen["restarting_at"] = time.monotonic()
             await asyncio.to_thread(ferretdb.restart)
             seen["restarted_at"] = time.monotonic()
-            seen["times"] = (seen["restarting_at"] - started, seen["restarted_at"] - started)
             await published_after(seen["restarted_at"])
             await asyncio.sleep(1.0)  # publishing while up again
         publisher.stop()
@@ -124,11 +123,7 @@ def _run_traffic(server: LiveServer, uri: str, database: str, *, ferretdb: TLSFe
     for client in clients:
         # Every stream starts with the room's stored backlog: each stored message once, in store order.
         got = [event.id for event in client.messages]
-        assert got == stored[client.room], (
-            f"{client.room}: missing {[i for i in stored[client.room] if i not in got]}, "
-            f"unexpected {[i for i in got if i not in stored[client.room]]}, acked-and-missing "
-            f"{[i for i in stored[client.room] if i not in got and i in acked]}, connections "
-            f"{[(c.last_event_id_sent, c.opened_at - started) for c in client.connections]}, {seen.get('times')}")
+        assert got == stored[client.room], _difference(got, stored[client.room], publisher, started, seen)
         assert not client.resets
     # The killed worker's streams came back with the id they had reached (a stream that had
     # none yet comes back without one, and the backlog is then the whole room again).
@@ -136,6 +131,17 @@ def _run_traffic(server: LiveServer, uri: str, database: str, *, ferretdb: TLSFe
         "no stream resumed from an id"
     assert "SSL" not in seen["log_before_restart"], seen["log_before_restart"][-3000:]
     return summary
+
+
+def _difference(got: list[str], stored: list[str], publisher: RecordingPublisher, started: float, seen: dict) -> str:
+    """Say where a stream's ids part from the store's, with when each id's POST began and ended."""
+    at = next((n for n, (a, b) in enumerate(zip(got, stored, strict=False)) if a != b), min(len(got), len(stored)))
+    posted = {a.body["id"]: (round(a.started - started, 2), round(a.started + a.duration - started, 2))
+              for a in publisher.attempts if a.status == 201}
+    times = {key: round(value - started, 2) for key, value in seen.items() if key.endswith("_at")}
+    return (f"first difference at {at}: got {[(i, posted.get(i)) for i in got[at - 2:at + 3]]}, "
+            f"stored {[(i, posted.get(i)) for i in stored[at - 2:at + 3]]}; missing "
+            f"{sorted(set(stored) - set(got))}, unexpected {sorted(set(got) - set(stored))}; {times}")
 
 
 def _assert_clean_log(server: LiveServer) -> None:

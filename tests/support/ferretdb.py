@@ -137,8 +137,16 @@ class FerretDB:
             self.process.wait()
 
     def restart(self, timeout: float = 20.0) -> FerretDB:
-        """Start again on the same port and data directory (stopping first if it still runs)."""
+        """Start again on the same port and data directory (stopping first if it still runs).
+
+        Not within the second the old process stopped in: FerretDB numbers a
+        document's place in natural order by the wall-clock second and a
+        counter that starts again from 0 in each process, so a document the
+        new process inserts in that second would sort *before* the old one's
+        last documents (docs/testing.md, "TLS, tested on FerretDB").
+        """
         self.stop()
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)  # into the next wall-clock second
         return self.start(timeout)
 
     def log(self) -> str:
