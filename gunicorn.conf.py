@@ -11,8 +11,9 @@ through app.config, so a bad value stops start-up with a clear sentence.
 # Importing app.config imports nothing of the app: app/__init__.py imports nothing on
 # purpose. This file runs in the master, before gunicorn forks the workers, and
 # the gevent worker monkey-patches only after fork; whatever the master imports
-# (flask, pymongo, PyJWT -- ssl among them) the workers inherit unpatched, and
-# TLS to MongoDB then fails (issue 18). tests/test_startup.py keeps it so.
+# (flask, pymongo, PyJWT -- ssl's users among them) the workers inherit
+# unpatched, and gevent warns that ssl "may silently" misbehave (issue 18).
+# tests/test_startup.py keeps it so.
 import os
 import sys
 import tempfile

@@ -1,11 +1,12 @@
 """The SSE server package; ``create_app`` (in ``app/factory.py``) builds the Flask app.
 
 This file imports nothing, on purpose. gunicorn.conf.py reads ``app.config``
-in the gunicorn master, and importing a submodule runs this file first. Had it
-imported the factory -- flask, pymongo, PyJWT and with them ``ssl`` -- the
-master would hold ssl's classes before the gevent worker monkey-patches after
-fork, and TLS to MongoDB fails in every worker (issue 18). So the factory is
-imported when it is called, in the worker, after the patch.
+in the gunicorn master, and importing a submodule runs this file first. It
+used to import the factory -- flask, PyJWT and with them ``ssl`` -- so every
+worker inherited modules holding ssl's unpatched classes from before the gevent
+worker monkey-patches after fork: gevent warned in each worker that this "may
+silently lead to incorrect behaviour" (issue 18). So the factory is imported
+when it is called, in the worker, after the patch.
 """
 from __future__ import annotations
 
