@@ -116,9 +116,6 @@ class MessageStore(Protocol):
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""
 
-    def well_formed_id(self, message_id: str) -> bool:
-        """Say whether ``message_id`` has the shape of this store's ids (``app/stores/ids.py``); no query."""
-
     def contains(self, message_id: str) -> bool:
         """Say whether the window holds this id: one indexed look-up (none for a malformed id)."""
 

@@ -234,9 +234,6 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         return None if newest is None else str(newest["_id"])
 
-    def well_formed_id(self, message_id: str) -> bool:
-        return parse_object_id(message_id) is not None
-
     def contains(self, message_id: str) -> bool:
         object_id = parse_object_id(message_id)
         if object_id is None:

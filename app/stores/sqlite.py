@@ -179,9 +179,6 @@ class SQLiteStore:
     def _make_id(self, seq: int) -> str:
         return sqlite_id(self.epoch, seq)
 
-    def well_formed_id(self, message_id: str) -> bool:
-        return parse_sqlite_id(message_id) is not None
-
     def _seq_of(self, message_id: str) -> int | None:
         """Return the seq of one of this file's ids; None for a malformed id or another epoch's."""
         parsed = parse_sqlite_id(message_id)
