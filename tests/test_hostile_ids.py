@@ -23,11 +23,12 @@ import json
 import re
 import socket
 import time
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.stores.base import UNKNOWN_ID_REASON
 from tests.support.odd_ids import id_shapes, odd_ids
@@ -48,10 +49,13 @@ def id_server(request, tmp_path_factory):
         yield server
 
 
-def raw_request(port: int, target: str, headers: bytes = b"", *, until: bytes | None = None) -> tuple[int, bytes]:
+def raw_request(port: int, target: str | bytes, headers: bytes = b"", *,
+                until: bytes | None = None) -> tuple[int, bytes]:
     """Send a GET as raw bytes; return the status and what came back (a stream: until ``until`` or patience)."""
+    if isinstance(target, str):
+        target = target.encode("latin-1")
     with socket.create_connection(("127.0.0.1", port), timeout=STREAM_PATIENCE) as sock:
-        sock.sendall(b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                      + headers + b"\r\n")
         received = b""
         deadline = time.monotonic() + STREAM_PATIENCE
@@ -181,6 +185,42 @@ def test_an_id_of_another_room_gets_the_same_answer_as_an_unknown_one(id_server)
                             timeout=5).json()
         answers.append((status, reset_reasons(body), page["reset"], [m["text"] for m in page["messages"]]))
     assert answers[0] == answers[1] == (200, [UNKNOWN_ID_REASON], UNKNOWN_ID_REASON, ["kept"])
+
+
+# Where a client's bytes go: path prefixes (the rest of the path or the query value is generated) and headers.
+PATH_PREFIXES = ["/rooms/", "/messages?room=", "/messages/history?room=", "/messages/history?room=a&limit=",
+                 "/messages/history?room=a&after=", "/messages?room=a&lastEventId=", "/", "/healthz/",
+                 "/openapi.json?", "/messages/", "/static/"]
+HEADERS = [b"Last-Event-ID", b"Authorization", b"Cookie", b"Origin", b"X-Forwarded-For", b"Accept",
+           b"Content-Type", b"Accept-Encoding", b"If-None-Match", b"Range", b"X-Request-Id"]
+
+
+# Most without control characters, so that they reach the app (gunicorn refuses the others: that is tried too).
+HEADER_VALUES = st.one_of(
+    st.binary(max_size=60).map(lambda value: bytes(byte for byte in value if byte >= 0x20 and byte != 0x7F)),
+    st.binary(max_size=60).filter(lambda value: b"\r" not in value and b"\n" not in value),
+)
+
+
+@pytest.mark.slow
+def test_no_generated_path_or_header_gets_a_5xx_or_a_traceback(id_server):
+    """Property: any bytes in a path, a query value or a header's value are answered below 500, and logged escaped."""
+    @settings(max_examples=80, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(prefix=st.sampled_from(PATH_PREFIXES), raw=st.binary(max_size=40), percent_encoded=st.booleans(),
+           header=st.sampled_from(HEADERS), value=HEADER_VALUES)
+    def anything(prefix: str, raw: bytes, percent_encoded: bool, header: bytes, value: bytes) -> None:
+        # Or raw: every byte as is (NUL, ESC, bytes past ASCII) but those that would end the request line.
+        tail = quote_from_bytes(raw, safe="").encode() if percent_encoded else b"".join(
+            b"%%%02X" % byte if byte in b" \r\n" else bytes([byte]) for byte in raw)
+        status, body = raw_request(id_server.port, prefix.encode() + tail, header + b": " + value + b"\r\n",
+                                   until=b"\r\n\r\n")
+        assert status < 500, (prefix, raw, header, value, body[:300])
+
+    anything()
+    assert_no_traceback_in_the_log(id_server)
+    log = id_server.log_path.read_text(errors="replace")
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]", log), "a raw control character in the log"
 
 
 # -- the log ------------------------------------------------------------------------------------------
