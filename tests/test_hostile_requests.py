@@ -96,6 +96,10 @@ TABLE = {
     "history limit not a number": Hostile("GET", "/messages/history?room=a&limit=ten", 400, "limit"),
     "history limit zero": Hostile("GET", "/messages/history?room=a&limit=0", 400, "limit"),
     "history limit huge": Hostile("GET", "/messages/history?room=a&limit=99999999999999999999", 400, "limit"),
+    "history limit with a plus sign": Hostile("GET", "/messages/history?room=a&limit=%2B5", 400, "limit"),
+    "history limit with spaces": Hostile("GET", "/messages/history?room=a&limit=%205%20", 400, "limit"),
+    "history limit with an underscore": Hostile("GET", "/messages/history?room=a&limit=1_0", 400, "limit"),
+    "history limit in Arabic-Indic digits": Hostile("GET", "/messages/history?room=a&limit=%D9%A1%D9%A0", 400, "limit"),
     "history after too long": Hostile("GET", "/messages/history?room=a&after=" + "9" * 257, 400, "after"),
     "huge query string": Hostile("GET", "/messages?room=a&pad=" + "x" * 3000, 414, "query string"),
     "query string past gunicorn's request line limit": Hostile(
