@@ -86,7 +86,7 @@ class Backlog:
 # not echoed: a different answer for "in another room" would let anyone probe
 # which ids belong to private rooms, and an echo would carry a client's bytes
 # into the event.
-UNKNOWN_ID_REASON = "the last event id is not in the stored window of these rooms (evicted, unknown or malformed)"
+UNKNOWN_ID_REASON = "the last event id is not in the stored window of these rooms: evicted, unknown or malformed"
 
 # What ``follow`` yields: new messages in store order, each with its position.
 # An empty batch says the follower has caught up with the store's present.
