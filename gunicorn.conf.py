@@ -96,11 +96,12 @@ def child_exit(server, worker):
 
 # -- Logging and shutdown in each worker -----------------------------------------
 def post_fork(server, worker):
-    """Send the app's log lines to gunicorn's error log, at its level; one send per chunk written."""
+    """Send the app's log lines to gunicorn's error log, at its level, escaped; one send per chunk written."""
     import logging
 
     from app.operations import socket_writes
     from app.operations.lifecycle import quit_once
+    from app.operations.log_lines import escape_on
 
     # Ctrl-C reaches each worker twice (the terminal's SIGINT, the master's SIGQUIT), loading or not.
     quit_once(worker)
@@ -111,6 +112,9 @@ def post_fork(server, worker):
     app_logger.handlers = list(server.log.error_log.handlers)
     app_logger.setLevel(server.log.error_log.level)
     app_logger.propagate = False
+    # Control characters a client sent (a %0A in a path) must not start a line
+    # of its own: on the handlers, so gunicorn's own lines are covered too.
+    escape_on(server.log.error_log.handlers)
 
 
 def post_worker_init(worker):

@@ -4,6 +4,8 @@ import json
 import pytest
 import sseclient
 
+from app.stores.base import UNKNOWN_ID_REASON
+
 
 def post(client, body, content_type="application/json"):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
@@ -103,7 +105,7 @@ def test_unknown_last_event_id_sends_one_reset_then_the_whole_backlog(client):
     _, body = read_stream(client, "/messages?room=r", {"Last-Event-ID": "nonsense"})
     events = list(sseclient.SSEClient([body]).events())
     assert [e.event for e in events] == ["reset", "message"]
-    assert "nonsense" in json.loads(events[0].data)["reason"]
+    assert json.loads(events[0].data) == {"reason": UNKNOWN_ID_REASON}  # the id is not echoed
 
 
 def test_oversize_last_event_id_is_400(client):
@@ -121,11 +123,12 @@ def test_history_pages_forward(client):
     assert [m["text"] for m in page["messages"]] == ["m0", "m1"] and page["hasMore"] and page["reset"] is None
     page = client.get(f"/messages/history?room=h&limit=2&after={sent[3]['id']}").get_json()
     assert [m["text"] for m in page["messages"]] == ["m4"] and not page["hasMore"]
-    page = client.get("/messages/history?room=h&after=bogus").get_json()
-    assert page["reset"] and len(page["messages"]) == 5
+    for unknown in ("bogus", sent[0]["id"].rsplit("-", 1)[0] + "-9999999999999999999", "１", f"{sent[3]['id']}\x00"):
+        page = client.get("/messages/history", query_string={"room": "h", "after": unknown}).get_json()
+        assert page["reset"] == UNKNOWN_ID_REASON and len(page["messages"]) == 5, unknown
 
 
-@pytest.mark.parametrize("limit", ["0", "1001", "x", "-1"])
+@pytest.mark.parametrize("limit", ["0", "1001", "x", "-1", "+5", " 5", "1_0", "١٠", "５", ""])
 def test_history_rejects_bad_limits(client, limit):
     assert client.get(f"/messages/history?room=h&limit={limit}").status_code == 400
 

@@ -96,6 +96,10 @@ TABLE = {
     "history limit not a number": Hostile("GET", "/messages/history?room=a&limit=ten", 400, "limit"),
     "history limit zero": Hostile("GET", "/messages/history?room=a&limit=0", 400, "limit"),
     "history limit huge": Hostile("GET", "/messages/history?room=a&limit=99999999999999999999", 400, "limit"),
+    "history limit with a plus sign": Hostile("GET", "/messages/history?room=a&limit=%2B5", 400, "limit"),
+    "history limit with spaces": Hostile("GET", "/messages/history?room=a&limit=%205%20", 400, "limit"),
+    "history limit with an underscore": Hostile("GET", "/messages/history?room=a&limit=1_0", 400, "limit"),
+    "history limit in Arabic-Indic digits": Hostile("GET", "/messages/history?room=a&limit=%D9%A1%D9%A0", 400, "limit"),
     "history after too long": Hostile("GET", "/messages/history?room=a&after=" + "9" * 257, 400, "after"),
     "huge query string": Hostile("GET", "/messages?room=a&pad=" + "x" * 3000, 414, "query string"),
     "query string past gunicorn's request line limit": Hostile(
@@ -107,6 +111,15 @@ TABLE = {
                                                      "Last-Event-ID"),
     "Last-Event-ID past gunicorn's header limit": Hostile("GET", "/messages?room=a", 431, "",
                                                           headers={"Last-Event-ID": "1" * 9000}, by_gunicorn=True),
+    # -- ids, paths and headers with control characters (tests/test_hostile_ids.py: what the log shows) ------
+    "Last-Event-ID with a NUL": Hostile("GET", "/messages?room=a", 400, "", headers={"Last-Event-ID": "1\x00x"},
+                                        by_gunicorn=True),
+    "Last-Event-ID with an escape character": Hostile("GET", "/messages?room=a", 400, "",
+                                                      headers={"Last-Event-ID": "1\x1b[2K"}, by_gunicorn=True),
+    "room path with a line feed": Hostile("GET", "/rooms/x%0AFORGED", 400, "room"),
+    "room path with a NUL": Hostile("GET", "/rooms/x%00", 400, "room"),
+    "stream room with a line feed": Hostile("GET", "/messages?room=a%0AFORGED", 400, "room"),
+    "history room with a line separator": Hostile("GET", "/messages/history?room=a%E2%80%A8b", 400, "room"),
 }
 
 
@@ -182,10 +195,14 @@ def test_hostile_request_gets_its_error_and_stores_nothing(hostile_server, row: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("last_id", ["garbage", "../../etc/passwd", "0-1", "ffffffff-1", "1' OR '1'='1"])
+@pytest.mark.parametrize("last_id", ["garbage", "../../etc/passwd", "0-1", "ffffffff-1", "1' OR '1'='1",
+                                     "ffffffff-9999999999999999999", "-1", "+1", "١٢٣", "ABCDEF0123456789ABCDEF01",
+                                     "9" * 256])
 def test_garbage_last_event_id_resets_rather_than_skipping(hostile_server, last_id):
+    """More shapes, made from the server's own ids, in tests/test_hostile_ids.py."""
     hostile_server.publish(RESUME_ROOM, "kept")
-    with requests.get(hostile_server.url + f"/messages?room={RESUME_ROOM}", headers={"Last-Event-ID": last_id},
+    with requests.get(hostile_server.url + f"/messages?room={RESUME_ROOM}",
+                      headers={"Last-Event-ID": last_id.encode()},  # UTF-8, as a browser would send it
                       stream=True, timeout=5) as reply:
         assert reply.status_code == 200
         head = b""

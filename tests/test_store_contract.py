@@ -16,7 +16,8 @@ import gevent
 import gevent.event
 import pytest
 
-from app.stores.base import PositionLost, StoreUnavailable
+from app.stores.base import UNKNOWN_ID_REASON, PositionLost, StoreUnavailable
+from tests.support.odd_ids import odd_ids
 
 
 def open_sqlite(location: str, max_messages: int, max_bytes: int):
@@ -173,16 +174,28 @@ def test_unknown_or_malformed_id_gives_reset_and_the_whole_window(make_store, ba
     store.append("r", "m0", "message")
     store.append("r", "m1", "message")
     backlog = store.read_room("r", after_id=bad_id)
-    assert backlog.reset_reason
+    assert backlog.reset_reason == UNKNOWN_ID_REASON
     assert texts(backlog) == ["m0", "m1"]
 
 
-def test_id_from_another_room_gives_reset(make_store):
+def test_odd_ids_give_the_one_reset_and_are_never_found(make_store):
+    """`<epoch>-9999999999999999999` (past 64 bits) reached SQLite and raised OverflowError mid-stream."""
+    store = make_store()
+    kept = store.append("r", "m0", "message")
+    for name, odd in odd_ids(kept.id).items():
+        backlog = store.read_room("r", after_id=odd)
+        assert (backlog.reset_reason, texts(backlog)) == (UNKNOWN_ID_REASON, ["m0"]), name
+        assert not store.contains(odd), name
+    assert store.contains(kept.id)
+
+
+def test_id_from_another_room_gives_the_same_reset_as_an_unknown_one(make_store):
+    """Another reason for another room's id let anyone probe which ids belong to private rooms."""
     store = make_store()
     other = store.append("other", "x", "message")
     store.append("r", "m0", "message")
     backlog = store.read_room("r", after_id=other.id)
-    assert backlog.reset_reason and texts(backlog) == ["m0"]
+    assert backlog.reset_reason == UNKNOWN_ID_REASON and texts(backlog) == ["m0"]
 
 
 def test_oldest_are_evicted_beyond_max_messages_and_resume_there_resets(make_store):
@@ -191,7 +204,7 @@ def test_oldest_are_evicted_beyond_max_messages_and_resume_there_resets(make_sto
     enforce_bounds(make_store, store)
     assert texts(store.read_room("r")) == [f"m{i}" for i in range(3, 8)]
     evicted = store.read_room("r", after_id=sent[2].id)
-    assert evicted.reset_reason and texts(evicted) == [f"m{i}" for i in range(3, 8)]
+    assert evicted.reset_reason == UNKNOWN_ID_REASON and texts(evicted) == [f"m{i}" for i in range(3, 8)]
     kept = store.read_room("r", after_id=sent[3].id)
     assert kept.reset_reason is None and texts(kept) == [f"m{i}" for i in range(4, 8)]
 
@@ -401,7 +414,7 @@ def test_read_rooms_merges_rooms_in_store_order_and_resumes_after_any_of_their_i
         assert backlog.reset_reason is None
         assert [m.id for m in backlog.messages] == [m.id for m in followed[cut + 1:]]
     other = store.read_rooms(("a", "b"), after_id=sent[2].id)  # room c
-    assert other.reset_reason and [m.id for m in other.messages] == [m.id for m in followed]
+    assert other.reset_reason == UNKNOWN_ID_REASON and [m.id for m in other.messages] == [m.id for m in followed]
 
 
 # -- presence: each worker's streams per room, with an expiry ------------------------------------

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import gevent
 import gevent.event
 
-from ..stores.base import Message, stored_size
+from ..stores.base import UNKNOWN_ID_REASON, Message, stored_size
 from .events import message_event
 
 
@@ -173,10 +173,9 @@ class Window:
         position = -1
         if after_id is not None:
             entry = self._by_id.get(after_id)
-            if entry is None:
-                reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
-            elif entry.room not in rooms:
-                reason = f"last event id {after_id!r} belongs to another room"
+            if entry is None or entry.room not in rooms:
+                # One reason for both: ids of private rooms must not be told apart from unknown ones.
+                reason = UNKNOWN_ID_REASON
             else:
                 position = entry.position
         parts = [log.after(position) for log in map(self._rooms.get, rooms) if log is not None]

@@ -161,10 +161,9 @@ def history() -> Response:
     svc = services()
     rooms = _query_rooms()
     authorize_reading(rooms)
-    try:
-        limit = int(request.args.get("limit", HISTORY_DEFAULT_LIMIT))
-    except ValueError:
-        limit = 0
+    raw_limit = request.args.get("limit", str(HISTORY_DEFAULT_LIMIT))
+    # ASCII digits only: int() also takes "+5", " 5", "1_0" and other scripts' digits ("١٠").
+    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
     if not 1 <= limit <= HISTORY_MAX_LIMIT:
         raise ApiError(400, f"limit must be a whole number from 1 to {HISTORY_MAX_LIMIT}", {"limit": ["invalid"]})
     after = request.args.get("after") or None

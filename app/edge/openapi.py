@@ -37,8 +37,8 @@ An endless `text/event-stream` (Server-Sent Events). It opens with a `retry:` li
 then the rooms' stored messages after the resume point, then live ones, all in one store order. Each message
 is one event: `id:` is the message id, `event:` its type (left out for `message`),
 and a single `data:` line holds the message JSON (as in the POST reply). A resume id
-that is unknown, evicted or from another room gives `event: reset` (data
-`{"reason": ...}`) followed by the whole stored window. Comment lines (`:`) are
+that is unknown, evicted, from another room or not an id at all gives `event: reset` (data
+`{"reason": ...}`, one reason for all of them) followed by the whole stored window. Comment lines (`:`) are
 heartbeats."""
 
 

@@ -160,4 +160,6 @@ class HistoryQuery(RoomQuery):
     """The query string of ``GET /messages/history``."""
 
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    after = fields.String(validate=validate.Length(max=256), metadata={"description": "Start after this id"})
+    after = fields.String(validate=validate.Length(max=256), metadata={
+        "description": "Start after this message id; one not stored for these rooms (evicted, unknown, of another "
+                       "room, or not an id at all) gives `reset` and the page starts at the oldest"})

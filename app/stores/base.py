@@ -80,6 +80,14 @@ class Backlog:
     reset_reason: str | None = None
 
 
+# The one reason a resume point is not found, whatever the id: unknown,
+# evicted, never issued here, malformed, or a message of a room the client did
+# not ask for. One text, from the window and from both stores, and the id is
+# not echoed: a different answer for "in another room" would let anyone probe
+# which ids belong to private rooms, and an echo would carry a client's bytes
+# into the event.
+UNKNOWN_ID_REASON = "the last event id is not in the stored window of these rooms: evicted, unknown or malformed"
+
 # What ``follow`` yields: new messages in store order, each with its position.
 # An empty batch says the follower has caught up with the store's present.
 FeedBatch = list[tuple[int, Message]]
@@ -109,7 +117,7 @@ class MessageStore(Protocol):
         """Return the id of the newest message in the window, or None if it is empty."""
 
     def contains(self, message_id: str) -> bool:
-        """Say whether the window holds this id: one indexed look-up."""
+        """Say whether the window holds this id: one indexed look-up (none for a malformed id)."""
 
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order.

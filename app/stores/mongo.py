@@ -72,6 +72,7 @@ from pymongo.errors import (
 )
 
 from .base import (
+    UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
@@ -80,6 +81,7 @@ from .base import (
     StoreUnavailable,
     WriteOutcomeUnknown,
 )
+from .ids import parse_object_id
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +192,9 @@ class MongoStore:
         self.prepare()
         target = None
         if after_id is not None:
-            if not ObjectId.is_valid(after_id):
-                return self._read_all(rooms, limit, f"last event id {after_id!r} was not issued by this store")
-            target = ObjectId(after_id)
+            target = parse_object_id(after_id)
+            if target is None:
+                return self._read_all(rooms, limit, UNKNOWN_ID_REASON)
         query = {"room": rooms[0]} if len(rooms) == 1 else {"room": {"$in": list(rooms)}}
         before: list[Message] = []
         after: list[Message] = []
@@ -211,8 +213,8 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         if found:
             return Backlog(after)
-        reason = f"last event id {after_id!r} is not in the stored window (evicted or unknown)"
-        return Backlog(before[:limit], reason)
+        # The walk covers the asked rooms only: another room's id is simply not found.
+        return Backlog(before[:limit], UNKNOWN_ID_REASON)
 
     def _read_all(self, rooms: Sequence[str], limit: int | None, reason: str) -> Backlog:
         backlog = self.read_rooms(rooms, None, limit)
@@ -233,12 +235,13 @@ class MongoStore:
         return None if newest is None else str(newest["_id"])
 
     def contains(self, message_id: str) -> bool:
-        if not ObjectId.is_valid(message_id):
+        object_id = parse_object_id(message_id)
+        if object_id is None:
             return False
         self.prepare()
         try:
             # By _id: the index every collection has, capped ones included.
-            return self.collection.find_one({"_id": ObjectId(message_id)}, {"_id": 1}) is not None
+            return self.collection.find_one({"_id": object_id}, {"_id": 1}) is not None
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
 
@@ -296,11 +299,8 @@ class MongoStore:
         """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""
         try:
             self.prepare()
-            if after_id is None:
-                last = None  # the whole window
-            elif ObjectId.is_valid(after_id):
-                last = ObjectId(after_id)
-            else:
+            last = None if after_id is None else parse_object_id(after_id)  # None: the whole window
+            if after_id is not None and last is None:
                 raise PositionLost(f"{after_id!r} is not from this store")
             wait = self.dead_cursor_wait[0]
             while True:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import sqlite3
 import time
@@ -44,7 +43,8 @@ from datetime import UTC, datetime
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from .base import Backlog, FeedBatch, Message, PositionLost, StoreUnavailable, stored_size
+from .base import UNKNOWN_ID_REASON, Backlog, FeedBatch, Message, PositionLost, StoreUnavailable, stored_size
+from .ids import parse_sqlite_id, sqlite_id
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ CREATE TABLE IF NOT EXISTS presence (
 );
 """
 _COLUMNS = "seq, room, text, event, created_ms"
-_ID = re.compile(r"\A([0-9a-f]{8})-([1-9][0-9]{0,18})\Z")
 _FEED_BATCH = 1000
 # How long a write may wait for the file's write lock (SQLite's busy
 # timeout), and as long again for its turn on this worker's writer thread.
@@ -178,13 +177,14 @@ class SQLiteStore:
 
     # -- ids -----------------------------------------------------------------
     def _make_id(self, seq: int) -> str:
-        return f"{self.epoch}-{seq}"
+        return sqlite_id(self.epoch, seq)
 
     def _seq_of(self, message_id: str) -> int | None:
-        match = _ID.match(message_id)
-        if match is None or match.group(1) != self.epoch:
+        """Return the seq of one of this file's ids; None for a malformed id or another epoch's."""
+        parsed = parse_sqlite_id(message_id)
+        if parsed is None or parsed[0] != self.epoch:
             return None
-        return int(match.group(2))
+        return parsed[1]
 
     def _message(self, row: tuple) -> Message:
         seq, room, text, event, created_ms = row
@@ -326,18 +326,15 @@ class SQLiteStore:
         return Backlog([self._message(row) for row in rows], reset_reason)
 
     def _resume_point(self, rooms: Sequence[str], after_id: str) -> tuple[int, str | None]:
+        """Return the seq to resume after, or 0 and the one reason (see UNKNOWN_ID_REASON)."""
         seq = self._seq_of(after_id)
         if seq is None:
-            return 0, f"last event id {after_id!r} was not issued by this store"
+            return 0, UNKNOWN_ID_REASON
+        # One query whatever the answer: another room's id costs what an unknown one does.
         found = self._query("SELECT room FROM messages WHERE seq = ?", (seq,))
         if found and found[0][0] in rooms:
             return seq, None
-        if found:
-            return 0, f"last event id {after_id!r} belongs to another room"
-        (oldest,) = self._query("SELECT min(seq) FROM messages")[0]
-        if oldest is not None and seq < oldest:
-            return 0, f"last event id {after_id!r} was evicted from the bounded store"
-        return 0, f"last event id {after_id!r} is unknown"
+        return 0, UNKNOWN_ID_REASON
 
     def contains(self, message_id: str) -> bool:
         seq = self._seq_of(message_id)

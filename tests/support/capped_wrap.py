@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
+from app.stores.base import UNKNOWN_ID_REASON
 from tests.support.eventsource import EventSourceClient, EventStreamParser
 from tests.support.faults import wait_until
 from tests.support.live import LiveServer
@@ -61,6 +63,6 @@ def assert_reset_then_window(client: EventSourceClient, expected: list[str], exa
         assert [event.id for event in client.messages] == exact
         return
     assert client.events[0].type == "reset"
-    assert "evicted" in client.events[0].data or "not in the stored window" in client.events[0].data
+    assert json.loads(client.events[0].data) == {"reason": UNKNOWN_ID_REASON}
     assert len(client.resets) == 1
     assert [event.id for event in client.messages] == expected
