@@ -5,6 +5,11 @@
 * ``view``: the stream view in-process (Flask's test client, no socket): the
   request is parsed, the stream admitted, its first chunk (``retry:``) read,
   and the response closed, which gives its slots back. Median of rounds.
+* ``live``: real gunicorn with one gevent worker on loopback: a client opens a
+  stream, reads its first line and closes it, one after another; wall time
+  per open, and the worker's CPU time per open (utime + stime from
+  /proc/PID/stat, which includes the worker's own background work: its
+  tailer's polls and presence writes, the same before and after).
 * ``slots``: MAX_STREAMS_PER_CLIENT's take and give-back alone, on a slots
   file in WAL as under gunicorn; ``slots, 2 processes``: the same while a
   second process takes and gives back on the same file as fast as it can
@@ -71,6 +76,38 @@ def slots_cost(path: str, opens: int) -> tuple[float, float]:
     return _timed(run, opens)
 
 
+def live_cost(directory: str, opens: int) -> tuple[float, float]:
+    import http.client
+
+    from tests.support.live import LiveServer
+
+    server = LiveServer({"SQLITE_PATH": os.path.join(directory, "live.sqlite3"), "WEB_CONCURRENCY": "1",
+                         "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "warning", "MONGODB_URI": ""},
+                        Path(directory) / f"gunicorn-{time.monotonic_ns()}.log").start()
+    try:
+        [pid] = server.worker_pids()
+
+        def worker_cpu() -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+        def run(count: int) -> None:
+            for _ in range(count):
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                connection.request("GET", "/messages?room=bench")
+                response = connection.getresponse()
+                assert response.status == 200, response.status
+                response.fp.readline()  # retry: -- the stream is open
+                connection.close()
+
+        run(100)
+        wall, cpu = time.perf_counter(), worker_cpu()
+        run(opens)
+        return (time.perf_counter() - wall) / opens * 1e6, (worker_cpu() - cpu) / opens * 1e6
+    finally:
+        server.stop()
+
+
 def _summary(figures: list[tuple[float, float]]) -> str:
     wall, cpu = zip(*figures, strict=True)
     return (f"wall {statistics.median(wall):.1f} us, CPU {statistics.median(cpu):.1f} us per stream "
@@ -98,6 +135,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sse-open-cost-") as directory:
         view = [view_cost(directory, args.opens) for _ in range(args.rounds)]
         print(f"view (open, first chunk, close): {_summary(view)}")
+        live = [live_cost(directory, args.opens) for _ in range(args.rounds)]
+        print(f"live (gunicorn, 1 worker; CPU is the worker's): {_summary(live)}")
         if not has_slots:
             return
         path = os.path.join(directory, "slots-bench.sqlite3")
