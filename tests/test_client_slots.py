@@ -5,11 +5,14 @@ tests/test_client_slots_live.py; nginx's own limits in tests/test_nginx.py.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import multiprocessing
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from app import create_app
@@ -30,12 +33,27 @@ from tests.support.tokens import SECRET, claims, mint
     ("2001:db8:1:3::1", "ip:2001:db8:1:3::/64"),
     ("::1", "ip:::/64"),
     ("::ffff:192.0.2.7", "ip:192.0.2.7"),  # IPv4-mapped: the IPv4 client, not the ::ffff:0:0/64 of everyone
+    ("fe80::1%eth0", "ip:fe80::/64"),  # a link-local peer's zone is not part of the address
     ("", "ip:"),  # a unix socket's peer
+    ("192.0.2.1\x00x", "ip:192.0.2.1\x00x"),
     ("not-an-address" * 10, "ip:" + ("not-an-address" * 10)[:64]),
 ], ids=["ipv4", "ipv6", "ipv6-same-64", "ipv6-spelled-out", "ipv6-next-64", "loopback6", "ipv4-mapped",
-        "empty", "garbage-cut"])
+        "zone", "empty", "nul", "garbage-cut"])
 def test_the_client_key_of_an_address(address, key):
     assert address_key(address) == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.booleans())
+def test_the_client_key_agrees_with_the_ipaddress_module(address, exploded):
+    text = address.exploded if exploded else str(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        expected = f"ip:{address.ipv4_mapped}"
+    elif isinstance(address, ipaddress.IPv6Address):
+        expected = f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    else:
+        expected = f"ip:{address}"
+    assert address_key(text) == expected
 
 
 def _stream(client, address: str = "192.0.2.1", room: str = "r", **headers: str):
