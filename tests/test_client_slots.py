@@ -249,6 +249,23 @@ def test_a_ticket_gives_its_slots_back_once_however_often_it_is_closed():
     assert admission.client_slots.held("c") == 0 and admission.worker_slots.open == 0
 
 
+def test_a_stopping_worker_gives_every_client_slot_back_at_once_and_each_only_once(tmp_path):
+    path = str(tmp_path / "slots.sqlite3")
+    admission = Admission(StreamSlots(10), ClientSlots(path, limit=5))
+    tickets = [admission.admit(client) for client in ("a", "a", "b")]
+    other_worker = ClientSlots(path, limit=5)
+    other_worker._write(client_slots._TAKE, {"client": "a", "worker": os.getpid() + 1, "limit": 5})
+
+    admission.close()  # SIGTERM
+    assert admission.client_slots.held("a") == 1 and admission.client_slots.held("b") == 0  # the other's stays
+    late = admission.admit("a")  # in flight as the worker stopped: admitted, not counted
+    assert not isinstance(late, Refusal) and admission.client_slots.held("a") == 1
+    for ticket in tickets + [late]:
+        ticket.give_back()
+    assert admission.client_slots.held("a") == 1  # nothing given back twice
+    assert admission.worker_slots.open == 0
+
+
 def test_a_full_worker_is_refused_before_the_client_is_counted():
     admission = Admission(StreamSlots(1), ClientSlots(None, limit=5))
     ticket = admission.admit("c")

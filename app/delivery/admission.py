@@ -9,7 +9,9 @@ burst of requests could all pass the check before any of them subscribed.
 Every slot taken is given back exactly once: an admission is a ticket whose
 ``give_back`` returns both slots the first time and does nothing after,
 whoever calls it (the response's ``close`` on every way a stream ends, or the
-view when something fails before the response exists).
+view when something fails before the response exists). When the worker stops,
+``close`` gives back every client slot it holds at once; the tickets then give
+back only their worker slot, and a stream it still admits is not counted for its client.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class Ticket:
         if admission is None:
             return
         try:
-            if self._client is not None:
+            if self._client is not None and not admission.closed:
                 try:
                     admission.client_slots.give_back(self._client)
                 except ClientSlotsUnavailable:
@@ -75,11 +77,22 @@ class Admission:
     def __init__(self, worker_slots: StreamSlots, client_slots: ClientSlots) -> None:
         self.worker_slots = worker_slots
         self.client_slots = client_slots
+        self.closed = False
+
+    def close(self) -> None:
+        """Admit nothing more and give back every client slot of this worker at once (SIGTERM)."""
+        self.closed = True  # first: a ticket that gives back meanwhile skips its client slot
+        try:
+            self.client_slots.drop_this_worker()
+        except ClientSlotsUnavailable:
+            pass  # logged there; the master drops the rows when this worker exits
 
     def admit(self, client: str) -> Ticket | Refusal:
         """Take a slot of this worker and one of ``client`` on this node, or say which was full."""
         if not self.worker_slots.acquire():
             return Refusal.WORKER_FULL
+        if self.closed:
+            return Ticket(self, None)  # a last stream of a stopping worker: it ends at once, uncounted
         try:
             taken = self.client_slots.take(client)
         except ClientSlotsUnavailable:

@@ -13,6 +13,10 @@ this bound is per node, on the node's own memory and slots.
   read to its commit: two workers can never both admit the last slot.
 * **Giving back** decrements this worker's row in one transaction and
   deletes it at zero, so the table holds the clients that hold streams now.
+* **A worker that stops** (SIGTERM) gives back all of its slots in one
+  statement as it starts ending its streams, instead of one write per
+  stream: its clients reconnect to the other workers at once, and find
+  their slots free.
 * **A worker that dies** (kill -9, OOM) cannot give anything back: the
   master's ``child_exit`` hook (gunicorn.conf.py) deletes its rows by pid.
   The master's ``on_starting`` removes the file: nobody holds its rows.
@@ -94,6 +98,10 @@ class ClientSlots:
         """Give one of the client's slots back (its stream ended)."""
         params = {"client": client, "worker": os.getpid()}
         self._write(_GIVE_BACK, params, then=_DROP_EMPTY)
+
+    def drop_this_worker(self) -> None:
+        """Give back every slot this worker holds, in one statement (it is shutting down)."""
+        self._write("DELETE FROM client_streams WHERE worker = :worker", {"worker": os.getpid()})
 
     def held(self, client: str) -> int:
         """Return the streams the client holds on this node (every worker's)."""

@@ -61,5 +61,6 @@ def end_streams_on_sigterm(worker: Any) -> None:
 
 def _close_streams(services: Any) -> None:
     log.info("SIGTERM: ending %d open streams", services.slots.open)
+    services.admission.close()  # every client slot back in one write, not one per stream
     services.hub.close_all()
     services.presence.stop()
