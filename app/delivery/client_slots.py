@@ -11,8 +11,8 @@ this bound is per node, on the node's own memory and slots.
   the client's rows and adds one only while the sum is under the limit, and
   SQLite runs a write statement under the file's write lock from its first
   read to its commit: two workers can never both admit the last slot.
-* **Giving back** decrements this worker's row in one transaction and
-  deletes it at zero, so the table holds the clients that hold streams now.
+* **Giving back** decrements this worker's row in one statement, whose
+  trigger deletes it at zero: the table holds the clients that hold streams now.
 * **A worker that stops** (SIGTERM) gives back all of its slots in one
   statement as it starts ending its streams, instead of one write per
   stream: its clients reconnect to the other workers at once, and find
@@ -62,8 +62,16 @@ SELECT :client, :worker, 1
 WHERE (SELECT coalesce(sum(streams), 0) FROM client_streams WHERE client = :client) < :limit
 ON CONFLICT (client, worker) DO UPDATE SET streams = streams + 1
 """
+# A row that reaches zero is deleted by the same statement that decremented
+# it (a trigger runs inside its statement): one call to give a slot back.
+_DROP_EMPTY_ROWS = """
+CREATE TRIGGER IF NOT EXISTS drop_empty_rows AFTER UPDATE OF streams ON client_streams
+WHEN NEW.streams <= 0
+BEGIN
+    DELETE FROM client_streams WHERE client = NEW.client AND worker = NEW.worker;
+END
+"""
 _GIVE_BACK = "UPDATE client_streams SET streams = streams - 1 WHERE client = :client AND worker = :worker"
-_DROP_EMPTY = "DELETE FROM client_streams WHERE client = :client AND worker = :worker AND streams <= 0"
 
 # A busy file is retried for this long (another worker holds the write lock
 # for microseconds; only a stuck process holds it longer), backing off from
@@ -96,8 +104,7 @@ class ClientSlots:
 
     def give_back(self, client: str) -> None:
         """Give one of the client's slots back (its stream ended)."""
-        params = {"client": client, "worker": os.getpid()}
-        self._write(_GIVE_BACK, params, then=_DROP_EMPTY)
+        self._write(_GIVE_BACK, {"client": client, "worker": os.getpid()})
 
     def drop_this_worker(self) -> None:
         """Give back every slot this worker holds, in one statement (it is shutting down)."""
@@ -114,34 +121,24 @@ class ClientSlots:
             conn = sqlite3.connect(self.path or ":memory:", isolation_level=None, timeout=0,
                                    check_same_thread=False)
             if self.path:
-                conn.execute("PRAGMA busy_timeout = 2000")
                 from ..stores.sqlite import use_wal
 
+                conn.execute("PRAGMA busy_timeout = 2000")  # once, while the workers set the file up together
                 use_wal(conn)
-                conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute(_SCHEMA)
+            conn.execute(_DROP_EMPTY_ROWS)
+            conn.execute("PRAGMA busy_timeout = 0")  # from here on a busy file is retried in _write
             self._conn, self._conn_pid = conn, os.getpid()
         return self._conn
 
-    def _write(self, sql: str, params: dict, then: str | None = None) -> sqlite3.Cursor:
-        """Run one write (and a second one in the same transaction), retrying while the file is busy."""
+    def _write(self, sql: str, params: dict) -> sqlite3.Cursor:
+        """Run one write statement (its own transaction), retrying while the file is busy."""
         deadline = time.monotonic() + BUSY_PATIENCE_SECONDS
         pause = _FIRST_PAUSE
         while True:
             try:
-                conn = self._connection()
-                if then is None:
-                    cursor = conn.execute(sql, params)
-                else:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        cursor = conn.execute(sql, params)
-                        conn.execute(then, params)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
+                cursor = self._connection().execute(sql, params)
             except sqlite3.OperationalError as exc:
                 if _busy(exc) and time.monotonic() < deadline:
                     gevent.sleep(pause)  # the other worker's write takes microseconds: let this one's streams run
