@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from app import create_app
+from app.config import ConfigError, Settings
 from app.delivery import client_slots
 from app.delivery.admission import Admission, Refusal, StreamSlots
 from app.delivery.client_slots import ClientSlots
@@ -316,3 +317,13 @@ def test_no_two_processes_admit_past_the_limit(tmp_path):
     assert client_slots.drop_worker(path, pid) == count
     assert ClientSlots(path, 64).held("c") == 64 - count
     assert client_slots.drop_worker(path, pid) == 0
+
+
+# -- the setting -------------------------------------------------------------------------------------
+
+def test_max_streams_per_client_defaults_to_2000_and_a_bad_value_names_the_variable():
+    assert Settings.from_env({}).max_streams_per_client == 2000
+    assert Settings.from_env({"MAX_STREAMS_PER_CLIENT": "64"}).max_streams_per_client == 64
+    for bad in ("0", "many", "-1", "1.5"):
+        with pytest.raises(ConfigError, match="MAX_STREAMS_PER_CLIENT"):
+            Settings.from_env({"MAX_STREAMS_PER_CLIENT": bad})
