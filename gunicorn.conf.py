@@ -36,6 +36,18 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
+# -- Streams per client across workers (MAX_STREAMS_PER_CLIENT) ------------------
+# The workers count each client's streams in one small SQLite file on this
+# node (app/delivery/client_slots.py). Like the metrics directory it belongs to
+# this master: set here, before the workers fork, so they inherit the path.
+# Left unset, a file in a fresh temporary directory is used. Keep it on a
+# local disk (SQLite's locks are not reliable on network file systems).
+_own_slots_dir = None
+if not os.environ.get("CLIENT_SLOTS_PATH"):
+    _own_slots_dir = tempfile.mkdtemp(prefix="sse-slots-")
+    os.environ["CLIENT_SLOTS_PATH"] = os.path.join(_own_slots_dir, "client-slots.sqlite3")
+_slots_path = os.environ["CLIENT_SLOTS_PATH"]
+
 # Where to listen. Behind nginx keep the default loopback address.
 bind = f"{_settings.host}:{_settings.port}"
 
@@ -72,26 +84,43 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Start from empty metrics: files of a previous run would be added in."""
+    """Start from empty metrics and empty client slots: a previous run's would be added in."""
+    from app.delivery import client_slots
+
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
             os.remove(os.path.join(_metrics_dir, name))
+    # Nobody holds the streams a previous master's workers counted.
+    client_slots.remove(_slots_path)
 
 
 def on_exit(server):
-    """Remove the metrics directory this configuration made (one it was given is the caller's)."""
-    if _own_metrics_dir:
-        import shutil
+    """Remove the directories this configuration made (one it was given is the caller's)."""
+    import shutil
 
+    if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _own_slots_dir:
+        shutil.rmtree(_own_slots_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges (open streams), whatever killed it."""
+    """Drop a dead worker's live gauges (open streams) and its clients' slots, whatever killed it."""
     from prometheus_client import multiprocess
 
+    from app.delivery import client_slots
+
     multiprocess.mark_process_dead(worker.pid)
+    # A worker that was killed (-9, OOM) gave nothing back; one that exited
+    # cleanly holds nothing, and this is a no-op. Never let it stop the master.
+    try:
+        held = client_slots.drop_worker(_slots_path, worker.pid)
+    except Exception as exc:  # noqa: BLE001 -- the master must outlive any error here
+        server.log.error("could not drop the client slots of worker %s from %s: %s", worker.pid, _slots_path, exc)
+    else:
+        if held:
+            server.log.info("worker %s died holding %d client stream slots: given back", worker.pid, held)
 
 
 # -- Logging and shutdown in each worker -----------------------------------------

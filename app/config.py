@@ -47,6 +47,9 @@ class Settings:
     auth_jwt_secret: str | None = None
     auth_jwt_public_key: str | None = None  # PEM
     public_rooms: tuple[str, ...] = ()
+    # Streams per client on a node (issue 18, app/delivery/client_slots.py): see docs/security.md.
+    max_streams_per_client: int = 2000
+    client_slots_path: str | None = None  # set by gunicorn.conf.py for each master; None: this process alone
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -281,4 +284,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "AUTH_JWT_SECRET": _jwt_secret,
     "AUTH_JWT_PUBLIC_KEY": _pem_public_key,
     "PUBLIC_ROOMS": _room_globs,
+    # Streams per client on a node (issue 18).
+    "MAX_STREAMS_PER_CLIENT": _int_in(1, 1_000_000),
+    "CLIENT_SLOTS_PATH": str,
 }

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from flask import Flask
 
 from .config import Settings
-from .delivery.admission import StreamSlots
+from .delivery.admission import Admission, StreamSlots
+from .delivery.client_slots import ClientSlots
 from .delivery.hub import Hub
 from .delivery.presence import Presence
 from .delivery.tailer import Tailer
@@ -41,8 +42,10 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     hub = Hub(settings.stream_queue_limit, settings.heartbeat_seconds, settings.stream_write_timeout_seconds)
     window = Window(settings.capped_max_messages, settings.capped_size_bytes)
     tailer = Tailer(store, window, hub)
-    app.extensions["sse"] = Services(settings, store, window, hub, tailer,
-                                     StreamSlots(settings.max_streams_per_worker), Presence(store, hub))
+    worker_slots = StreamSlots(settings.max_streams_per_worker)
+    client_slots = ClientSlots(settings.client_slots_path, settings.max_streams_per_client)
+    app.extensions["sse"] = Services(settings, store, window, hub, tailer, worker_slots, Presence(store, hub),
+                                     Admission(worker_slots, client_slots))
 
     from .edge import messages, ops, pages, rooms
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from .config import Settings
-from .delivery.admission import StreamSlots
+from .delivery.admission import Admission, StreamSlots
 from .delivery.hub import Hub
 from .delivery.presence import Presence
 from .delivery.tailer import Tailer
@@ -23,6 +23,7 @@ class Services:
     tailer: Tailer
     slots: StreamSlots
     presence: Presence
+    admission: Admission  # slots per worker and per client; ``slots`` is its worker half
 
 
 def services() -> Services:

@@ -1,6 +1,7 @@
 """Real nginx running deploy/nginx.conf in front of real gunicorn (2 gevent workers)."""
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import re
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from app.config import Settings
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, free_port
 from tests.support.nginx import DEPLOY_CONF, LiveNginx
 from tests.support.sse_reader import EOF, StreamReader
 
@@ -26,9 +27,10 @@ def proxied(start_server, tmp_path: Path) -> Iterator[Callable[..., tuple[LiveSe
     started: list[LiveNginx] = []
     readers: list[StreamReader] = []
 
-    def start(read_timeout: str = "60s", **env: str) -> tuple[LiveServer, LiveNginx]:
+    def start(read_timeout: str = "60s", tuned: dict[str, str] | None = None,
+              **env: str) -> tuple[LiveServer, LiveNginx]:
         server = start_server(**env)
-        nginx = LiveNginx(tmp_path / f"nginx-{len(started)}", server.port, read_timeout).start()
+        nginx = LiveNginx(tmp_path / f"nginx-{len(started)}", server.port, read_timeout, tuned).start()
         started.append(nginx)
         return server, nginx
 
@@ -201,3 +203,151 @@ def test_the_page_and_its_static_files_through_nginx(proxied):
     # Served by nginx from disk: Flask would have said no-cache, not max-age.
     assert script.headers["Cache-Control"] == "max-age=300"
     assert script.headers.get("Content-Encoding") == "gzip"
+
+
+# -- per-client limits (issue 18) -------------------------------------------------------------------
+
+STREAM_CONN_LIMIT = "limit_conn sse_streams 2000;"
+STREAM_OPEN_LIMIT = "limit_req zone=sse_stream_opens burst=2000 nodelay;"
+HISTORY_LIMIT = "limit_req zone=sse_history burst=2000 nodelay;"
+PRESENCE_LIMIT = "limit_req zone=sse_presence burst=2000 nodelay;"
+NGINX_429 = {"code": 429, "status": "Too Many Requests", "errors": {},
+             "message": "too many streams or requests from this client at once, try again later"}
+
+
+def test_nginx_stream_limits_match_max_streams_per_client():
+    text = DEPLOY_CONF.read_text()
+    limit = Settings().max_streams_per_client
+    assert _deploy_directive("limit_conn") == f"sse_streams {limit}"
+    for line in (STREAM_OPEN_LIMIT, HISTORY_LIMIT, PRESENCE_LIMIT):
+        assert text.count(line) == 1 and f"burst={limit} " in line
+
+
+def _stream_from(nginx: LiveNginx, source: str = "127.0.0.1") -> tuple[http.client.HTTPConnection,
+                                                                       http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(source, 0))
+    connection.request("GET", "/messages?room=limits", headers={"Accept": "text/event-stream"})
+    return connection, connection.getresponse()
+
+
+def _assert_nginx_429(response, body: bytes, retry_after: str) -> None:
+    assert response.status == 429
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Retry-After") == retry_after
+    assert json.loads(body) == NGINX_429
+
+
+@pytest.mark.slow
+def test_nginx_refuses_a_clients_stream_past_its_limit_in_the_apps_shape_and_counts_streams_only(proxied):
+    # nginx's limit lowered to 3 (2000 streams cannot be opened here); the app's above it, so nginx answers.
+    server, nginx = proxied(tuned={STREAM_CONN_LIMIT: "limit_conn sse_streams 3;"}, MAX_STREAMS_PER_CLIENT="50")
+    held = [_stream_from(nginx) for _ in range(3)]
+    try:
+        assert [response.status for _, response in held] == [200] * 3
+        connection, response = _stream_from(nginx)
+        _assert_nginx_429(response, response.read(), "15")
+        connection.close()
+        # Publishing shares the location, and is not counted; nor is another client.
+        for n in range(5):
+            assert requests.post(nginx.url + "/messages", json={"room": "limits", "text": str(n)},
+                                 timeout=5).status_code == 201
+        other = _stream_from(nginx, "127.0.0.2")
+        assert other[1].status == 200
+        held.append(other)
+        # A stream that ends gives nginx's slot back.
+        held.pop(0)[0].close()
+        deadline = time.monotonic() + 5
+        while True:
+            connection, response = _stream_from(nginx)
+            if response.status == 200:
+                held.append((connection, response))
+                break
+            response.read()
+            connection.close()
+            assert time.monotonic() < deadline, "nginx did not free the slot of a closed stream"
+            time.sleep(0.05)
+    finally:
+        for connection, _ in held:
+            connection.close()
+
+
+@pytest.mark.slow
+def test_behind_nginx_the_app_counts_each_client_by_its_own_address(proxied):
+    """TRUSTED_PROXIES=1: the app's limit (2) meets each client, not nginx's one address for all."""
+    server, nginx = proxied(TRUSTED_PROXIES="1", MAX_STREAMS_PER_CLIENT="2")
+    held = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3"):
+            streams = [_stream_from(nginx, source) for _ in range(3)]
+            held += streams
+            assert [response.status for _, response in streams] == [200, 200, 429]
+            refused = streams[-1][1]
+            assert refused.getheader("Retry-After") == "15"
+            assert json.loads(refused.read())["message"].startswith("this client holds its maximum of 2 streams")
+    finally:
+        for connection, _ in held:
+            connection.close()
+    assert "TRUSTED_PROXIES=0" not in server.log()
+
+
+@pytest.mark.slow
+def test_without_trusted_proxies_behind_nginx_every_worker_warns_once(proxied):
+    server, nginx = proxied()
+    for _ in range(20):
+        assert requests.get(nginx.url + "/messages/history?room=r", headers={"Connection": "close"},
+                            timeout=5).status_code == 200
+    log = server.log()
+    warnings = [line for line in log.splitlines() if "TRUSTED_PROXIES=0" in line]
+    assert 1 <= len(warnings) <= 2, warnings  # one per worker that answered, never one per request
+    assert "carries X-Forwarded-For" in warnings[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, zone", [
+    ("/messages/history?room=r", "sse_history"),
+    ("/rooms/r", "sse_presence"),
+    ("/rooms", "sse_presence"),
+], ids=["history", "presence", "rooms"])
+def test_nginx_limits_the_rate_of_history_and_presence_per_client_in_the_apps_shape(proxied, path, zone):
+    # Lowered to 1 a second and a burst of 5: the deployed 1000/s is faster than one client here can ask.
+    deployed = DEPLOY_CONF.read_text()
+    zone_line = next(line.strip() for line in deployed.splitlines() if f"zone={zone}:" in line)
+    limit_line = next(line.strip() for line in deployed.splitlines() if f"limit_req zone={zone} " in line)
+    server, nginx = proxied(tuned={
+        zone_line: re.sub(r"rate=\d+r/s", "rate=1r/s", zone_line),
+        limit_line: f"limit_req zone={zone} burst=5 nodelay;",
+    })
+    with requests.Session() as session:
+        replies = [session.get(nginx.url + path, timeout=5) for _ in range(7)]
+    other_client = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=5, source_address=("127.0.0.2", 0))
+    other_client.request("GET", path)
+
+    assert [reply.status_code for reply in replies] == [200] * 6 + [429]  # the first, then a burst of 5
+    assert replies[-1].headers["Retry-After"] == "1"
+    assert replies[-1].json() == NGINX_429
+    assert other_client.getresponse().status == 200
+    other_client.close()
+    time.sleep(1.1)  # quiet on purpose: the rate refills
+    assert requests.get(nginx.url + path, timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_nginx_counts_an_ipv6_client_by_its_64_and_an_ipv4_mapped_one_by_its_ipv4(tmp_path):
+    """The $sse_client map, read back from the access log (nginx writes its bytes as \\xHH)."""
+    nginx = LiveNginx(tmp_path / "nginx", upstream_port=free_port())  # no upstream: 502s are enough here
+    log_format = next(line.strip() for line in DEPLOY_CONF.read_text().splitlines() if line.startswith("log_format"))
+    nginx.tuned = {
+        # Dual-stack, so an IPv4 client arrives as ::ffff:127.0.0.1, as behind "listen [::]:80 ipv6only=off".
+        f"listen 127.0.0.1:{nginx.port};": f"listen [::]:{nginx.port} ipv6only=off;",
+        log_format: log_format.replace("'$remote_addr", "'client=$sse_client $remote_addr"),
+    }
+    nginx.start()
+    try:
+        for host in ("[::1]", "127.0.0.1"):
+            requests.get(f"http://{host}:{nginx.port}/rooms", timeout=5)
+    finally:
+        nginx.stop()
+    lines = (nginx.directory / "sse-rooms.access.log").read_text().splitlines()
+
+    assert lines[0].startswith("client=" + "\\x00" * 8 + " ::1 ")  # ::1's /64, 8 bytes
+    assert lines[1].startswith("client=\\x7F\\x00\\x00\\x01 ::ffff:127.0.0.1 ")  # the IPv4 address, 4 bytes

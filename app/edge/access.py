@@ -2,7 +2,10 @@
 
 * Client address: ``X-Forwarded-For`` is believed only for the number of
   proxy hops TRUSTED_PROXIES names (werkzeug's ProxyFix); with 0, the default,
-  it is ignored, so a client cannot pick its own rate-limit key.
+  it is ignored, so a client cannot pick its own rate-limit key. The first
+  request of a worker that carries a proxy's header while it is 0 logs one
+  warning: behind a proxy every client would then be the proxy's address,
+  one rate-limit bucket and one MAX_STREAMS_PER_CLIENT for everybody.
 * CORS (flask-cors): only origins listed in CORS_ORIGINS get
   ``Access-Control-Allow-Origin``, always their own exact origin, never ``*``
   and never an unlisted origin reflected back. Each origin is handed over as
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -28,12 +32,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ..config import Settings
 from .errors import ApiError
 
+log = logging.getLogger(__name__)
+
 # The views that publish; the token guards these and nothing else.
 PUBLISH_ENDPOINTS = frozenset({"messages.publish"})
 CORS_METHODS = ["GET", "HEAD", "POST", "OPTIONS"]
 CORS_ALLOWED_HEADERS = ["Content-Type", "Authorization", "Last-Event-ID"]
 CORS_EXPOSED_HEADERS = ["Retry-After"]
 CORS_PREFLIGHT_MAX_AGE = 600
+# What a proxy in front adds to a request; one of them with TRUSTED_PROXIES=0 means the setting is wrong.
+PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 
 
 def exact_origin_pattern(origin: str) -> re.Pattern[str]:
@@ -93,10 +101,31 @@ def init_publish_token(app: Flask, token: str | None) -> None:
             app.view_functions[endpoint] = require_publish_token(token, app.view_functions[endpoint])
 
 
+def warn_once_about_an_untrusted_proxy(app: Flask) -> None:
+    """Log one warning, on the first request that shows it, when requests come through a proxy we do not trust."""
+    warned = False
+
+    @app.before_request
+    def _look_for_a_proxy() -> None:
+        nonlocal warned
+        if warned:
+            return
+        header = next((name for name in PROXY_HEADERS if name in request.headers), None)
+        if header is not None:
+            warned = True
+            # The header's value is the client's to choose: only its name and the socket's peer are logged.
+            log.warning("a request from %s carries %s but TRUSTED_PROXIES=0: behind a proxy every client "
+                        "is the proxy's address, so all share one publish rate limit and one "
+                        "MAX_STREAMS_PER_CLIENT; set TRUSTED_PROXIES to the number of proxies in front "
+                        "(1 behind deploy/nginx.conf)", request.remote_addr, header)
+
+
 def init_access(app: Flask, settings: Settings) -> None:
     """Wire client addresses, CORS and the publish token from the settings."""
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+    else:
+        warn_once_about_an_untrusted_proxy(app)
     init_cors(app, settings.cors_origins)
     if not settings.authorization:  # otherwise app.edge.authorization checks it, beside the JWTs
         init_publish_token(app, settings.publish_token)

@@ -70,6 +70,7 @@ class Grant:
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     expires_at: float | None = None
+    subject: str | None = None  # the token's "sub": the client that per-client limits count (app/edge/clients.py)
 
     def may_subscribe(self, room: str) -> bool:
         return any(fnmatchcase(room, pattern) for pattern in self.subscribe)
@@ -133,7 +134,8 @@ class Authorization:
             raise _refuse('the token\'s "rooms" claim must be {"subscribe": [patterns], "publish": [patterns]}',
                           token_sent=True) from None
         expires_at = int(claims["exp"]) if "exp" in claims else None  # as PyJWT read it
-        return Grant(subscribe, publish, expires_at)
+        subject = claims.get("sub")  # PyJWT checks it is a string when present
+        return Grant(subscribe, publish, expires_at, subject or None)
 
     def read_grant(self, rooms: tuple[str, ...]) -> Grant:
         """Return the grant to read these rooms with, or raise 401/403 (EVERYTHING when off or all public)."""
@@ -182,6 +184,11 @@ def authorization() -> Authorization:
 def authorize_reading(rooms: tuple[str, ...]) -> float | None:
     """Raise 401/403 unless the request may read every one of these rooms; return when that ends (Unix time)."""
     return authorization().read_grant(rooms).expires_at
+
+
+def reading_grant(rooms: tuple[str, ...]) -> Grant:
+    """Raise 401/403 unless the request may read every one of these rooms; return the grant it reads them with."""
+    return authorization().read_grant(rooms)
 
 
 def authorize_publishing(room: str) -> None:

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
+from ..delivery.admission import Refusal
 from ..delivery.streaming import StreamSettings, message_stream
 from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
 from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
-from .authorization import authorize_publishing, authorize_reading
+from .authorization import authorize_publishing, authorize_reading, reading_grant
+from .clients import client_key
 from .errors import ApiError
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
@@ -90,7 +93,7 @@ def publish() -> tuple[Response, int]:
 def stream() -> Response:
     svc = services()
     rooms = _query_rooms()
-    expires_at = authorize_reading(rooms)
+    grant = reading_grant(rooms)
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
     header, query = request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
@@ -100,20 +103,32 @@ def stream() -> Response:
                             f"{MAX_LAST_EVENT_ID} characters")
     last_id = header or query or None
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
-    # Taken last: from here on, only closing the response gives the slot back.
-    if not svc.slots.acquire():
+    # Taken last: from here on, only closing the response gives the slots back.
+    ticket = svc.admission.admit(client_key(grant.subject))
+    if ticket is Refusal.WORKER_FULL:
         raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
                        headers={"Retry-After": STORE_RETRY_AFTER})
-    body = message_stream(
-        rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
-        settings=StreamSettings(retry_ms=svc.settings.retry_ms),
-        client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
-        expires_at=expires_at,  # the token's exp: the stream ends then
-    )
-    return Response(StreamBody(body, svc.slots.release), content_type="text/event-stream; charset=utf-8", headers={
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
-    }, direct_passthrough=True)
+    if ticket is Refusal.CLIENT_FULL:
+        # A stream of a client that vanished is noticed by its next heartbeat write:
+        # by then a slot may be free.
+        raise ApiError(429, f"this client holds its maximum of {svc.settings.max_streams_per_client} streams "
+                            f"on this server; close one first",
+                       headers={"Retry-After": str(math.ceil(svc.settings.heartbeat_seconds))})
+    try:
+        body = message_stream(
+            rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
+            settings=StreamSettings(retry_ms=svc.settings.retry_ms),
+            client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
+            expires_at=grant.expires_at,  # the token's exp: the stream ends then
+        )
+        return Response(StreamBody(body, ticket.give_back), content_type="text/event-stream; charset=utf-8",
+                        headers={
+                            "Cache-Control": "no-cache",
+                            "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
+                        }, direct_passthrough=True)
+    except BaseException:
+        ticket.give_back()  # no response will be closed for it
+        raise
 
 
 class StreamBody:
@@ -124,7 +139,7 @@ class StreamBody:
     parked stream's saved stack. With ``direct_passthrough`` the server gets
     this object: iterating it *is* the generator, and ``close`` -- which the
     server calls on every response it got, started or not -- ends the
-    generator and gives the stream's slot back.
+    generator and gives the stream's slots back.
     """
 
     __slots__ = ("_generator", "_on_close")

@@ -150,6 +150,9 @@ def _stream(settings: Settings) -> dict[str, Any]:
                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             "400": _error("The room is missing or invalid, or Last-Event-ID is too long"),
             "414": _QUERY_TOO_LONG,
+            "429": _error(f"This client holds its maximum of {settings.max_streams_per_client} streams on this "
+                          "node (MAX_STREAMS_PER_CLIENT)",
+                          **{"Retry-After": "Seconds to wait (HEARTBEAT_SECONDS)"}),
             "503": _error("This worker holds its maximum number of streams",
                           **{"Retry-After": "Seconds to wait"}),
         },

@@ -3,7 +3,8 @@
 Counters are shared by every gunicorn worker: with MongoDB they live in the
 same database (``limits``' own MongoDB storage); with the embedded store they
 live in a SQLite file beside it (``app.stores.limits_sqlite``). The client is its
-address, which is the forwarded one only when TRUSTED_PROXIES says so.
+address, which is the forwarded one only when TRUSTED_PROXIES says so, and an
+IPv6 address counts as its /64 (``app/edge/clients.py``).
 
 Every publish attempt counts, accepted or not, so a client cannot hammer the
 endpoint with bad bodies or guessed tokens for free. If the counter storage
@@ -18,11 +19,11 @@ import time
 
 from flask import Flask, Response
 from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
 
 from ..config import Settings
 from ..stores import limits_sqlite
 from .access import PUBLISH_ENDPOINTS
+from .clients import remote_address_key
 from .errors import error_response
 
 
@@ -42,7 +43,7 @@ def init_rate_limit(app: Flask, settings: Settings) -> Limiter | None:
         return None
     uri, options = limiter_storage(settings)
     limiter = Limiter(
-        get_remote_address, app=app, storage_uri=uri, storage_options=options,
+        remote_address_key, app=app, storage_uri=uri, storage_options=options,
         strategy="fixed-window", swallow_errors=True, headers_enabled=False,
     )
     # Wrap the view as registered (maybe already token-guarded): the limit counts first.

@@ -87,5 +87,6 @@ def quit_once(worker: Any) -> None:
 
 def _close_streams(services: Any) -> None:
     log.info("SIGTERM: ending %d open streams", services.slots.open)
+    services.admission.close()  # every client slot back in one write, not one per stream
     services.hub.close_all()
     services.presence.stop()

@@ -72,7 +72,8 @@ PUBLISH_LATENCY = Histogram(
 DROP_SLOW = "slow"  # its bounded queue overflowed
 DROP_STALLED = "stalled"  # a write to it made no progress for STREAM_STALL_SECONDS
 DROP_LIMIT = "limit"  # refused: the worker holds MAX_STREAMS_PER_WORKER streams
-DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT)
+DROP_CLIENT_LIMIT = "client_limit"  # refused: the client holds MAX_STREAMS_PER_CLIENT streams on this node
+DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT, DROP_CLIENT_LIMIT)
 
 # Operations counted by STORE_ERRORS (the callers pass these words).
 STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready", "presence")

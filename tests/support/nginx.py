@@ -2,7 +2,8 @@
 
 The server block is rendered from deploy/nginx.conf by replacing only its
 DEPLOY: values -- ports, the static path, the access log's path and, where a
-test asks, the stream's read timeout -- so what is tested is what is deployed. The http {} around it
+test asks, the stream's read timeout or a per-client limit too large to reach
+here -- so what is tested is what is deployed. The http {} around it
 is the test's own, with every file nginx writes kept in a temp folder.
 """
 from __future__ import annotations
@@ -40,8 +41,14 @@ http {{
 """
 
 
-def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, read_timeout: str = "60s") -> str:
-    """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test."""
+def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, read_timeout: str = "60s",
+                        tuned: dict[str, str] | None = None) -> str:
+    """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test.
+
+    ``tuned`` replaces more lines, after those, each of which must be there
+    exactly once: a test of a limit too large to reach here (2000 streams)
+    lowers it.
+    """
     text = DEPLOY_CONF.read_text()
     replacements = {
         "access_log /var/log/nginx/sse-rooms.access.log sse_rooms;":
@@ -50,6 +57,7 @@ def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, 
         "listen 80;": f"listen 127.0.0.1:{listen_port};",
         "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
         "proxy_read_timeout 60s;": f"proxy_read_timeout {read_timeout};",
+        **(tuned or {}),  # after the DEPLOY: values, so it may change what they became
     }
     for old, new in replacements.items():
         count = text.count(old)
@@ -62,11 +70,13 @@ def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, 
 class LiveNginx:
     """An nginx master in the foreground, with its config and logs in ``directory``."""
 
-    def __init__(self, directory: Path, upstream_port: int, read_timeout: str = "60s") -> None:
+    def __init__(self, directory: Path, upstream_port: int, read_timeout: str = "60s",
+                 tuned: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.upstream_port = upstream_port
         self.read_timeout = read_timeout
+        self.tuned = tuned
         self.process: subprocess.Popen | None = None
 
     @property
@@ -81,7 +91,7 @@ class LiveNginx:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "sse-rooms.conf").write_text(
             render_server_block(upstream_port=self.upstream_port, listen_port=self.port,
-                                log_dir=self.directory, read_timeout=self.read_timeout))
+                                log_dir=self.directory, read_timeout=self.read_timeout, tuned=self.tuned))
         # As root, nginx would run its worker as "nobody", which cannot enter
         # pytest's private temp folder; the test's own user can.
         user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""

@@ -1,0 +1,159 @@
+"""Micro-benchmark: what opening (and closing) one stream costs the worker, in microseconds.
+
+    .venv/bin/python bench/open_cost.py [--opens 3000] [--rounds 5]
+
+* ``view``: the stream view in-process (Flask's test client, no socket): the
+  request is parsed, the stream admitted, its first chunk (``retry:``) read,
+  and the response closed, which gives its slots back. Median of rounds.
+* ``live``: real gunicorn with one gevent worker on loopback: a client opens a
+  stream, reads its first line and closes it, one after another; wall time
+  per open, and the worker's CPU time per open (utime + stime from
+  /proc/PID/stat, which includes the worker's own background work: its
+  tailer's polls and presence writes, the same before and after).
+* ``slots``: MAX_STREAMS_PER_CLIENT's take and give-back alone, on a slots
+  file in WAL as under gunicorn; ``slots, 2 processes``: the same while a
+  second process takes and gives back on the same file as fast as it can
+  (two workers opening at once, the worst case for the file's write lock).
+
+Each figure is given twice: wall time, and the process's CPU time (what the
+open costs the worker, whatever else the machine runs: on a shared, loaded
+machine wall time mostly measures waiting for a core).
+
+Run it from a checkout: it measures the ``app`` package it finds there, so the
+same file measures a tree without the per-client slots (``view`` only).
+Bounded: ``--opens`` per round, ``--rounds`` rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+
+
+def _timed(run, opens: int) -> tuple[float, float]:
+    """Return (wall, CPU) microseconds per open of ``run(opens)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(opens)
+    return (time.perf_counter() - wall) / opens * 1e6, (time.process_time() - cpu) / opens * 1e6
+
+
+def view_cost(directory: str, opens: int) -> tuple[float, float]:
+    from app import create_app
+
+    env = {"SQLITE_PATH": os.path.join(directory, "messages.sqlite3"),
+           "CLIENT_SLOTS_PATH": os.path.join(directory, "client-slots.sqlite3"),
+           "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "error"}
+    client = create_app(env).test_client()
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            reply = client.get("/messages?room=bench", buffered=False)
+            next(iter(reply.response))
+            reply.close()
+
+    run(100)  # warm: the window, the code paths
+    return _timed(run, opens)
+
+
+def slots_cost(path: str, opens: int) -> tuple[float, float]:
+    from app.delivery.client_slots import ClientSlots
+
+    slots = ClientSlots(path, limit=10**9)
+
+    def run(count: int) -> None:
+        for n in range(count):
+            client = f"ip:192.0.2.{n % 250}"
+            slots.take(client)
+            slots.give_back(client)
+
+    return _timed(run, opens)
+
+
+def live_cost(directory: str, opens: int) -> tuple[float, float]:
+    import http.client
+
+    from tests.support.live import LiveServer
+
+    server = LiveServer({"SQLITE_PATH": os.path.join(directory, "live.sqlite3"), "WEB_CONCURRENCY": "1",
+                         "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "warning", "MONGODB_URI": ""},
+                        Path(directory) / f"gunicorn-{time.monotonic_ns()}.log").start()
+    try:
+        [pid] = server.worker_pids()
+
+        def worker_cpu() -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+        def run(count: int) -> None:
+            for _ in range(count):
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                connection.request("GET", "/messages?room=bench")
+                response = connection.getresponse()
+                assert response.status == 200, response.status
+                response.fp.readline()  # retry: -- the stream is open
+                connection.close()
+
+        run(100)
+        wall, cpu = time.perf_counter(), worker_cpu()
+        run(opens)
+        return (time.perf_counter() - wall) / opens * 1e6, (worker_cpu() - cpu) / opens * 1e6
+    finally:
+        server.stop()
+
+
+def _summary(figures: list[tuple[float, float]]) -> str:
+    wall, cpu = zip(*figures, strict=True)
+    return (f"wall {statistics.median(wall):.1f} us, CPU {statistics.median(cpu):.1f} us per stream "
+            f"(medians of {len(figures)} rounds)")
+
+
+def _hammer(path: str, stop) -> None:
+    from app.delivery.client_slots import ClientSlots
+
+    slots = ClientSlots(path, limit=10**9)
+    while not stop.is_set():
+        slots.take("ip:198.51.100.1")
+        slots.give_back("ip:198.51.100.1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--opens", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    import logging
+
+    logging.disable(logging.INFO)  # a stream's end line per open would be measured too
+    has_slots = Path("app/delivery/client_slots.py").exists()
+    with tempfile.TemporaryDirectory(prefix="sse-open-cost-") as directory:
+        view = [view_cost(directory, args.opens) for _ in range(args.rounds)]
+        print(f"view (open, first chunk, close): {_summary(view)}")
+        live = [live_cost(directory, args.opens) for _ in range(args.rounds)]
+        print(f"live (gunicorn, 1 worker; CPU is the worker's): {_summary(live)}")
+        if not has_slots:
+            return
+        path = os.path.join(directory, "slots-bench.sqlite3")
+        alone = [slots_cost(path, args.opens) for _ in range(args.rounds)]
+        print(f"slots (take + give back): {_summary(alone)}")
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        other = context.Process(target=_hammer, args=(path, stop))
+        other.start()
+        time.sleep(1.0)  # it is up and writing
+        try:
+            contended = [slots_cost(path, args.opens) for _ in range(args.rounds)]
+        finally:
+            stop.set()
+            other.join(10)
+        print(f"slots, 2 processes at once: {_summary(contended)}")
+
+
+if __name__ == "__main__":
+    main()
