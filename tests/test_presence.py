@@ -103,6 +103,17 @@ def test_stop_withdraws_and_writes_no_more(presence, store, hub):
     assert len(store.calls) == written
 
 
+def test_two_stops_at_once_both_finish_and_withdraw(presence, store, hub):
+    """Regression: a worker SIGTERMed twice (the process group's signal) ran two stops; one crashed on None.kill."""
+    presence.start()
+    hub.subscribe(("lobby",))
+    gevent.sleep(0.05)
+    stops = [gevent.spawn(presence.stop) for _ in range(2)]
+    gevent.joinall(stops, raise_error=True)
+    assert all(stop.successful() for stop in stops)
+    assert store.calls[-2:] == [("withdraw",), ("withdraw",)]
+
+
 def test_a_store_outage_is_retried_at_the_refresh_interval_and_the_loop_survives(presence, store, hub):
     presence.start()
     store.fail = True

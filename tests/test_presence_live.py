@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import statistics
 import time
@@ -279,3 +280,43 @@ def test_streams_on_one_node_show_in_the_other_nodes_presence_within_2s(start_se
             client.close()
     print(f"\n[{kind}] presence across nodes (8 streams on node A, both workers of node B asked): "
           f"opened -> counted on node B {millis(opened)}; closed -> uncounted {millis(closed)}")
+
+
+# -- stopping: every stop is clean ---------------------------------------------------------------
+
+STOPS = 4
+
+
+def test_stopping_the_whole_process_group_with_streams_open_logs_no_traceback(start_server, store_env, kind):
+    """Regression: each worker got SIGTERM twice (as systemd sends it) and one stop crashed on the other's."""
+    took = []
+    for stop in range(STOPS):
+        server = start_server(**store_env)
+        streams = open_streams_on_both_workers(server, per_worker=2)
+        workers = {worker for worker, _ in streams}
+        assert time_until(lambda: all(any(f":{pid}:" in entry for entry in presence_entries(store_env))
+                                      for pid in workers), SHOWN_WITHIN) is not None
+        # Held now: once a stream ends, its connection goes back to the client's pool.
+        sockets = [reader.response.raw.connection.sock for _, reader in streams]
+        started = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)  # the master and each worker: two SIGTERMs per worker
+        for (_, reader), sock in zip(streams, sockets):
+            # A client closes its connection once its stream ends, as EventSource
+            # does before reconnecting; a kept-alive idle one would hold the worker
+            # up to graceful_timeout.
+            assert reader.wait_for(lambda _: not reader._thread.is_alive(), 5), "a stream outlived SIGTERM"
+            sock.shutdown(socket.SHUT_RDWR)
+            reader.close()
+        server.process.wait(15)
+        took.append(time.monotonic() - started)
+        log = server.log_path.read_text(errors="replace")
+        # A traceback, gevent's line for a greenlet that died, or gunicorn's error level.
+        crashes = [line for line in log.splitlines() if "Traceback" in line or " failed with " in line
+                   or "[ERROR]" in line or "graceful timeout" in line]
+        assert not crashes, f"stop {stop + 1}: {crashes}\n{log[-3000:]}"
+        assert took[-1] < 5.0, f"stop {stop + 1} took {took[-1]:.1f} s"
+        assert log.count("SIGTERM: ending") == len(workers), f"stop {stop + 1}: streams ended more than once"
+        assert not any(f":{pid}:" in entry for entry in presence_entries(store_env) for pid in workers), \
+            "a stopped worker left its presence entry behind"
+    print(f"\n[{kind}] {STOPS} stops of the whole process group with streams open: "
+          f"{', '.join(f'{t:.2f}' for t in took)} s, no traceback")

@@ -70,6 +70,7 @@ class Presence:
         # Made here, in the worker: the app is created after gunicorn forks (preload_app is off).
         self.worker_id = make_worker_id()
         self._stopping = gevent.event.Event()
+        self._stopping_lock = gevent.lock.Semaphore()
         self._greenlet: gevent.Greenlet | None = None
         self._others: dict[str, int] = {}
         self._others_read_at = float("-inf")
@@ -83,17 +84,21 @@ class Presence:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop refreshing and withdraw this worker's entry (it would expire anyway)."""
+        """Stop refreshing and withdraw this worker's entry (it would expire anyway); safe to call again."""
         self._stopping.set()
-        if self._greenlet is not None:
-            # Let a write in flight finish first, so it cannot land after the withdrawal.
-            self._greenlet.join(timeout)
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-        try:
-            self.store.withdraw_presence(self.worker_id)
-        except StoreUnavailable as exc:
-            log.warning("presence: could not withdraw %s (%s); it expires in %gs", self.worker_id, exc, self.ttl)
+        # One stop at a time: systemd signals the whole process group, so a
+        # worker gets SIGTERM from it and from the master, and two stops ran
+        # here at once -- the second found the greenlet gone under its join.
+        with self._stopping_lock:
+            greenlet, self._greenlet = self._greenlet, None
+            if greenlet is not None:
+                # Let a write in flight finish first, so it cannot land after the withdrawal.
+                greenlet.join(timeout)
+                greenlet.kill(block=False)
+            try:
+                self.store.withdraw_presence(self.worker_id)
+            except StoreUnavailable as exc:
+                log.warning("presence: could not withdraw %s (%s); it expires in %gs", self.worker_id, exc, self.ttl)
 
     def _run(self) -> None:
         written: dict[str, int] | None = {}  # what the store holds for this worker; None: unknown
