@@ -294,17 +294,17 @@ def test_stopping_the_whole_process_group_with_streams_open_logs_no_traceback(st
         server = start_server(**store_env)
         streams = open_streams_on_both_workers(server, per_worker=2)
         workers = {worker for worker, _ in streams}
-        assert time_until(lambda: all(any(f":{pid}:" in entry for entry in presence_entries(store_env))
-                                      for pid in workers), SHOWN_WITHIN) is not None
+        assert time_until(lambda held=workers: all(any(f":{pid}:" in entry for entry in presence_entries(store_env))
+                                                   for pid in held), SHOWN_WITHIN) is not None
         # Held now: once a stream ends, its connection goes back to the client's pool.
         sockets = [reader.response.raw.connection.sock for _, reader in streams]
         started = time.monotonic()
         os.killpg(server.process.pid, signal.SIGTERM)  # the master and each worker: two SIGTERMs per worker
-        for (_, reader), sock in zip(streams, sockets):
+        for (_, reader), sock in zip(streams, sockets, strict=True):
             # A client closes its connection once its stream ends, as EventSource
             # does before reconnecting; a kept-alive idle one would hold the worker
             # up to graceful_timeout.
-            assert reader.wait_for(lambda _: not reader._thread.is_alive(), 5), "a stream outlived SIGTERM"
+            assert reader.wait_for(lambda _, r=reader: not r._thread.is_alive(), 5), "a stream outlived SIGTERM"
             sock.shutdown(socket.SHUT_RDWR)
             reader.close()
         server.process.wait(15)
