@@ -42,7 +42,8 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     window = Window(settings.capped_max_messages, settings.capped_size_bytes)
     tailer = Tailer(store, window, hub)
     app.extensions["sse"] = Services(settings, store, window, hub, tailer,
-                                     StreamSlots(settings.max_streams_per_worker), Presence(store, hub))
+                                     StreamSlots(settings.max_streams_per_worker),
+                                     Presence(store, hub, max_rooms=settings.presence_max_rooms))
 
     from .edge import messages, ops, pages, rooms
 

@@ -46,6 +46,9 @@ class Settings:
     auth_jwt_secret: str | None = None
     auth_jwt_public_key: str | None = None  # PEM
     public_rooms: tuple[str, ...] = ()
+    # Presence (docs/scaling-out.md#presence-across-nodes): the rooms one worker's
+    # entry names, its busiest; the rest are counted, not named.
+    presence_max_rooms: int = 1000
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -261,4 +264,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "AUTH_JWT_SECRET": _jwt_secret,
     "AUTH_JWT_PUBLIC_KEY": _pem_public_key,
     "PUBLIC_ROOMS": _room_globs,
+    # Presence: 100,000 rooms of 64 characters make a MongoDB document of ~10.4 MB,
+    # under its 16 MB (app/stores/mongo.py presence_document_max_bytes).
+    "PRESENCE_MAX_ROOMS": _int_in(1, 100_000),
 }
