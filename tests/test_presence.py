@@ -576,7 +576,8 @@ def test_a_presence_table_from_before_the_other_columns_is_brought_up_to_date(sq
     from app.stores.sqlite import SQLiteStore
 
     with sqlite3.connect(sqlite_path) as conn:
-        conn.execute("CREATE TABLE presence (worker TEXT PRIMARY KEY, rooms TEXT NOT NULL, expires_ms INTEGER NOT NULL)")
+        conn.execute("CREATE TABLE presence (worker TEXT PRIMARY KEY, rooms TEXT NOT NULL, "
+                     "expires_ms INTEGER NOT NULL)")
         conn.execute("INSERT INTO presence VALUES ('old', '{\"lobby\": 1}', 9999999999999)")
     store = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
     store.publish_presence("new", PresenceReport({"lobby": 2}, other_rooms=5, other_streams=6), ttl=30)
