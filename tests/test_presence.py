@@ -134,6 +134,22 @@ def test_a_worker_names_its_busiest_rooms_and_counts_the_rest(store, hub):
         presence.stop()
 
 
+def test_the_rooms_are_worked_out_again_only_when_a_stream_joined_or_left(presence, store, hub, monkeypatch):
+    """Working them out costs O(rooms followed): a hostile worker follows hundreds of thousands."""
+    worked_out = []
+    room_counts = hub.room_counts
+    monkeypatch.setattr(hub, "room_counts", lambda: worked_out.append(1) or room_counts())
+    hub.subscribe(("lobby",))
+    presence.start()
+    gevent.sleep(0.3)  # 30 looks, refreshes, and readers: nothing changed after the first
+    for _ in range(10):
+        presence.report()
+    assert len(worked_out) == 1
+    hub.subscribe(("dev",))
+    gevent.sleep(0.1)
+    assert len(worked_out) == 2 and presence.report() == PresenceReport({"lobby": 1, "dev": 1})
+
+
 @pytest.mark.parametrize(("counts", "max_rooms", "expected"), [
     ({}, 3, PresenceReport()),
     ({"a": 1, "b": 2}, 2, PresenceReport({"a": 1, "b": 2})),
@@ -141,7 +157,9 @@ def test_a_worker_names_its_busiest_rooms_and_counts_the_rest(store, hub):
     # Ties go by name: the same counts always name the same rooms.
     ({"z": 1, "y": 1, "x": 1, "w": 5}, 2, PresenceReport({"w": 5, "x": 1}, 2, 2)),
     ({f"r{n}": 1 for n in range(1000)}, 1, PresenceReport({"r0": 1}, 999, 999)),
-], ids=["empty", "within", "busiest", "ties-by-name", "many"])
+    ({"a": 3, "b": 2, "c": 2, "d": 2, "e": 1}, 3, PresenceReport({"a": 3, "b": 2, "c": 2}, 2, 3)),
+    ({"a": 3, "b": 3, "c": 2}, 2, PresenceReport({"a": 3, "b": 3}, 1, 2)),
+], ids=["empty", "within", "busiest", "ties-by-name", "many", "ties-at-the-cut", "cut-between-counts"])
 def test_busiest_rooms(counts, max_rooms, expected):
     assert busiest_rooms(counts, max_rooms) == expected
 

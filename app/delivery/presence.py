@@ -47,6 +47,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 
 import gevent
 import gevent.event
@@ -89,7 +90,18 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int) -> PresenceReport:
     """
     if len(counts) <= max_rooms:
         return PresenceReport(dict(counts))
-    named = dict(heapq.nsmallest(max_rooms, counts.items(), key=lambda item: (-item[1], item[0])))
+    # The count of the last room named: every room above it is named, and the
+    # first names among the rooms at it. Two plain passes, not a sort of
+    # every room (a hostile worker follows hundreds of thousands).
+    tally = Counter(counts.values())
+    named_above = 0
+    for threshold in sorted(tally, reverse=True):
+        if named_above + tally[threshold] >= max_rooms:
+            break
+        named_above += tally[threshold]
+    named = {room: streams for room, streams in counts.items() if streams > threshold}
+    tied = heapq.nsmallest(max_rooms - len(named), (room for room, streams in counts.items() if streams == threshold))
+    named.update((room, threshold) for room in tied)
     return PresenceReport(named, len(counts) - len(named), sum(counts.values()) - sum(named.values()))
 
 
@@ -148,6 +160,7 @@ class Presence:
         self._greenlet: gevent.Greenlet | None = None
         self._own = PresenceReport()
         self._own_at = float("-inf")
+        self._own_changes = -1  # the hub's change count when _own was worked out
         self._others = PresenceReport()
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
@@ -177,10 +190,15 @@ class Presence:
                 log.warning("presence: could not withdraw %s (%s); it expires in %gs", self.worker_id, exc, self.ttl)
 
     def own_report(self, max_age: float = 0.0) -> PresenceReport:
-        """Return this worker's entry as it would write it now (or as worked out up to ``max_age`` ago)."""
+        """Return this worker's entry as it would write it now (or as worked out up to ``max_age`` ago).
+
+        Worked out again only when a stream joined or left since, and then at
+        most once per ``max_age``: it costs O(rooms followed), and the loop
+        and every reader share it.
+        """
         now = time.monotonic()
-        if now - self._own_at > max_age:
-            # O(rooms followed) to work out: readers share the loop's, once a cache period.
+        if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
+            self._own_changes = self.hub.changes
             self._own, self._own_at = busiest_rooms(self.hub.room_counts(), self.max_rooms), now
         return self._own
 
@@ -190,7 +208,8 @@ class Presence:
         refresh_at = 0.0  # move the expiry on then, though nothing changed
         retry_at = 0.0  # after a failed write, none before then
         while not self._stopping.is_set():
-            report = self.own_report()
+            # No sooner than it could be written: under churn, once per write_interval.
+            report = self.own_report(max_age=self.write_interval)
             now = time.monotonic()
             if now >= retry_at:
                 try:
