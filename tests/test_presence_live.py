@@ -314,7 +314,9 @@ def test_stopping_the_whole_process_group_with_streams_open_logs_no_traceback(st
         crashes = [line for line in log.splitlines() if "Traceback" in line or " failed with " in line
                    or "[ERROR]" in line or "graceful timeout" in line]
         assert not crashes, f"stop {stop + 1}: {crashes}\n{log[-3000:]}"
-        assert took[-1] < 5.0, f"stop {stop + 1} took {took[-1]:.1f} s"
+        # A stop that waited for an idle connection would take graceful_timeout (10 s); a clean
+        # one takes the worker's two 1 s polls and the master's reaping (2-5 s under load 20).
+        assert took[-1] < 8.0, f"stop {stop + 1} took {took[-1]:.1f} s"
         assert log.count("SIGTERM: ending") == len(workers), f"stop {stop + 1}: streams ended more than once"
         assert not any(f":{pid}:" in entry for entry in presence_entries(store_env) for pid in workers), \
             "a stopped worker left its presence entry behind"
