@@ -207,6 +207,41 @@ def test_two_stops_at_once_both_finish_and_withdraw(presence, store, hub):
     assert store.calls[-2:] == [("withdraw",), ("withdraw",)]
 
 
+def test_a_second_sigterm_even_inside_the_first_handler_ends_the_streams_once(store, hub, monkeypatch):
+    """Regression: systemd signals the whole group, so the master's SIGTERM can land inside the worker's own."""
+    import signal
+    from types import SimpleNamespace
+
+    from app.operations import lifecycle
+
+    ended = []
+    services = SimpleNamespace(slots=SimpleNamespace(open=1), hub=SimpleNamespace(close_all=lambda: ended.append(1)),
+                               presence=Presence(store, hub))
+    real_spawn, nested = gevent.spawn, []
+
+    def spawn_with_a_signal_arriving(*args):
+        # Python runs a handler between bytecodes, so a second SIGTERM can run it
+        # again inside the first, e.g. while the first hands the work to a greenlet.
+        if not nested:
+            nested.append(1)
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        return real_spawn(*args)
+
+    monkeypatch.setattr(lifecycle.gevent, "spawn", spawn_with_a_signal_arriving)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        lifecycle.end_streams_on_sigterm(SimpleNamespace(wsgi=SimpleNamespace(extensions={"sse": services}),
+                                                         handle_exit=lambda signum, frame: None))
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)  # and a third, later
+        gevent.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert nested and ended == [1]
+    assert store.calls == [("withdraw",)]
+
+
 def test_a_store_outage_is_retried_at_the_refresh_interval_and_the_loop_survives(presence, store, hub):
     presence.start()
     store.fail = True
