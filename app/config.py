@@ -50,6 +50,9 @@ class Settings:
     # Streams per client on a node (issue 18, app/delivery/client_slots.py): see docs/security.md.
     max_streams_per_client: int = 2000
     client_slots_path: str | None = None  # set by gunicorn.conf.py for each master; None: this process alone
+    # Presence (docs/scaling-out.md#presence-across-nodes): the rooms one worker's
+    # entry names, its busiest; the rest are counted, not named.
+    presence_max_rooms: int = 1000
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -287,4 +290,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     # Streams per client on a node (issue 18).
     "MAX_STREAMS_PER_CLIENT": _int_in(1, 1_000_000),
     "CLIENT_SLOTS_PATH": str,
+    # Presence: 100,000 rooms of 64 characters make a MongoDB document of ~10.4 MB,
+    # under its 16 MB (app/stores/mongo.py presence_document_max_bytes).
+    "PRESENCE_MAX_ROOMS": _int_in(1, 100_000),
 }

@@ -101,6 +101,12 @@ TABLE = {
     "history limit with an underscore": Hostile("GET", "/messages/history?room=a&limit=1_0", 400, "limit"),
     "history limit in Arabic-Indic digits": Hostile("GET", "/messages/history?room=a&limit=%D9%A1%D9%A0", 400, "limit"),
     "history after too long": Hostile("GET", "/messages/history?room=a&after=" + "9" * 257, 400, "after"),
+    # GET /rooms pages (presence): a bad page is a 400 naming the parameter, never a long answer.
+    "rooms limit over 1000": Hostile("GET", "/rooms?limit=1001", 400, "limit"),
+    "rooms limit huge": Hostile("GET", "/rooms?limit=99999999999999999999", 400, "limit"),
+    "rooms limit with a unicode digit": Hostile("GET", "/rooms?limit=%EF%BC%95", 400, "limit"),
+    "rooms after with CR LF": Hostile("GET", "/rooms?after=a%0d%0aFORGED", 400, "after"),
+    "rooms after too long": Hostile("GET", "/rooms?after=" + "r" * 65, 400, "after"),
     "huge query string": Hostile("GET", "/messages?room=a&pad=" + "x" * 3000, 414, "query string"),
     "query string past gunicorn's request line limit": Hostile(
         "GET", "/messages?room=a&pad=" + "x" * 5000, 414, "", by_gunicorn=True),

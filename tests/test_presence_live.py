@@ -13,9 +13,11 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -279,3 +281,154 @@ def test_streams_on_one_node_show_in_the_other_nodes_presence_within_2s(start_se
             client.close()
     print(f"\n[{kind}] presence across nodes (8 streams on node A, both workers of node B asked): "
           f"opened -> counted on node B {millis(opened)}; closed -> uncounted {millis(closed)}")
+
+
+# -- stopping: every stop is clean ---------------------------------------------------------------
+
+STOPS = 4
+
+
+def test_stopping_the_whole_process_group_with_streams_open_logs_no_traceback(start_server, store_env, kind):
+    """Regression: each worker got SIGTERM twice (as systemd sends it) and one stop crashed on the other's."""
+    took = []
+    for stop in range(STOPS):
+        server = start_server(**store_env)
+        streams = open_streams_on_both_workers(server, per_worker=2)
+        workers = {worker for worker, _ in streams}
+        assert time_until(lambda held=workers: all(any(f":{pid}:" in entry for entry in presence_entries(store_env))
+                                                   for pid in held), SHOWN_WITHIN) is not None
+        # Held now: once a stream ends, its connection goes back to the client's pool.
+        sockets = [reader.response.raw.connection.sock for _, reader in streams]
+        started = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)  # the master and each worker: two SIGTERMs per worker
+        for (_, reader), sock in zip(streams, sockets, strict=True):
+            # A client closes its connection once its stream ends, as EventSource
+            # does before reconnecting; a kept-alive idle one would hold the worker
+            # up to graceful_timeout.
+            assert reader.wait_for(lambda _, r=reader: not r._thread.is_alive(), 5), "a stream outlived SIGTERM"
+            sock.shutdown(socket.SHUT_RDWR)
+            reader.close()
+        server.process.wait(15)
+        took.append(time.monotonic() - started)
+        log = server.log_path.read_text(errors="replace")
+        # A traceback, gevent's line for a greenlet that died, or gunicorn's error level.
+        crashes = [line for line in log.splitlines() if "Traceback" in line or " failed with " in line
+                   or "[ERROR]" in line or "graceful timeout" in line]
+        assert not crashes, f"stop {stop + 1}: {crashes}\n{log[-3000:]}"
+        # A stop that waited for an idle connection would take graceful_timeout (10 s); a clean
+        # one takes the worker's two 1 s polls and the master's reaping (2-5 s under load 20).
+        assert took[-1] < 8.0, f"stop {stop + 1} took {took[-1]:.1f} s"
+        # Once per worker, however many SIGTERMs it got (gunicorn logs lines as "[time] [pid] [LEVEL] ...").
+        ended = Counter(int(line.split("] [")[1]) for line in log.splitlines() if "SIGTERM: ending" in line)
+        assert workers <= set(ended) and set(ended.values()) == {1}, f"stop {stop + 1}: streams ended {ended}\n" \
+            + "\n".join(line for line in log.splitlines() if "SIGTERM" in line or "orker" in line)
+        assert not any(f":{pid}:" in entry for entry in presence_entries(store_env) for pid in workers), \
+            "a stopped worker left its presence entry behind"
+    print(f"\n[{kind}] {STOPS} stops of the whole process group with streams open: "
+          f"{', '.join(f'{t:.2f}' for t in took)} s, no traceback")
+
+
+# -- a hostile client: made-up rooms, paging ------------------------------------------------------
+
+def presence_sizes(store_env: dict[str, str]) -> dict[str, tuple[int, int, int, int]]:
+    """Return, per unexpired entry, (rooms named, bytes stored for them, rooms counted, their streams)."""
+    if store_env.get("MONGODB_URI"):
+        import bson
+
+        with MongoClient(store_env["MONGODB_URI"], serverSelectionTimeoutMS=5000) as client:
+            return {doc["_id"]: (len(doc["rooms"]), len(bson.encode(doc)), doc["otherRooms"], doc["otherStreams"])
+                    for doc in client[store_env["MONGODB_DATABASE"]].presence.find({})}
+    with sqlite3.connect(store_env["SQLITE_PATH"]) as conn:
+        rows = conn.execute("SELECT worker, rooms, other_rooms, other_streams FROM presence "
+                            "WHERE expires_ms > strftime('%s','now') * 1000")
+        return {worker: (len(json.loads(rooms)), len(rooms.encode()), other_rooms, other_streams)
+                for worker, rooms, other_rooms, other_streams in rows}
+
+
+def every_page(client: Pinned, limit: int) -> tuple[list[str], dict, int]:
+    """Follow GET /rooms from the first page to the last: every room listed in order, the last body, pages."""
+    rooms, after, pages = [], "", 0
+    while True:
+        body = client.get(f"/rooms?limit={limit}" + (f"&after={after}" if after else ""))
+        pages += 1
+        rooms += [room["room"] for room in body["rooms"]]
+        if not body["hasMore"]:
+            return rooms, body, pages
+        after = body["next"]
+
+
+HOSTILE_STREAMS = 80
+NAMED = 50
+
+
+def test_streams_naming_32_made_up_rooms_each_keep_every_presence_entry_bounded(start_server, store_env, kind):
+    server = start_server(**store_env, PRESENCE_MAX_ROOMS=str(NAMED))
+    pick = random.Random(18)
+    rooms_of = [[f"x{pick.getrandbits(64):016x}" for _ in range(32)] for _ in range(HOSTILE_STREAMS)]
+    with ThreadPoolExecutor(8) as pool:
+        streams = list(pool.map(lambda rooms: StreamReader(
+            f"{server.url}/messages?" + "&".join(f"room={room}" for room in rooms)), rooms_of))
+    pinned = pin_every_worker(server)
+    subscriptions = HOSTILE_STREAMS * 32
+    try:
+        def counted_everywhere() -> bool:
+            for client in pinned.values():
+                rooms, body, _ = every_page(client, 1000)
+                listed = sum(room["subscribers"] for room in body["rooms"])  # one page: at most 2 x 50 rooms
+                if len(rooms) > len(body["rooms"]) or listed + body["otherRooms"]["subscribers"] != subscriptions:
+                    return False
+            return True
+
+        assert time_until(counted_everywhere, SHOWN_WITHIN + 2) is not None, \
+            {pid: client.get("/rooms?limit=1")["otherRooms"] for pid, client in pinned.items()}
+        sizes = presence_sizes(store_env)
+        assert len(sizes) == 2, sizes
+        for worker, (named, stored, other_rooms, other_streams) in sizes.items():
+            assert named == NAMED, (worker, named)
+            # 50 names of 17 characters: a bounded entry, whatever the streams name.
+            assert stored < NAMED * 120, (worker, stored)
+            assert other_rooms > 0 and other_streams == other_rooms  # one stream in each made-up room
+        listing = next(iter(pinned.values())).get("/rooms?limit=1000")
+        # Each worker's 50 busiest, no room on both (FerretDB's filler room has messages only).
+        assert len([room for room in listing["rooms"] if room["subscribers"]]) == 2 * NAMED
+        assert sum(other for *_, other in sizes.values()) == subscriptions - 2 * NAMED
+    finally:
+        for reader in streams:
+            reader.close()
+        for client in pinned.values():
+            client.close()
+    print(f"\n[{kind}] {HOSTILE_STREAMS} streams x 32 made-up rooms, PRESENCE_MAX_ROOMS={NAMED}: entries "
+          + ", ".join(f"{named} rooms named in {stored:,} bytes + {other:,} counted"
+                      for named, stored, other, _ in sizes.values()))
+
+
+def test_rooms_pages_across_workers_with_no_room_twice_or_missing(start_server, store_env, kind):
+    server = start_server(**store_env)
+    pick = random.Random(7)
+    rooms_of = [[f"page-{pick.getrandbits(32):08x}" for _ in range(31)] for _ in range(8)]  # and page-both
+    expected = sorted({room for rooms in rooms_of for room in rooms} | {"page-messages-only", "page-both"})
+    streams = [StreamReader(f"{server.url}/messages?" + "&".join(f"room={room}" for room in rooms + ["page-both"]))
+               for rooms in rooms_of]
+    for room in ("page-messages-only", "page-both"):
+        server.publish(room, "hello")
+    pinned = pin_every_worker(server)
+    try:
+        for client in pinned.values():
+            def complete(client=client) -> bool:
+                return [room for room in every_page(client, 1000)[0] if room.startswith("page-")] == expected
+            assert time_until(complete, SHOWN_WITHIN + 1) is not None, "a worker does not list every room"
+            for limit in (1, 7, 100):
+                rooms, body, pages = every_page(client, limit)
+                listed = [room for room in rooms if room.startswith("page-")]
+                assert listed == expected, f"limit {limit}: missing or twice"
+                assert len(rooms) == len(set(rooms)) and pages == -(-len(rooms) // limit)
+                assert body["otherRooms"] == {"rooms": 0, "subscribers": 0}
+        both = next(iter(pinned.values())).get("/rooms?after=page-bot&limit=1")["rooms"][0]
+        assert both["room"] == "page-both" and both["subscribers"] == len(streams) and both["messages"] == 1
+    finally:
+        for reader in streams:
+            reader.close()
+        for client in pinned.values():
+            client.close()
+    print(f"\n[{kind}] GET /rooms: {len(expected)} rooms over 2 workers, paged by 1, 7 and 100: "
+          "none twice, none missing")

@@ -16,7 +16,7 @@ import gevent
 import gevent.event
 import pytest
 
-from app.stores.base import UNKNOWN_ID_REASON, PositionLost, StoreUnavailable
+from app.stores.base import UNKNOWN_ID_REASON, PositionLost, PresenceReport, StoreUnavailable
 from tests.support.odd_ids import odd_ids
 
 
@@ -421,36 +421,57 @@ def test_read_rooms_merges_rooms_in_store_order_and_resumes_after_any_of_their_i
 
 def test_presence_sums_every_unexpired_entry_but_the_one_excluded(make_store):
     store = make_store()
-    assert store.presence_counts() == {}
-    store.publish_presence("host:1:a", {"lobby": 2, "a.b-c_d": 1}, ttl=30)
-    store.publish_presence("host:2:b", {"lobby": 3}, ttl=30)
-    assert store.presence_counts() == {"lobby": 5, "a.b-c_d": 1}
-    assert store.presence_counts(exclude="host:1:a") == {"lobby": 3}
+    assert store.presence_counts() == PresenceReport()
+    store.publish_presence("host:1:a", PresenceReport({"lobby": 2, "a.b-c_d": 1}), ttl=30)
+    store.publish_presence("host:2:b", PresenceReport({"lobby": 3}), ttl=30)
+    assert store.presence_counts() == PresenceReport({"lobby": 5, "a.b-c_d": 1})
+    assert store.presence_counts(exclude="host:1:a") == PresenceReport({"lobby": 3})
     # A worker's new entry replaces its old one.
-    store.publish_presence("host:1:a", {"dev": 1}, ttl=30)
-    assert store.presence_counts() == {"lobby": 3, "dev": 1}
+    store.publish_presence("host:1:a", PresenceReport({"dev": 1}), ttl=30)
+    assert store.presence_counts() == PresenceReport({"lobby": 3, "dev": 1})
     # Another store object on the same store (another worker, another node) reads the same.
-    assert make_store().presence_counts(exclude="host:2:b") == {"dev": 1}
+    assert make_store().presence_counts(exclude="host:2:b") == PresenceReport({"dev": 1})
+
+
+def test_presence_sums_the_rooms_counted_but_not_named(make_store):
+    store = make_store()
+    store.publish_presence("w1", PresenceReport({"lobby": 9}, other_rooms=40, other_streams=41), ttl=30)
+    store.publish_presence("w2", PresenceReport({"lobby": 1, "dev": 5}, other_rooms=2, other_streams=3), ttl=30)
+    assert store.presence_counts() == PresenceReport({"lobby": 10, "dev": 5}, other_rooms=42, other_streams=44)
+    store.publish_presence("w1", PresenceReport({"lobby": 9}), ttl=30)
+    assert store.presence_counts(exclude="w2") == PresenceReport({"lobby": 9})
 
 
 def test_presence_withdrawn_entry_is_gone_and_withdrawing_twice_is_harmless(make_store):
     store = make_store()
-    store.publish_presence("w1", {"lobby": 1}, ttl=30)
-    store.publish_presence("w2", {"lobby": 1}, ttl=30)
+    store.publish_presence("w1", PresenceReport({"lobby": 1}), ttl=30)
+    store.publish_presence("w2", PresenceReport({"lobby": 1}), ttl=30)
     store.withdraw_presence("w1")
     store.withdraw_presence("w1")
     store.withdraw_presence("never-published")
-    assert store.presence_counts() == {"lobby": 1}
+    assert store.presence_counts() == PresenceReport({"lobby": 1})
 
 
 def test_presence_entry_expires_without_anyone_deleting_it(make_store):
     """A killed worker never withdraws: readers skip its entry once it expired (no TTL monitor needed)."""
     store = make_store()
-    store.publish_presence("killed", {"lobby": 4}, ttl=0.3)
-    store.publish_presence("alive", {"lobby": 1}, ttl=30)
-    assert store.presence_counts() == {"lobby": 5}
+    store.publish_presence("killed", PresenceReport({"lobby": 4}), ttl=0.3)
+    store.publish_presence("alive", PresenceReport({"lobby": 1}), ttl=30)
+    assert store.presence_counts() == PresenceReport({"lobby": 5})
     gevent.sleep(0.5)
-    assert store.presence_counts() == {"lobby": 1}
+    assert store.presence_counts() == PresenceReport({"lobby": 1})
+
+
+def test_presence_refresh_moves_only_the_expiry_on_and_says_when_the_entry_is_gone(make_store):
+    store = make_store()
+    store.publish_presence("w1", PresenceReport({"lobby": 2}, other_rooms=1, other_streams=1), ttl=0.3)
+    assert store.refresh_presence("w1", ttl=30) is True
+    gevent.sleep(0.5)  # past the first expiry: the refresh kept it, rooms and all
+    assert store.presence_counts() == PresenceReport({"lobby": 2}, other_rooms=1, other_streams=1)
+    store.withdraw_presence("w1")
+    assert store.refresh_presence("w1", ttl=30) is False  # the worker must write it whole again
+    assert store.refresh_presence("never-published", ttl=30) is False
+    assert store.presence_counts() == PresenceReport()
 
 
 def test_presence_expiry_is_on_the_database_clock_on_mongodb(make_store, monkeypatch):
@@ -467,5 +488,23 @@ def test_presence_expiry_is_on_the_database_clock_on_mongodb(make_store, monkeyp
     skewed_node = make_store()
     with monkeypatch.context() as patch:
         patch.setattr(mongo, "datetime", TenSecondsBehind)
-        skewed_node.publish_presence("behind", {"lobby": 1}, ttl=3)
-    assert make_store().presence_counts() == {"lobby": 1}
+        skewed_node.publish_presence("behind", PresenceReport({"lobby": 1}), ttl=3)
+    assert make_store().presence_counts() == PresenceReport({"lobby": 1})
+
+
+def test_a_presence_document_that_would_pass_16_mb_is_a_clean_store_error_on_mongodb(make_store):
+    """The bound keeps documents far below 16 MB; were it bypassed, the write fails as the store being unavailable.
+
+    pymongo refuses the document itself (DocumentTooLarge, a BSONError and not
+    a PyMongoError): it used to escape as a traceback, once a second.
+    """
+    if make_store.kind != "mongodb":
+        pytest.skip("SQLite keeps a worker's rooms as one text value, with no 16 MB limit")
+    store = make_store()
+    huge = PresenceReport({f"{n:064d}": 1 for n in range(170_000)})  # ~17 MB of BSON
+    with pytest.raises(ValueError, match="PRESENCE_MAX_ROOMS"):
+        store.publish_presence("w1", huge, ttl=30)
+    store.presence_max_rooms = len(huge.rooms)  # as if the bound were not there
+    with pytest.raises(StoreUnavailable, match="too large"):
+        store.publish_presence("w1", huge, ttl=30)
+    assert store.presence_counts() == PresenceReport()

@@ -131,6 +131,9 @@ class Hub:
         self._sweeper: gevent.Greenlet | None = None
         self.delivered = 0  # events written to clients since the last sweep
         self.closed = False  # close_all() was called: the worker is shutting down
+        # Bumped whenever a stream joins or leaves: presence works out the rooms
+        # again only when they may have changed (O(rooms) each time).
+        self.changes = 0
 
     @property
     def stream_count(self) -> int:
@@ -152,6 +155,7 @@ class Hub:
         for room in rooms:
             self._rooms.setdefault(room, set()).add(subscription)
         self._subscriptions.add(subscription)
+        self.changes += 1
         SUBSCRIPTIONS.inc()
         if self._sweeper is None or self._sweeper.dead:
             self._sweeper = gevent.spawn(self._sweep_forever)
@@ -161,6 +165,7 @@ class Hub:
         if subscription not in self._subscriptions:
             return
         self._subscriptions.discard(subscription)
+        self.changes += 1
         SUBSCRIPTIONS.dec()
         for room in subscription.rooms:
             subs = self._rooms.get(room)

@@ -2,76 +2,166 @@
 
 There is no broker between workers or nodes but the store, so presence goes
 through it too. Each worker keeps one entry in the store -- its streams per
-room, from its hub -- that expires ``ttl`` seconds after it was written, and
-refreshes it from a greenlet:
+room, from its hub -- that expires ``ttl`` seconds after it was last written
+or refreshed, and keeps it from a greenlet:
 
-* when its counts change (checked every ``check_interval``), so a stream that
-  opens or closes shows everywhere within about that plus a reader's cache;
-* and at least every ``refresh_interval`` while it has any, so it does not
-  expire while the worker lives. A worker with no streams writes nothing; it
-  withdraws its entry once, when its last stream ends.
+* the entry names at most ``max_rooms`` rooms (``PRESENCE_MAX_ROOMS``), the
+  busiest; the others are counted, not named. A client may name 32 rooms per
+  stream, made up or not, and so without the bound could make every worker
+  write an entry as large as it likes, as often as it likes;
+* when what it would write changes (looked at every ``check_interval``), it
+  rewrites the entry, but at most once per ``write_interval``, so a stream
+  that opens or closes shows everywhere within about that plus a reader's
+  cache, and a client that opens and closes streams all the time cannot make
+  the worker write more often;
+* while nothing changes it only moves the expiry on, every ``refresh_interval``
+  (a third of ``ttl``): a small write, not the whole entry again. Sound for
+  expiry: the entry is exactly what was last written, and if it is gone (swept
+  after the worker stalled for a minute, or the store was emptied) the
+  refresh says so and the entry is written whole. A killed worker refreshes
+  nothing, so its entry still expires ``ttl`` after its last write;
+* a worker with no streams writes nothing; it withdraws its entry once,
+  when its last stream ends.
+
+A write that fails is logged as one line when the failures start, then at
+most once a minute while they go on, and once when writing works again --
+never a traceback a second.
 
 A worker that stops cleanly withdraws its entry (SIGTERM, see
 ``app/operations/lifecycle.py``); a killed one's expires ``ttl`` after its
 last refresh.
 
-Reading adds this worker's live counts (exact, from its hub) to the sum of
-every *other* worker's unexpired entry, which is read from the store at most
-once per ``cache_seconds`` per worker, however many requests ask. When a read
-fails, what was read up to ``stale_seconds`` ago still answers: a blip of the
-store (FerretDB interrupts a query now and then) is no reason for a 503.
+Reading: ``subscribers(room)`` adds this worker's live count of the room
+(exact, from its hub) to the other workers' entries; ``report()`` adds this
+worker's own entry, bounded as it is written, so every worker lists the same
+rooms. The other workers' entries are read from the store at most once per
+``cache_seconds`` per worker, however many requests ask. When a read fails,
+what was read up to ``stale_seconds`` ago still answers: a blip of the store
+(FerretDB interrupts a query now and then) is no reason for a 503.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import secrets
 import socket
 import time
+from collections import Counter
 
 import gevent
 import gevent.event
 import gevent.lock
 
 from ..operations.metrics import QUERY_PRESENCE, STORE_ERRORS, STORE_QUERIES
-from ..stores.base import MessageStore, StoreUnavailable
+from ..stores.base import MessageStore, PresenceReport, StoreUnavailable
 from .hub import Hub
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 0.25
+# A change is written at most this often: still within the 2 s promised
+# (this, plus a look, plus a reader's cache of 0.5 s).
+WRITE_INTERVAL = 0.5
 REFRESH_INTERVAL = 1.0
 # Three refreshes: a worker whose loop is held up for a moment does not
 # vanish, and a killed one is gone within about three seconds.
 TTL = 3.0
 CACHE_SECONDS = 0.5
-# With a change written within CHECK_INTERVAL, still within the 2 s promised.
+# With a change written within WRITE_INTERVAL, still within the 2 s promised.
 STALE_SECONDS = 1.5
+MAX_ROOMS = 1000
+# While writes keep failing, one line this often, not one per try.
+FAILURE_LOG_SECONDS = 60.0
+# A host name can be 255 bytes; the store's worst case counts on at most this.
+MAX_HOSTNAME_CHARS = 200
 
 
 def make_worker_id() -> str:
     """Return a name for this worker's entry, unique across nodes and restarts: host, pid, random."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{socket.gethostname()[:MAX_HOSTNAME_CHARS]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def busiest_rooms(counts: dict[str, int], max_rooms: int) -> PresenceReport:
+    """Name the ``max_rooms`` rooms with the most streams and count the rest.
+
+    Ties go by name, so the same counts always name the same rooms: a quiet
+    worker's entry does not change, and is not rewritten, for nothing.
+    """
+    if len(counts) <= max_rooms:
+        return PresenceReport(dict(counts))
+    # The count of the last room named: every room above it is named, and the
+    # first names among the rooms at it. Two plain passes, not a sort of
+    # every room (a hostile worker follows hundreds of thousands).
+    tally = Counter(counts.values())
+    named_above = 0
+    for threshold in sorted(tally, reverse=True):
+        if named_above + tally[threshold] >= max_rooms:
+            break
+        named_above += tally[threshold]
+    named = {room: streams for room, streams in counts.items() if streams > threshold}
+    tied = heapq.nsmallest(max_rooms - len(named), (room for room, streams in counts.items() if streams == threshold))
+    named.update((room, threshold) for room in tied)
+    return PresenceReport(named, len(counts) - len(named), sum(counts.values()) - sum(named.values()))
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class FailureLog:
+    """Log a run of failures as one line at its start, one a minute while it lasts, and one at its end."""
+
+    def __init__(self, what: str, every: float = FAILURE_LOG_SECONDS) -> None:
+        self.what = what
+        self.every = every
+        self.failures = 0
+        self._logged_at = float("-inf")
+
+    def failed(self, exc: BaseException, retry_seconds: float) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.failures == 1 or now - self._logged_at >= self.every:
+            self._logged_at = now
+            # A store that is down is expected now and then; anything else is a bug worth an error.
+            level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
+            log.log(level, "presence: %s failed (%d in a row; retrying every %gs, logged at most every %gs): %s",
+                    self.what, self.failures, retry_seconds, self.every, _one_line(exc))
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("presence: %s works again after %d failures", self.what, self.failures)
+            self.failures = 0
+            self._logged_at = float("-inf")
 
 
 class Presence:
     """This worker's entry in the store, and the sum over every worker of every node."""
 
-    def __init__(self, store: MessageStore, hub: Hub, *, check_interval: float = CHECK_INTERVAL,
+    def __init__(self, store: MessageStore, hub: Hub, *, max_rooms: int = MAX_ROOMS,
+                 check_interval: float = CHECK_INTERVAL, write_interval: float = WRITE_INTERVAL,
                  refresh_interval: float = REFRESH_INTERVAL, ttl: float = TTL,
                  cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS) -> None:
         self.store = store
         self.hub = hub
+        self.max_rooms = max_rooms
         self.check_interval = check_interval
+        self.write_interval = write_interval
         self.refresh_interval = refresh_interval
         self.ttl = ttl
         self.cache_seconds = cache_seconds
         self.stale_seconds = stale_seconds
         # Made here, in the worker: the app is created after gunicorn forks (preload_app is off).
         self.worker_id = make_worker_id()
+        self.writes = FailureLog("writing this worker's entry to the store")
         self._stopping = gevent.event.Event()
+        self._stopping_lock = gevent.lock.Semaphore()
         self._greenlet: gevent.Greenlet | None = None
-        self._others: dict[str, int] = {}
+        self._own = PresenceReport()
+        self._own_at = float("-inf")
+        self._own_changes = -1  # the hub's change count when _own was worked out
+        self._others = PresenceReport()
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
 
@@ -83,60 +173,86 @@ class Presence:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop refreshing and withdraw this worker's entry (it would expire anyway)."""
+        """Stop refreshing and withdraw this worker's entry (it would expire anyway); safe to call again."""
         self._stopping.set()
-        if self._greenlet is not None:
-            # Let a write in flight finish first, so it cannot land after the withdrawal.
-            self._greenlet.join(timeout)
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-        try:
-            self.store.withdraw_presence(self.worker_id)
-        except StoreUnavailable as exc:
-            log.warning("presence: could not withdraw %s (%s); it expires in %gs", self.worker_id, exc, self.ttl)
+        # One stop at a time: systemd signals the whole process group, so a
+        # worker gets SIGTERM from it and from the master, and two stops ran
+        # here at once -- the second found the greenlet gone under its join.
+        with self._stopping_lock:
+            greenlet, self._greenlet = self._greenlet, None
+            if greenlet is not None:
+                # Let a write in flight finish first, so it cannot land after the withdrawal.
+                greenlet.join(timeout)
+                greenlet.kill(block=False)
+            try:
+                self.store.withdraw_presence(self.worker_id)
+            except StoreUnavailable as exc:
+                log.warning("presence: could not withdraw %s (%s); it expires in %gs", self.worker_id, exc, self.ttl)
+
+    def own_report(self, max_age: float = 0.0) -> PresenceReport:
+        """Return this worker's entry as it would write it now (or as worked out up to ``max_age`` ago).
+
+        Worked out again only when a stream joined or left since, and then at
+        most once per ``max_age``: it costs O(rooms followed), and the loop
+        and every reader share it.
+        """
+        now = time.monotonic()
+        if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
+            self._own_changes = self.hub.changes
+            self._own, self._own_at = busiest_rooms(self.hub.room_counts(), self.max_rooms), now
+        return self._own
 
     def _run(self) -> None:
-        written: dict[str, int] | None = {}  # what the store holds for this worker; None: unknown
-        refresh_at = 0.0  # write again then, though nothing changed
+        written: PresenceReport | None = PresenceReport()  # what the store holds for this worker; None: unknown
+        written_at = float("-inf")  # the last whole write
+        refresh_at = 0.0  # move the expiry on then, though nothing changed
         retry_at = 0.0  # after a failed write, none before then
-        failing = False
         while not self._stopping.is_set():
-            counts = self.hub.room_counts()
+            # No sooner than it could be written: under churn, once per write_interval.
+            report = self.own_report(max_age=self.write_interval)
             now = time.monotonic()
-            if (counts != written or (counts and now >= refresh_at)) and now >= retry_at:
+            if now >= retry_at:
                 try:
-                    if counts:
-                        self.store.publish_presence(self.worker_id, counts, self.ttl)
-                    else:
-                        self.store.withdraw_presence(self.worker_id)
-                    written, refresh_at = counts, now + self.refresh_interval
-                    if failing:
-                        failing = False
-                        log.info("presence: writing to the store again")
+                    if report != written and now - written_at >= self.write_interval:
+                        self._write(report)
+                        written, written_at, refresh_at = report, now, now + self.refresh_interval
+                    elif report and report == written and now >= refresh_at:
+                        if not self.store.refresh_presence(self.worker_id, self.ttl):
+                            self._write(report)  # gone from the store: write it whole again
+                            written_at = now
+                        refresh_at = now + self.refresh_interval
+                    self.writes.succeeded()
                 except Exception as exc:  # the loop must outlive any failure
                     STORE_ERRORS.labels("presence").inc()
                     written, retry_at = None, now + self.refresh_interval
-                    if not isinstance(exc, StoreUnavailable):
-                        log.exception("presence: write failed")
-                    elif not failing:
-                        log.warning("presence: cannot write to the store (%s); retrying every %gs",
-                                    exc, self.refresh_interval)
-                    failing = True
+                    self.writes.failed(exc, self.refresh_interval)
             self._stopping.wait(self.check_interval)
 
+    def _write(self, report: PresenceReport) -> None:
+        if report:
+            self.store.publish_presence(self.worker_id, report, self.ttl)
+        else:
+            self.store.withdraw_presence(self.worker_id)
+
     # -- reading ---------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        """Return the open streams per room over every worker of every node.
+    def subscribers(self, room: str) -> int:
+        """Return the open streams following ``room`` over every worker of every node.
+
+        This worker's own are counted exactly, named or not; the others' as
+        their entries name them. Raises StoreUnavailable when the other
+        workers' entries cannot be read.
+        """
+        return self._other_workers().rooms.get(room, 0) + self.hub.subscribers(room)
+
+    def report(self) -> PresenceReport:
+        """Return every worker's entry summed: the rooms named, and the streams of those counted but not named.
 
         Raises StoreUnavailable when the other workers' entries cannot be read.
         """
-        totals = dict(self._other_workers())
-        for room, streams in self.hub.room_counts().items():
-            totals[room] = totals.get(room, 0) + streams
-        return totals
+        return self._other_workers().plus(self.own_report(max_age=self.cache_seconds))
 
-    def _other_workers(self) -> dict[str, int]:
-        """Return every other worker's counts, read from the store at most once per ``cache_seconds``."""
+    def _other_workers(self) -> PresenceReport:
+        """Return every other worker's entries summed, read from the store at most once per ``cache_seconds``."""
         if time.monotonic() - self._others_read_at < self.cache_seconds:
             return self._others
         # One read at a time: the requests that wait for it take its result.

@@ -25,6 +25,7 @@ from .schemas import (
     MessageOut,
     RoomOut,
     RoomsOut,
+    RoomsQuery,
     StreamQuery,
     json_schema_pattern,
 )
@@ -194,12 +195,15 @@ def _room_presence(settings: Settings) -> dict[str, Any]:
 
 def _rooms_presence(settings: Settings) -> dict[str, Any]:
     operation: dict[str, Any] = {
-        "summary": "Presence of every room with subscribers or messages",
+        "summary": "Presence of every room with subscribers or messages, a page at a time",
+        "parameters": [{"in": "query", "schema": RoomsQuery}],
         "responses": {
-            "200": {"description": "The rooms, by name" + (
+            "200": {"description": "A page of rooms, by name" + (
                         "; only those the caller may read (public ones without a token)"
                         if settings.authorization else ""),
                     "content": {"application/json": {"schema": RoomsOut}}},
+            "400": _error("limit is not a whole number from 1 to 1000, or after is not a room name"),
+            "414": _QUERY_TOO_LONG,
             "503": _UNAVAILABLE,
         },
     }

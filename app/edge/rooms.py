@@ -6,6 +6,11 @@ the store, up to about two seconds old); ``messages`` and ``lastMessageAt``
 come from this worker's window, the mirror of the store's (a few
 milliseconds behind the store, as its tailer is).
 
+``GET /rooms`` pages by room name: ``limit`` rooms (1-1000, default 100)
+after the room ``after``; ``hasMore`` and ``next`` (the ``after`` of the next
+page) say whether there is more. Rooms that no worker's presence entry names
+(each names its busiest ``PRESENCE_MAX_ROOMS``) are summed in ``otherRooms``.
+
 With private rooms (``app/edge/authorization.py``) a room's presence is
 read as the room is: ``GET /rooms/<room>`` answers 401/403 where a history
 read of the room would, and ``GET /rooms`` lists only the rooms the caller
@@ -13,9 +18,10 @@ may read (the public ones without a token).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.routing import PathConverter
 
 from ..delivery.window import Window
@@ -23,7 +29,7 @@ from ..services import Services, services
 from ..stores.base import StoreUnavailable
 from .authorization import authorization, authorize_reading, token_from_request
 from .errors import ApiError
-from .schemas import ROOM_RULE, valid_room
+from .schemas import ROOM_RULE, ROOMS_MAX_LIMIT, valid_room
 
 bp = Blueprint("rooms", __name__)
 
@@ -39,6 +45,7 @@ class _RestOfPath(PathConverter):
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("rest_of_path", _RestOfPath))
 
 RETRY_AFTER = "2"
+ROOMS_DEFAULT_LIMIT = 100
 WINDOW_WAIT_SECONDS = 2.0  # at a worker's start, while its tailer warms the window
 
 
@@ -63,25 +70,24 @@ def _every_room(room: str) -> bool:
     return True
 
 
-def _subscribers_and_window(svc: Services) -> tuple[dict[str, int], Window]:
-    """Return the subscribers per room over every node, and this worker's window once it is warm."""
-    try:
-        subscribers = svc.presence.counts()  # counts its failures in the metrics
-    except StoreUnavailable:
-        raise ApiError(503, "the message store is unavailable, try again shortly",
-                       headers={"Retry-After": RETRY_AFTER}) from None
+def _ready_window(svc: Services) -> Window:
+    """Return this worker's window once it is warm."""
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
     if not svc.window.ready.wait(WINDOW_WAIT_SECONDS):
         raise ApiError(503, "this worker is still reading the message store, try again shortly",
                        headers={"Retry-After": RETRY_AFTER})
-    return subscribers, svc.window
+    return svc.window
 
 
-def _describe(room: str, subscribers: dict[str, int], window: Window) -> dict[str, object]:
+def _store_unavailable() -> ApiError:
+    return ApiError(503, "the message store is unavailable, try again shortly", headers={"Retry-After": RETRY_AFTER})
+
+
+def _describe(room: str, subscribers: int, window: Window) -> dict[str, object]:
     messages, newest = window.room_summary(room)
     return {
         "room": room,
-        "subscribers": subscribers.get(room, 0),
+        "subscribers": subscribers,
         "messages": messages,
         "lastMessageAt": None if newest is None else newest.to_json()["createdAt"],
     }
@@ -94,14 +100,57 @@ def room_presence(room: str) -> Response:
     if not valid_room(room):
         raise ApiError(400, f"room must be {ROOM_RULE}", {"room": ["invalid"]})
     authorize_reading((room,))  # 401/403, as for the room's stream and history
-    subscribers, window = _subscribers_and_window(services())
-    return jsonify(_describe(room, subscribers, window))
+    svc = services()
+    try:
+        subscribers = svc.presence.subscribers(room)  # counts its failures in the metrics
+    except StoreUnavailable:
+        raise _store_unavailable() from None
+    return jsonify(_describe(room, subscribers, _ready_window(svc)))
+
+
+def _page_parameters() -> tuple[int, str | None]:
+    """Return ``limit`` and ``after`` from the query string, or raise a 400 that names the bad one."""
+    raw_limit = request.args.get("limit")
+    limit = ROOMS_DEFAULT_LIMIT
+    if raw_limit is not None:
+        # ASCII digits only: int() would also take " 5", "+5", "5_0" and "５".
+        limit = int(raw_limit) if re.fullmatch(r"[0-9]{1,7}", raw_limit) else 0
+        if not 1 <= limit <= ROOMS_MAX_LIMIT:
+            raise ApiError(400, f"limit must be a whole number from 1 to {ROOMS_MAX_LIMIT}", {"limit": ["invalid"]})
+    after = request.args.get("after")
+    if after is not None and not valid_room(after):
+        raise ApiError(400, f"after must be a room name ({ROOM_RULE}): the last room of the previous page",
+                       {"after": ["invalid"]})
+    return limit, after
 
 
 @bp.get("/rooms")
 def rooms_presence() -> Response:
+    limit, after = _page_parameters()
     may_read = may_read_filter()
-    subscribers, window = _subscribers_and_window(services())
-    names = {room for room, count in subscribers.items() if count > 0}
+    svc = services()
+    try:
+        report = svc.presence.report()  # counts its failures in the metrics
+    except StoreUnavailable:
+        raise _store_unavailable() from None
+    window = _ready_window(svc)
+    names = {room for room, count in report.rooms.items() if count > 0}
     names.update(window.rooms())
-    return jsonify({"rooms": [_describe(room, subscribers, window) for room in sorted(names) if may_read(room)]})
+    # By name, from just after ``after``: a room that comes or goes between
+    # two pages moves no other room from one page to another.
+    ordered = sorted(name for name in names if after is None or name > after)
+    page: list[str] = []
+    more = False
+    for room in ordered:
+        if not may_read(room):
+            continue
+        if len(page) == limit:
+            more = True
+            break
+        page.append(room)
+    return jsonify({
+        "rooms": [_describe(room, report.rooms.get(room, 0), window) for room in page],
+        "hasMore": more,
+        "next": page[-1] if more else None,
+        "otherRooms": {"rooms": report.other_rooms, "subscribers": report.other_streams},
+    })

@@ -126,11 +126,39 @@ class RoomOut(Schema):
                                               "null when it has none"})
 
 
+class OtherRoomsOut(Schema):
+    """The rooms of ``GET /rooms`` that are counted but not named."""
+
+    rooms = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "Rooms with subscribers that a worker counted without naming them (each "
+                                     "names its busiest PRESENCE_MAX_ROOMS); one counted on two workers counts twice"})
+    subscribers = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "Their open streams, summed (a stream following several counts in each)"})
+
+
 class RoomsOut(Schema):
-    """The body of ``GET /rooms``."""
+    """The body of ``GET /rooms``: one page of rooms, by name."""
 
     rooms = fields.List(fields.Nested(RoomOut), required=True, metadata={
-        "description": "Every room with subscribers or messages in the window, by name"})
+        "description": "The rooms with subscribers or messages in the window, by name, after `after`"})
+    hasMore = fields.Boolean(required=True, metadata={"description": "More rooms follow: ask again with `after=next`"})
+    next = fields.String(required=True, allow_none=True, metadata={
+        "pattern": json_schema_pattern(ROOM_PATTERN),
+        "description": "The `after` of the next page (this page's last room); null on the last page"})
+    otherRooms = fields.Nested(OtherRoomsOut, required=True, metadata={
+        "description": "Subscribers of rooms no worker's presence names: counted, not listed (the same on every page)"})
+
+
+ROOMS_MAX_LIMIT = 1000
+
+
+class RoomsQuery(Schema):
+    """The query string of ``GET /rooms``."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=ROOMS_MAX_LIMIT),
+                           metadata={"description": "Rooms per page"})
+    after = fields.String(metadata={"pattern": json_schema_pattern(ROOM_PATTERN),
+                                    "description": "Start after this room: the `next` of the previous page"})
 
 
 # One stream or history read can name this many distinct rooms: enough for a

@@ -55,12 +55,23 @@ def end_streams_on_sigterm(worker: Any) -> None:
         log.warning("no SSE services on %r: streams will wait for graceful_timeout on SIGTERM", worker.wsgi)
         return
     gunicorn_handler = worker.handle_exit
+    ending: list[bool] = []
+
+    def end_once() -> None:
+        # Once: a stop that signals the whole process group (systemd's default
+        # KillMode) sends each worker SIGTERM twice, the master's and its own.
+        # Checked here, in a greenlet, where nothing can run between the check
+        # and the mark; in the signal handler a second SIGTERM can arrive
+        # between the two and run the handler again inside the first.
+        if not ending:
+            ending.append(True)
+            _close_streams(services)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         gunicorn_handler(signum, frame)  # stop accepting, then wait for open requests
         # Out of the signal handler, as gunicorn does for SIGQUIT: a greenlet
         # may safely touch the hub's structures and wake its streams.
-        gevent.spawn(_close_streams, services)
+        gevent.spawn(end_once)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn set it: don't break system calls

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Backlog, FeedBatch, Message, MessageStore, PositionLost, StoreMisconfigured, StoreUnavailable
+from .base import (
+    Backlog,
+    FeedBatch,
+    Message,
+    MessageStore,
+    PositionLost,
+    PresenceReport,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 
-__all__ = ["Backlog", "FeedBatch", "Message", "MessageStore", "PositionLost", "StoreMisconfigured",
+__all__ = ["Backlog", "FeedBatch", "Message", "MessageStore", "PositionLost", "PresenceReport", "StoreMisconfigured",
            "StoreUnavailable", "open_store"]
 
 
@@ -16,6 +25,7 @@ def open_store(settings: Settings) -> MessageStore:
         return MongoStore(
             settings.mongodb_uri, settings.mongodb_database,
             max_bytes=settings.capped_size_bytes, max_messages=settings.capped_max_messages,
+            presence_max_rooms=settings.presence_max_rooms,
         )
     from .sqlite import SQLiteStore
 

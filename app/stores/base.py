@@ -14,14 +14,20 @@ store itself committed them in) and offers three things:
 Beside the messages a store keeps *presence*, the one other piece of state the
 workers of every node share (the store is the only bus between them): each
 worker ``publish_presence``-es how many of its streams follow each room, with
-an expiry, and anyone can read the sum over the entries that have not expired
-(``presence_counts``). A worker that stops cleanly ``withdraw_presence``-es its
-entry; a killed one's just expires.
+an expiry, ``refresh_presence``-es that expiry while nothing changed (a small
+write, not the whole entry again), and anyone can read the sum over the
+entries that have not expired (``presence_counts``). A worker that stops
+cleanly ``withdraw_presence``-es its entry; a killed one's just expires.
+
+An entry names at most ``PRESENCE_MAX_ROOMS`` rooms (the busiest); the rest
+are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
+a client that makes up room names cannot grow an entry -- nor a MongoDB
+document towards its 16 MB limit -- past what the setting allows.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -103,6 +109,37 @@ def stored_size(room: str, text: str, event: str) -> int:
     return len(room.encode()) + len(text.encode()) + len(event.encode()) + STORED_OVERHEAD_BYTES
 
 
+# A room name is at most 64 ASCII characters (app/edge/schemas.py ROOM_PATTERN):
+# what a presence entry's worst case is computed from.
+MAX_ROOM_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceReport:
+    """Streams per room: the rooms named, and the rest counted but not named.
+
+    A worker's entry, or the sum of several. ``other_streams`` adds each
+    unnamed room's streams (a stream following three of them counts three
+    times, as it counts once in each named room); summed over workers,
+    ``other_rooms`` counts a room once per worker that did not name it.
+    """
+
+    rooms: dict[str, int] = field(default_factory=dict)
+    other_rooms: int = 0
+    other_streams: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.rooms) or self.other_rooms > 0
+
+    def plus(self, other: PresenceReport) -> PresenceReport:
+        """Return the sum of two reports (a room named in either is named)."""
+        rooms = dict(self.rooms)
+        for room, streams in other.rooms.items():
+            rooms[room] = rooms.get(room, 0) + streams
+        return PresenceReport(rooms, self.other_rooms + other.other_rooms,
+                              self.other_streams + other.other_streams)
+
+
 class MessageStore(Protocol):
     """What the app needs from a message store."""
 
@@ -125,13 +162,16 @@ class MessageStore(Protocol):
         An empty batch means "caught up": everything committed so far was yielded.
         """
 
-    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+    def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Replace this worker's presence entry: its streams per room, valid for ``ttl`` seconds from now."""
+
+    def refresh_presence(self, worker_id: str, ttl: float) -> bool:
+        """Make this worker's entry valid for ``ttl`` seconds from now; return False if it is not there."""
 
     def withdraw_presence(self, worker_id: str) -> None:
         """Remove this worker's presence entry (it is shutting down, or follows nothing any more)."""
 
-    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
+    def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         """Return the streams per room summed over every unexpired entry but ``exclude``'s."""
 
     def prepare(self) -> None:

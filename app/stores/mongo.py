@@ -38,7 +38,10 @@ Failures, and what each becomes:
 
 Presence (see ``base.py``) lives in a plain collection beside the capped one,
 one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
-streams}, ...], expiresAt}``. Rooms are a list, not a ``{<room>: streams}``
+streams}, ...], otherRooms, otherStreams, expiresAt}``, naming at most
+``PRESENCE_MAX_ROOMS`` rooms: ``presence_document_max_bytes`` works out the
+largest such document, and the store refuses to start where it could pass
+16 MB. Rooms are a list, not a ``{<room>: streams}``
 object, because a room name may contain ``.``, which a field name cannot
 carry (FerretDB refuses it in any key; MongoDB reads it as a path in
 updates); and a list of documents, not of pairs, because FerretDB 1.24 does
@@ -57,9 +60,11 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
+import bson
 import gevent
 import gevent.event
 from bson import ObjectId
+from bson.errors import BSONError
 from pymongo import MongoClient
 from pymongo.cursor import CursorType
 from pymongo.errors import (
@@ -72,11 +77,13 @@ from pymongo.errors import (
 )
 
 from .base import (
+    MAX_ROOM_BYTES,
     UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
     PositionLost,
+    PresenceReport,
     StoreMisconfigured,
     StoreUnavailable,
     WriteOutcomeUnknown,
@@ -95,13 +102,34 @@ _PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
 _PRESENCE_SWEEP_SECONDS = 60.0
 _CLOCK_CHECK_SECONDS = 60.0
 
+# MongoDB's maxBsonObjectSize: no document may be larger.
+BSON_DOCUMENT_LIMIT = 16 * 1024 * 1024
+# A worker id is a host name (cut to 200 characters), a pid and 8 hex digits.
+MAX_WORKER_ID_BYTES = 256
+
+
+def presence_document_max_bytes(max_rooms: int) -> int:
+    """Return the size of the largest presence document a worker naming ``max_rooms`` rooms can write.
+
+    Worked out from BSON's own encoding of the worst case: every room name
+    as long as a name may be, every count as wide as BSON stores one, every
+    array index as long as the last one.
+    """
+    largest_count = 2**63 - 1  # int64: wider than any count a worker has
+    room = len(bson.encode({"room": "r" * MAX_ROOM_BYTES, "streams": largest_count}))
+    # An array element is a type byte, its index as a NUL-terminated key, then the value.
+    element = 1 + len(str(max(max_rooms - 1, 0))) + 1 + room
+    frame = len(bson.encode({"_id": "w" * MAX_WORKER_ID_BYTES, "rooms": [], "otherRooms": largest_count,
+                             "otherStreams": largest_count, "expiresAt": datetime.now(UTC)}))
+    return frame + max_rooms * element
+
 
 class MongoStore:
     """Messages in a capped collection; one tailable cursor per worker follows it."""
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
                  collection: str = "messages", presence_collection: str = "presence", await_ms: int = 1000,
-                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0),
+                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000,
                  client: MongoClient | None = None) -> None:
         # connect=False: nothing happens on the network until first use, which
         # is after gunicorn forked the worker and gevent patched it.
@@ -121,6 +149,12 @@ class MongoStore:
         self._clock_offset = timedelta(0)  # the server's clock minus ours
         self._clock_checked_at = float("-inf")
         self._presence_swept_at = float("-inf")
+        self.presence_max_rooms = presence_max_rooms
+        # Checked here, before any write: a worker's document can never reach MongoDB's limit.
+        worst_case = presence_document_max_bytes(presence_max_rooms)
+        if worst_case > BSON_DOCUMENT_LIMIT:
+            raise StoreMisconfigured(f"PRESENCE_MAX_ROOMS={presence_max_rooms} allows presence documents of up to "
+                                     f"{worst_case:,} bytes, past MongoDB's {BSON_DOCUMENT_LIMIT:,}")
 
     # -- set-up ----------------------------------------------------------------
     def prepare(self) -> None:
@@ -246,19 +280,33 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
 
     # -- presence --------------------------------------------------------------
-    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+    def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Replace this worker's document; once a minute, delete those that expired long ago."""
+        if len(report.rooms) > self.presence_max_rooms:
+            # Presence bounds what it reports; this keeps the 16 MB proof true whoever calls.
+            raise ValueError(f"a presence entry may name at most {self.presence_max_rooms} rooms "
+                             f"(PRESENCE_MAX_ROOMS), not {len(report.rooms)}")
         try:
             now = self._server_now()
             self.presence_collection.replace_one(
                 {"_id": worker_id},
-                {"rooms": [{"room": room, "streams": streams} for room, streams in counts.items()],
+                {"rooms": [{"room": room, "streams": streams} for room, streams in report.rooms.items()],
+                 "otherRooms": report.other_rooms, "otherStreams": report.other_streams,
                  "expiresAt": now + timedelta(seconds=ttl)},
                 upsert=True,
             )
             if time.monotonic() - self._presence_swept_at > _PRESENCE_SWEEP_SECONDS:
                 self._presence_swept_at = time.monotonic()
                 self.presence_collection.delete_many({"expiresAt": {"$lt": now - _PRESENCE_KEEP_EXPIRED}})
+        except (PyMongoError, BSONError) as exc:  # DocumentTooLarge is a BSONError, not a PyMongoError
+            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
+
+    def refresh_presence(self, worker_id: str, ttl: float) -> bool:
+        """Move this worker's expiry on, not sending its rooms again; False if its document is gone."""
+        try:
+            expires_at = self._server_now() + timedelta(seconds=ttl)
+            return self.presence_collection.update_one(
+                {"_id": worker_id}, {"$set": {"expiresAt": expires_at}}).matched_count > 0
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
@@ -268,18 +316,22 @@ class MongoStore:
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
-    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
+    def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         totals: dict[str, int] = {}
+        other_rooms = other_streams = 0
         try:
             query: dict = {"expiresAt": {"$gt": self._server_now()}}
             if exclude is not None:
                 query["_id"] = {"$ne": exclude}
-            for doc in self.presence_collection.find(query, {"rooms": 1}):
+            for doc in self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}):
                 for entry in doc["rooms"]:
                     totals[entry["room"]] = totals.get(entry["room"], 0) + entry["streams"]
+                # Absent from the documents of workers that ran before they were added.
+                other_rooms += doc.get("otherRooms", 0)
+                other_streams += doc.get("otherStreams", 0)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB presence read failed: {exc}") from exc
-        return totals
+        return PresenceReport(totals, other_rooms, other_streams)
 
     def _server_now(self) -> datetime:
         """Return the time on the database server's clock, which every node's workers share."""

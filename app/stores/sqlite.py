@@ -20,7 +20,8 @@ and blocking on it from a native thread deadlocks). Reads are short indexed
 queries and run in place.
 
 Presence (see ``base.py``) is a table of its own in the same file, one row per
-worker: its streams per room as JSON, and when the row expires (this
+worker: its streams per room as JSON (at most ``PRESENCE_MAX_ROOMS`` rooms
+named, the rest counted in two columns), and when the row expires (this
 machine's clock: every worker that shares the file runs on it). Rows are
 written on the same writer thread, through a connection of their own whose
 busy timeout is short, so a locked file holds this worker's publishers up by
@@ -43,7 +44,16 @@ from datetime import UTC, datetime
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from .base import UNKNOWN_ID_REASON, Backlog, FeedBatch, Message, PositionLost, StoreUnavailable, stored_size
+from .base import (
+    UNKNOWN_ID_REASON,
+    Backlog,
+    FeedBatch,
+    Message,
+    PositionLost,
+    PresenceReport,
+    StoreUnavailable,
+    stored_size,
+)
 from .ids import parse_sqlite_id, sqlite_id
 
 log = logging.getLogger(__name__)
@@ -60,11 +70,15 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 CREATE TABLE IF NOT EXISTS presence (
-    worker     TEXT    PRIMARY KEY,
-    rooms      TEXT    NOT NULL,
-    expires_ms INTEGER NOT NULL
+    worker        TEXT    PRIMARY KEY,
+    rooms         TEXT    NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    other_rooms   INTEGER NOT NULL DEFAULT 0,
+    other_streams INTEGER NOT NULL DEFAULT 0
 );
 """
+# Added to a presence table made before they were (its rows expire in seconds).
+_PRESENCE_COLUMNS_ADDED = ("other_rooms", "other_streams")
 _COLUMNS = "seq, room, text, event, created_ms"
 _FEED_BATCH = 1000
 # How long a write may wait for the file's write lock (SQLite's busy
@@ -159,6 +173,10 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
+            for column in _PRESENCE_COLUMNS_ADDED:
+                if column not in present:
+                    conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
@@ -255,45 +273,57 @@ class SQLiteStore:
             conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'count'")
 
     # -- presence ------------------------------------------------------------
-    def publish_presence(self, worker_id: str, counts: dict[str, int], ttl: float) -> None:
+    def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Upsert this worker's row, and delete rows that expired long ago (workers that were killed)."""
         now_ms = int(time.time() * 1000)
         self._write_presence(
-            ("INSERT INTO presence (worker, rooms, expires_ms) VALUES (?, ?, ?) ON CONFLICT (worker) "
-             "DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms",
-             (worker_id, json.dumps(counts, separators=(",", ":")), now_ms + int(ttl * 1000))),
+            ("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams) VALUES (?, ?, ?, ?, ?) "
+             "ON CONFLICT (worker) DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms, "
+             "other_rooms = excluded.other_rooms, other_streams = excluded.other_streams",
+             (worker_id, json.dumps(report.rooms, separators=(",", ":")), now_ms + int(ttl * 1000),
+              report.other_rooms, report.other_streams)),
             ("DELETE FROM presence WHERE expires_ms < ?", (now_ms - _PRESENCE_KEEP_EXPIRED_MS,)),
         )
+
+    def refresh_presence(self, worker_id: str, ttl: float) -> bool:
+        """Move this worker's expiry on, not rewriting its rooms; False if its row is gone."""
+        expires_ms = int(time.time() * 1000) + int(ttl * 1000)
+        changed = self._write_presence(("UPDATE presence SET expires_ms = ? WHERE worker = ?", (expires_ms, worker_id)))
+        return changed > 0
 
     def withdraw_presence(self, worker_id: str) -> None:
         self._write_presence(("DELETE FROM presence WHERE worker = ?", (worker_id,)))
 
-    def presence_counts(self, exclude: str | None = None) -> dict[str, int]:
-        rows = self._query("SELECT rooms FROM presence WHERE expires_ms > ? AND worker IS NOT ?",
-                           (int(time.time() * 1000), exclude))
+    def presence_counts(self, exclude: str | None = None) -> PresenceReport:
+        rows = self._query("SELECT rooms, other_rooms, other_streams FROM presence "
+                           "WHERE expires_ms > ? AND worker IS NOT ?", (int(time.time() * 1000), exclude))
         totals: dict[str, int] = {}
-        for (rooms,) in rows:
+        other_rooms = other_streams = 0
+        for rooms, unnamed_rooms, unnamed_streams in rows:
             for room, streams in json.loads(rooms).items():
                 totals[room] = totals.get(room, 0) + streams
-        return totals
+            other_rooms += unnamed_rooms
+            other_streams += unnamed_streams
+        return PresenceReport(totals, other_rooms, other_streams)
 
-    def _write_presence(self, *statements: tuple[str, tuple]) -> None:
-        failure = self._on_writer_thread(self._write_presence_or_failure, statements)
-        if failure is not None:
-            raise failure  # here, not in the pool thread (see append)
+    def _write_presence(self, *statements: tuple[str, tuple]) -> int:
+        """Run the statements as one transaction on the writer thread; return the first one's changed rows."""
+        outcome = self._on_writer_thread(self._write_presence_or_failure, statements)
+        if isinstance(outcome, StoreUnavailable):
+            raise outcome  # here, not in the pool thread (see append)
+        return outcome
 
-    def _write_presence_or_failure(self, statements: tuple[tuple[str, tuple], ...]) -> StoreUnavailable | None:
+    def _write_presence_or_failure(self, statements: tuple[tuple[str, tuple], ...]) -> int | StoreUnavailable:
         try:
             if self._presence_writer is None:
                 self._presence_writer = self._connect(busy_ms=_PRESENCE_BUSY_MS)
             with _immediate(self._presence_writer) as conn:
-                for sql, params in statements:
-                    conn.execute(sql, params)
+                changed = [conn.execute(sql, params).rowcount for sql, params in statements]
         except sqlite3.Error as exc:
             _close_quietly(self._presence_writer)
             self._presence_writer = None
             return StoreUnavailable(f"SQLite presence write failed: {exc}")
-        return None
+        return changed[0]
 
     def _drop_writer(self) -> None:
         _close_quietly(self._writer)
