@@ -74,6 +74,10 @@ _WRITE_BUSY_MS = 2000
 # Presence is refreshed every second: a write that cannot get the lock soon
 # gives up rather than hold up the publishers queued behind it.
 _PRESENCE_BUSY_MS = 250
+# Free space below which the store is not ready: room for several of the
+# largest messages at default settings (about 16 KB stored each) and the
+# WAL frames that carry them.
+_MIN_FREE_BYTES = 256 * 1024
 # The readiness probe's wait for the write lock: a load balancer's check
 # should hear "not ready" well within its own timeout.
 _PROBE_BUSY_MS = 250
@@ -118,8 +122,23 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (a full disk at
+        # COMMIT): a ROLLBACK then fails with "no transaction is active",
+        # which would hide the error worth reporting.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
+
+
+def _free_bytes(path: str) -> int:
+    """Return the bytes this process may still write on the filesystem holding ``path``."""
+    stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    # Root may use the blocks the filesystem reserves for it; anyone else may not.
+    blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    return blocks * stats.f_frsize
 
 
 def _close_quietly(conn: sqlite3.Connection | None) -> None:
@@ -358,9 +377,16 @@ class SQLiteStore:
         connection publishes use, on this worker's writer thread: it takes
         the write lock (waiting at most ``_PROBE_BUSY_MS``, not a publish's
         busy timeout), rewrites one row of ``meta`` to its own value and
-        commits, which appends a page to the WAL as a publish does. It
-        stores nothing new.
+        commits. It stores nothing new.
+
+        That one page can still fit where a message no longer does (a
+        failed insert leaves the WAL file grown), so the filesystem must
+        also have ``_MIN_FREE_BYTES`` free.
         """
+        free = _free_bytes(self.path)
+        if free < _MIN_FREE_BYTES:
+            raise StoreUnavailable(f"SQLite store's filesystem has {free} bytes free, "
+                                   f"less than the {_MIN_FREE_BYTES} a write needs to be sure of room")
         failure = self._on_writer_thread(self._probe_write_or_failure, time.monotonic())
         if failure is not None:
             raise failure  # here, not in the pool thread (see append)
