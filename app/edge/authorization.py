@@ -161,7 +161,11 @@ class Authorization:
         return Grant(subscribe, publish, expires_at)
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
-        """Refuse a token meant to live longer than AUTH_JWT_MAX_LIFETIME_SECONDS (one without exp passed decode)."""
+        """Refuse a token meant to live longer than AUTH_JWT_MAX_LIFETIME_SECONDS.
+
+        A token without ``exp`` gets here only with AUTH_JWT_REQUIRE_EXP off:
+        the operator chose tokens that never expire, and the bound leaves them be.
+        """
         if not self.max_lifetime or "exp" not in claims:
             return
         expires_at = int(claims["exp"])  # both already read as whole numbers by PyJWT

@@ -383,7 +383,10 @@ class SQLiteStore:
         failed insert leaves the WAL file grown), so the filesystem must
         also have ``_MIN_FREE_BYTES`` free.
         """
-        free = _free_bytes(self.path)
+        try:
+            free = _free_bytes(self.path)
+        except OSError as exc:  # the directory is gone, or not ours to look at
+            raise StoreUnavailable(f"SQLite store's directory cannot be checked: {exc}") from exc
         if free < _MIN_FREE_BYTES:
             raise StoreUnavailable(f"SQLite store's filesystem has {free} bytes free, "
                                    f"less than the {_MIN_FREE_BYTES} a write needs to be sure of room")
