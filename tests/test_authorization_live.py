@@ -177,3 +177,26 @@ def test_tokens_are_never_logged_not_even_at_debug_level(server):
     for token in tokens:
         for piece in token.split("."):
             assert piece not in log, f"a piece of a token is in the log: {piece[:12]}..."
+
+
+def test_malformed_request_lines_with_tokens_are_logged_without_them(server):
+    """Issue 18: gunicorn logs a malformed request line whole, access_token and all."""
+    import socket
+
+    token = mint(claims(["team-*"]))
+    lines = [f"GET /messages?room=team-red&access_token={token}\r\n\r\n",  # no HTTP version
+             f"GET  /messages?room=team-red&access_token={token} HTTP/1.1\r\n\r\n",  # two spaces
+             f"GET /messages?room=team-red&access%5Ftoken={token}\x00 HTTP/1.1\r\n\r\n"]  # a NUL
+    for line in lines:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+            connection.sendall(line.encode())
+            assert connection.recv(100).startswith(b"HTTP/1.1 400")
+    log = Path(server.log_path)
+    deadline = time.monotonic() + 5
+    while log.read_text(errors="replace").count("Invalid HTTP request line") < len(lines):
+        assert time.monotonic() < deadline, "gunicorn did not log the malformed request lines"
+        time.sleep(0.05)
+    text = log.read_text(errors="replace")
+    assert "access_token=***" in text and "access%5Ftoken=***" in text
+    for piece in token.split("."):
+        assert piece not in text
