@@ -312,6 +312,11 @@ def test_metrics_and_readyz_answer_the_allowlist_only(proxied):
         assert status == 403 and content_type == "application/json"
         assert json.loads(body) == {"code": 403, "status": "Forbidden",
                                     "message": "this path answers allowlisted addresses only", "errors": {}}
+    # A token in the query string takes another location (see the log test): the allowlist holds there too.
+    for address in ("127.0.0.1", "127.0.0.2"):
+        for path in ("/metrics?access_token=x", "/readyz?access%5Ftoken=x"):
+            status, content_type, body = _get_from(address, nginx.url + path)
+            assert status == 403 and json.loads(body)["code"] == 403, (address, path)
     # Everything else answers everyone.
     for path in ("/healthz", "/messages/history?room=lobby", "/rooms/lobby"):
         assert _get_from("127.0.0.2", nginx.url + path)[0] == 200, path
