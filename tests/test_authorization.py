@@ -269,7 +269,8 @@ def test_a_public_key_verifies_its_own_tokens_and_refuses_the_confusions(asymmet
 
 # -- where the token comes from ---------------------------------------------------------------------
 
-GOOD, BAD = mint(claims(["team-*"])), mint(claims(["team-*"]), OTHER_SECRET)
+# Made at collection, so good for an hour: five minutes ran out before a whole-suite run reached them.
+GOOD, BAD = mint(claims(["team-*"], expires_in=3600)), mint(claims(["team-*"], expires_in=3600), OTHER_SECRET)
 PLACES = {
     "header only": ({"header": GOOD}, 200),
     "cookie only": ({"cookie": GOOD}, 200),
@@ -316,34 +317,40 @@ def test_the_host_prefixed_cookie_is_read_first_and_the_old_name_still_works(cli
 # -- claims the settings ask for (issue 18) -------------------------------------------------------------
 
 AUDIENCE, ISSUER = "https://sse.example.com", "https://login.example.com"
-NOW = int(time.time())
+# Times are relative to when the test runs (a table made at collection would age while the suite runs).
 CLAIM_CHECKS = {
-    # name: (settings, extra claims, expected status)
-    "audience set, token names it": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, {"aud": AUDIENCE}, 200),
-    "audience set, token names it among others": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, {"aud": ["x", AUDIENCE]}, 200),
-    "audience set, token names another": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, {"aud": "https://other.example"}, 401),
-    "audience set, token names none": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, {}, 401),
-    "audience set, aud a number": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, {"aud": 7}, 401),
-    "issuer set, token's matches": ({"AUTH_JWT_ISSUER": ISSUER}, {"iss": ISSUER}, 200),
-    "issuer set, token's differs": ({"AUTH_JWT_ISSUER": ISSUER}, {"iss": ISSUER + "/evil"}, 401),
-    "issuer set, token has none": ({"AUTH_JWT_ISSUER": ISSUER}, {}, 401),
-    "issuer unset, token has one": ({}, {"iss": "anyone"}, 200),
-    "exp not required, token without exp": ({"AUTH_JWT_REQUIRE_EXP": "false"}, {"exp": None}, 200),
-    "exp required (default), token without exp": ({}, {"exp": None}, 401),
+    # name: (settings, extra claims as a function of now, expected status)
+    "audience set, token names it": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, lambda now: {"aud": AUDIENCE}, 200),
+    "audience set, token names it among others": ({"AUTH_JWT_AUDIENCE": AUDIENCE},
+                                                  lambda now: {"aud": ["x", AUDIENCE]}, 200),
+    "audience set, token names another": ({"AUTH_JWT_AUDIENCE": AUDIENCE},
+                                          lambda now: {"aud": "https://other.example"}, 401),
+    "audience set, token names none": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, lambda now: {}, 401),
+    "audience set, aud a number": ({"AUTH_JWT_AUDIENCE": AUDIENCE}, lambda now: {"aud": 7}, 401),
+    "issuer set, token's matches": ({"AUTH_JWT_ISSUER": ISSUER}, lambda now: {"iss": ISSUER}, 200),
+    "issuer set, token's differs": ({"AUTH_JWT_ISSUER": ISSUER}, lambda now: {"iss": ISSUER + "/evil"}, 401),
+    "issuer set, token has none": ({"AUTH_JWT_ISSUER": ISSUER}, lambda now: {}, 401),
+    "issuer unset, token has one": ({}, lambda now: {"iss": "anyone"}, 200),
+    "exp not required, token without exp": ({"AUTH_JWT_REQUIRE_EXP": "false"}, lambda now: {"exp": None}, 200),
+    "exp required (default), token without exp": ({}, lambda now: {"exp": None}, 401),
     "lifetime bound off, exp in a century": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "0"},
-                                             {"exp": NOW + 100 * 365 * 86_400}, 200),
-    "lifetime 60 s, exp - iat 60": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"}, {"iat": NOW - 5, "exp": NOW + 55}, 200),
-    "lifetime 60 s, exp - iat 61": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"}, {"iat": NOW - 5, "exp": NOW + 56}, 401),
-    "lifetime 60 s, no iat, exp 50 s away": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"}, {"exp": NOW + 50}, 200),
-    "lifetime 60 s, no iat, exp 120 s away": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"}, {"exp": NOW + 120}, 401),
-    "default lifetime (a day), exp - iat a day": ({}, {"iat": NOW - 5, "exp": NOW - 5 + 86_400}, 200),
+                                             lambda now: {"exp": now + 100 * 365 * 86_400}, 200),
+    "lifetime 60 s, exp - iat 60": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"},
+                                    lambda now: {"iat": now - 5, "exp": now + 55}, 200),
+    "lifetime 60 s, exp - iat 61": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"},
+                                    lambda now: {"iat": now - 5, "exp": now + 56}, 401),
+    "lifetime 60 s, no iat, exp 50 s away": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"},
+                                             lambda now: {"exp": now + 50}, 200),
+    "lifetime 60 s, no iat, exp 120 s away": ({"AUTH_JWT_MAX_LIFETIME_SECONDS": "60"},
+                                              lambda now: {"exp": now + 120}, 401),
+    "default lifetime (a day), exp - iat a day": ({}, lambda now: {"iat": now - 5, "exp": now - 5 + 86_400}, 200),
 }
 
 
 @pytest.mark.parametrize("env, extra, status", CLAIM_CHECKS.values(), ids=CLAIM_CHECKS.keys())
 def test_audience_issuer_exp_and_lifetime_are_checked_as_configured(make_client, env, extra, status):
     client = make_client(AUTH_JWT_SECRET=SECRET, **env)
-    payload = claims(["*"], ["*"]) | extra
+    payload = claims(["*"], ["*"]) | extra(int(time.time()))
     token = mint({name: value for name, value in payload.items() if value is not None})
     for reply in (history(client, "room=team-red", bearer(token)), publish(client, "team-red", bearer(token))):
         if status == 200:
