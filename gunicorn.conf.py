@@ -137,6 +137,10 @@ def post_fork(server, worker):
     # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
     socket_writes.install()
 
+    from app.operations import log_redaction
+
+    # gunicorn logs malformed request lines whole, query-string tokens included.
+    log_redaction.install(server.log.error_log)
     app_logger = logging.getLogger("app")
     app_logger.handlers = list(server.log.error_log.handlers)
     app_logger.setLevel(server.log.error_log.level)

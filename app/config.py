@@ -53,6 +53,11 @@ class Settings:
     # Presence (docs/scaling-out.md#presence-across-nodes): the rooms one worker's
     # entry names, its busiest; the rest are counted, not named.
     presence_max_rooms: int = 1000
+    # Token claims (issue 18, docs/security.md#token-claims): checked when private rooms are on.
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_require_exp: bool = True
+    auth_jwt_max_lifetime_seconds: int = 86_400  # 0: no bound
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -67,6 +72,11 @@ class Settings:
             # believes the other rooms are private, and they would not be.
             raise ConfigError("PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is: "
                               "without one of them every room is public")
+        for name, value in (("AUTH_JWT_AUDIENCE", self.auth_jwt_audience), ("AUTH_JWT_ISSUER", self.auth_jwt_issuer)):
+            if value and not self.authorization:
+                # Set to be checked, and nothing would check it.
+                raise ConfigError(f"{name} is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is: "
+                                  "without one of them no token is read")
 
     @property
     def authorization(self) -> bool:
@@ -121,6 +131,22 @@ def _redact_uri(uri: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return scheme + sep + rest
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _claim_value(raw: str) -> str:
+    # Compared with the token's claim as it is: visible characters, no spaces around.
+    if not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]{0,254}[\x21-\x7e])?", raw):
+        raise ValueError("must be 1 to 256 visible ASCII characters, e.g. https://sse.example.com")
+    return raw
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -293,4 +319,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     # Presence: 100,000 rooms of 64 characters make a MongoDB document of ~10.4 MB,
     # under its 16 MB (app/stores/mongo.py presence_document_max_bytes).
     "PRESENCE_MAX_ROOMS": _int_in(1, 100_000),
+    # Token claims (issue 18).
+    "AUTH_JWT_AUDIENCE": _claim_value,
+    "AUTH_JWT_ISSUER": _claim_value,
+    "AUTH_JWT_REQUIRE_EXP": _boolean,
+    "AUTH_JWT_MAX_LIFETIME_SECONDS": _int_in(0, 366 * 86_400),
 }

@@ -103,7 +103,7 @@ def test_a_stream_ends_when_its_token_expires_and_the_reconnect_gets_401(server,
     streams = [dict() for _ in range(8)]
     threads = [threading.Thread(target=_read_until_closed, daemon=True, args=(
         f"{server.url}/messages?room=team-red" + (f"&access_token={token}" if n % 2 else ""),
-        {} if n % 2 else {"Cookie": f"sse_token={token}"}, streams[n])) for n in range(8)]
+        {} if n % 2 else {"Cookie": f"__Host-sse_token={token}"}, streams[n])) for n in range(8)]
     for thread in threads:
         thread.start()
     time.sleep(0.5)
@@ -127,11 +127,36 @@ def test_a_stream_ends_when_its_token_expires_and_the_reconnect_gets_401(server,
 def test_the_header_wins_over_the_cookie_and_the_cookie_over_the_query(server):
     good, bad = mint(claims(["team-*"])), mint(claims(["team-*"]), OTHER_SECRET)
     path = "/messages/history?room=team-red&access_token="
-    assert get(server, path + bad, headers={**bearer(good), "Cookie": f"sse_token={bad}"}).status_code == 200
-    assert get(server, path + good, headers={**bearer(bad), "Cookie": f"sse_token={good}"}).status_code == 401
-    assert get(server, path + bad, headers={"Cookie": f"sse_token={good}"}).status_code == 200
-    assert get(server, path + good, headers={"Cookie": f"sse_token={bad}"}).status_code == 401
+    cookie = "__Host-sse_token"
+    assert get(server, path + bad, headers={**bearer(good), "Cookie": f"{cookie}={bad}"}).status_code == 200
+    assert get(server, path + good, headers={**bearer(bad), "Cookie": f"{cookie}={good}"}).status_code == 401
+    assert get(server, path + bad, headers={"Cookie": f"{cookie}={good}"}).status_code == 200
+    assert get(server, path + good, headers={"Cookie": f"{cookie}={bad}"}).status_code == 401
     assert get(server, path + good).status_code == 200
+    # The old name, still read for one release, after the new one.
+    assert get(server, path + bad, headers={"Cookie": f"sse_token={good}"}).status_code == 200
+    assert get(server, path + good, headers={"Cookie": f"{cookie}={bad}; sse_token={good}"}).status_code == 401
+
+
+def test_audience_issuer_and_lifetime_are_checked_on_the_wire(start_server, store_env):
+    """Issue 18: AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER, a required exp and a bounded lifetime, through gunicorn."""
+    audience, issuer = "https://sse.example.com", "https://login.example.com"
+    server = start_server(**store_env, AUTH_JWT_SECRET=SECRET, AUTH_JWT_AUDIENCE=audience, AUTH_JWT_ISSUER=issuer,
+                          AUTH_JWT_MAX_LIFETIME_SECONDS="600")
+    path = "/messages/history?room=team-red"
+    good = claims(["team-*"], aud=audience, iss=issuer)
+    assert get(server, path, headers=bearer(mint(good))).status_code == 200
+    refused = {
+        "another audience": good | {"aud": "https://elsewhere.example.com"},
+        "another issuer": good | {"iss": "https://evil.example.com"},
+        "no exp": {name: value for name, value in good.items() if name != "exp"},
+        "an hour long": good | {"exp": int(time.time()) + 3600},
+    }
+    for name, payload in refused.items():
+        token = mint(payload)
+        reply = get(server, path, headers=bearer(token))
+        assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == INVALID, name
+        assert token not in reply.text
 
 
 def test_tokens_are_never_logged_not_even_at_debug_level(server):
@@ -140,6 +165,7 @@ def test_tokens_are_never_logged_not_even_at_debug_level(server):
     for token in tokens:
         for path in ("/messages?room=team-red", "/messages/history?room=team-red", "/messages?room=ops"):
             get(server, path, headers=bearer(token))
+            get(server, path, headers={"Cookie": f"__Host-sse_token={token}"})
             get(server, path, headers={"Cookie": f"sse_token={token}"})
             get(server, f"{path}&access_token={token}")
         publish(server, "team-red", "x", bearer(token))
@@ -151,3 +177,26 @@ def test_tokens_are_never_logged_not_even_at_debug_level(server):
     for token in tokens:
         for piece in token.split("."):
             assert piece not in log, f"a piece of a token is in the log: {piece[:12]}..."
+
+
+def test_malformed_request_lines_with_tokens_are_logged_without_them(server):
+    """Issue 18: gunicorn logs a malformed request line whole, access_token and all."""
+    import socket
+
+    token = mint(claims(["team-*"]))
+    lines = [f"GET /messages?room=team-red&access_token={token}\r\n\r\n",  # no HTTP version
+             f"GET  /messages?room=team-red&access_token={token} HTTP/1.1\r\n\r\n",  # two spaces
+             f"GET /messages?room=team-red&access%5Ftoken={token}\x00 HTTP/1.1\r\n\r\n"]  # a NUL
+    for line in lines:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+            connection.sendall(line.encode())
+            assert connection.recv(100).startswith(b"HTTP/1.1 400")
+    log = Path(server.log_path)
+    deadline = time.monotonic() + 5
+    while log.read_text(errors="replace").count("Invalid HTTP request line") < len(lines):
+        assert time.monotonic() < deadline, "gunicorn did not log the malformed request lines"
+        time.sleep(0.05)
+    text = log.read_text(errors="replace")
+    assert "access_token=***" in text and "access%5Ftoken=***" in text
+    for piece in token.split("."):
+        assert piece not in text

@@ -6,7 +6,7 @@ default SameSite=Lax cookies still go along). It opens an EventSource to
 gunicorn, which runs with AUTH_JWT_SECRET and lists the page's origin in
 CORS_ORIGINS. The token travels in the query string (``access_token``,
 from a page on ``localhost``: another site altogether) or in the
-``sse_token`` cookie with ``withCredentials: true``. Messages are published
+``__Host-sse_token`` cookie with ``withCredentials: true``. Messages are published
 with a JWT that has publish rights, from outside the browser.
 """
 from __future__ import annotations
@@ -129,8 +129,15 @@ def received(driver: WebDriver) -> list[str]:
 
 
 def set_token_cookie(driver: WebDriver, token: str) -> None:
-    """Set sse_token for 127.0.0.1 from the page itself, as a site's own login would (cookies ignore ports)."""
-    driver.execute_script("document.cookie = 'sse_token=' + arguments[0] + '; path=/'", token)
+    """Set __Host-sse_token for 127.0.0.1 from the page itself, as a site's own login would (cookies ignore ports).
+
+    A __Host- cookie is taken only with Secure and Path=/ and without Domain,
+    and a Secure cookie only from a secure context: Chromium counts
+    http://127.0.0.1 as one (a loopback address), so the test needs no TLS.
+    """
+    driver.execute_script("document.cookie = '__Host-sse_token=' + arguments[0] + '; Path=/; Secure; SameSite=Lax'",
+                          token)
+    assert "__Host-sse_token=" in driver.execute_script("return document.cookie"), "Chromium refused the cookie"
 
 
 def test_a_page_on_another_origin_reads_a_private_room_with_the_query_token_or_the_cookie(

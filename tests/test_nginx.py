@@ -5,6 +5,7 @@ import http.client
 import json
 import queue
 import re
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +53,8 @@ def _open_stream(proxied, nginx: LiveNginx, room: str) -> StreamReader:
 
 def _deploy_directive(name: str) -> str:
     values = re.findall(rf"^\s*{name}\s+([^;]+);", DEPLOY_CONF.read_text(), flags=re.M)
-    assert len(values) == 1, f"expected one {name} in deploy/nginx.conf, found {values}"
+    # Repeated only where two locations must agree (the two stream locations' read timeout).
+    assert len(set(values)) == 1, f"expected one value of {name} in deploy/nginx.conf, found {values}"
     return values[0]
 
 
@@ -351,3 +353,121 @@ def test_nginx_counts_an_ipv6_client_by_its_64_and_an_ipv4_mapped_one_by_its_ipv
 
     assert lines[0].startswith("client=" + "\\x00" * 8 + " ::1 ")  # ::1's /64, 8 bytes
     assert lines[1].startswith("client=\\x7F\\x00\\x00\\x01 ::ffff:127.0.0.1 ")  # the IPv4 address, 4 bytes
+
+
+# -- issue 18: tokens in nginx's logs, and the operators' paths ------------------------------------
+
+def _received_until(sock: socket.socket, wanted: bytes) -> bytes:
+    """Read from ``sock`` until ``wanted`` has arrived (b"": until the peer closes); return what was read."""
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        received += chunk
+        if (wanted and wanted in received) or not chunk:
+            assert wanted in received, received[-500:]
+            return received
+
+
+def _wait_for_workers(server: LiveServer, old: set[int], timeout: float = 20.0) -> None:
+    """Wait until gunicorn has replaced every killed worker and the app answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = set(server.worker_pids())
+        if len(pids) == 2 and not pids & old:
+            try:
+                if requests.get(server.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"gunicorn did not replace its killed workers: {server.worker_pids()}")
+
+
+@pytest.mark.slow
+def test_killing_workers_under_token_streams_writes_no_token_into_any_nginx_log(proxied):
+    """Issue 18: nginx's error log quoted the request line (?access_token=...) of a stream whose worker died."""
+    import os
+    import signal
+
+    from tests.support.tokens import SECRET, claims, mint
+
+    server, nginx = proxied(AUTH_JWT_SECRET=SECRET, HEARTBEAT_SECONDS="1")
+    query_token, cookie_token = mint(claims(["private"], publish=["private"])), mint(claims(["private"]))
+    streams: list[socket.socket] = []
+    for n in range(4):  # several of each, so that both workers hold both kinds
+        for how in ("query", "cookie", "encoded query name"):
+            query = {"query": f"&access_token={query_token}", "cookie": "",
+                     "encoded query name": f"&access%5Ftoken={query_token}"}[how]
+            cookie = f"Cookie: __Host-sse_token={cookie_token}\r\n" if how == "cookie" else ""
+            stream = socket.create_connection(("127.0.0.1", nginx.port), timeout=10)
+            stream.sendall(f"GET /messages?room=private&n={n}{query} HTTP/1.1\r\nHost: x\r\n{cookie}\r\n".encode())
+            streams.append(stream)
+            assert _received_until(stream, b"retry:").startswith(b"HTTP/1.1 200"), how
+    # Publishing with the query token goes through the same location (a body, unlike a stream).
+    sent = requests.post(f"{nginx.url}/messages?access_token={query_token}", json={"room": "private", "text": "hi"},
+                         timeout=5)
+    assert sent.status_code == 201
+    for stream in streams:  # each stream is live: the message arrives through nginx
+        _received_until(stream, f"id: {sent.json()['id']}".encode())
+
+    old = set(server.worker_pids())
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    for stream in streams:  # nginx ends each response when its upstream dies
+        _received_until(stream, b"")
+        stream.close()
+    _wait_for_workers(server, old)
+    history = requests.get(f"{nginx.url}/messages/history?room=private&access_token={query_token}", timeout=5)
+    assert history.status_code == 200
+
+    error_log = nginx.directory / "error.log"
+    access_log = nginx.directory / "sse-rooms.access.log"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "prematurely closed" not in error_log.read_text():
+        time.sleep(0.05)
+    errors = error_log.read_text(errors="replace")
+    # The kill did reach nginx's error log: the cookie streams' lines are there, with their request line.
+    assert re.search(r'upstream prematurely closed connection.*request: "GET /messages\?room=private&n=\d '
+                     r'HTTP/1.1"', errors), errors[-3000:]
+    logs = errors + access_log.read_text(errors="replace") + server.log_path.read_text(errors="replace")
+    for token in (query_token, cookie_token):
+        for piece in token.split("."):
+            assert piece not in logs, f"a piece of a token is in a log: {piece[:12]}..."
+    assert "access_token" not in logs and "access%5Ftoken" not in logs
+
+
+def _get_from(address: str, url: str) -> tuple[int, str, bytes]:
+    """GET ``url`` from a loopback ``address`` of our choosing (127.0.0.2 is not on the allowlist)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5, source_address=(address, 0))
+    try:
+        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        reply = connection.getresponse()
+        return reply.status, reply.getheader("Content-Type", ""), reply.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_metrics_and_readyz_answer_the_allowlist_only(proxied):
+    """Issue 18: /metrics (rooms, counts) and /readyz were open to anyone through nginx."""
+    server, nginx = proxied()
+    for path in ("/metrics", "/readyz"):
+        status, _, body = _get_from("127.0.0.1", nginx.url + path)
+        assert status == 200, body
+        status, content_type, body = _get_from("127.0.0.2", nginx.url + path)
+        assert status == 403 and content_type == "application/json"
+        assert json.loads(body) == {"code": 403, "status": "Forbidden",
+                                    "message": "this path answers allowlisted addresses only", "errors": {}}
+    # A token in the query string takes another location (see the log test): the allowlist holds there too.
+    for address in ("127.0.0.1", "127.0.0.2"):
+        for path in ("/metrics?access_token=x", "/readyz?access%5Ftoken=x"):
+            status, content_type, body = _get_from(address, nginx.url + path)
+            assert status == 403 and json.loads(body)["code"] == 403, (address, path)
+    # Everything else answers everyone.
+    for path in ("/healthz", "/messages/history?room=lobby", "/rooms/lobby"):
+        assert _get_from("127.0.0.2", nginx.url + path)[0] == 200, path
+    assert "sse_open_streams" in _get_from("127.0.0.1", nginx.url + "/metrics")[2].decode()

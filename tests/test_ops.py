@@ -48,7 +48,48 @@ def test_readyz_is_503_with_retry_after_when_the_store_does_not_answer():
     reply = app.test_client().get("/readyz")
     assert reply.status_code == 503
     assert reply.headers["Retry-After"] == "2"
-    assert reply.json["code"] == 503 and "not reachable" in reply.json["message"]
+    assert reply.json == {"code": 503, "status": "Service Unavailable",
+                          "message": "the message store cannot take writes right now", "errors": {}}
+
+
+def test_readyz_says_503_without_the_stores_error_text(app, sqlite_path, caplog):
+    """Issue 18: /readyz quoted the store's error (hosts, paths) to whoever asked."""
+    import shutil
+    from pathlib import Path
+
+    directory = Path(sqlite_path).parent
+    shutil.rmtree(directory)  # the store's volume went away under the running app
+    with caplog.at_level(logging.WARNING):
+        reply = app.test_client().get("/readyz")
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "2"
+    assert reply.json == {"code": 503, "status": "Service Unavailable",
+                          "message": "the message store cannot take writes right now", "errors": {}}
+    assert str(directory) not in reply.get_data(as_text=True)
+    assert f"not ready: SQLite store's directory cannot be checked: [Errno 2] No such file or directory: " \
+           f"'{directory}'" in caplog.text  # the operator still learns why
+
+
+def test_readyz_is_503_while_another_process_holds_the_write_lock_though_reads_still_answer(client, sqlite_path):
+    """Issue 18: /readyz probed with a read, which WAL allows under another writer's lock: it said ready."""
+    import sqlite3
+    import time
+
+    assert client.post("/messages", json={"room": "r", "text": "before"}).status_code == 201
+    holder = sqlite3.connect(sqlite_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        reply = client.get("/readyz")
+        took = time.monotonic() - started
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "2"
+        assert took < 1.5, took  # the probe's short busy timeout, not a publish's 2 s
+        history = client.get("/messages/history?room=r")
+        assert history.status_code == 200 and [m["text"] for m in history.json["messages"]] == ["before"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/messages", json={"room": "r", "text": "after"}).status_code == 201
 
 
 def test_metrics_are_in_prometheus_format_and_count_publishes(client):

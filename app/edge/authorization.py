@@ -9,13 +9,17 @@ as shell-style globs matched with ``fnmatch.fnmatchcase``::
 
 * Verified by PyJWT with the one algorithm the configured key implies, so a
   token cannot pick its own: ``none``, HS256 signed with the public key, or
-  any other algorithm is refused. ``exp`` and ``nbf`` are honoured when
-  present (no leeway); an ``aud`` claim is refused, as there is no audience
-  to check it against.
+  any other algorithm is refused. ``exp`` is required (AUTH_JWT_REQUIRE_EXP)
+  and ``exp`` and ``nbf`` are honoured (no leeway). ``aud`` and ``iss`` must
+  match AUTH_JWT_AUDIENCE and AUTH_JWT_ISSUER when those are set; without
+  AUTH_JWT_AUDIENCE a token naming an audience is refused (it was meant for
+  someone else). A token may live at most AUTH_JWT_MAX_LIFETIME_SECONDS:
+  ``exp - iat``, or ``exp - now`` without ``iat``.
 * Where the token is taken from, first found wins and is the only one read
   (an invalid header token is not rescued by a valid cookie): the
-  ``Authorization: Bearer`` header, the ``sse_token`` cookie (what a
-  same-site EventSource sends), the ``access_token`` query parameter
+  ``Authorization: Bearer`` header, the ``__Host-sse_token`` cookie (what a
+  same-site EventSource sends), the old ``sse_token`` cookie (read for one
+  release, see LEGACY_TOKEN_COOKIE), the ``access_token`` query parameter
   (EventSource cannot set headers).
 * Reading rooms that are all public needs nothing, and a token sent along
   is not looked at. Otherwise: no token or a bad one is 401 with a Bearer
@@ -32,6 +36,7 @@ PyJWT's.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -45,7 +50,12 @@ from ..config import Settings
 from .access import PUBLISH_ENDPOINTS, bearer_token_matches
 from .errors import ApiError
 
-TOKEN_COOKIE = "sse_token"
+# __Host-: the browser takes it only with Secure and Path=/ and no Domain, so
+# no other host of the site (a sibling subdomain) can set or overwrite it.
+TOKEN_COOKIE = "__Host-sse_token"
+# The name before issue 18, still read (after TOKEN_COOKIE) for one release;
+# remove it in the next one (docs/security.md says so).
+LEGACY_TOKEN_COOKIE = "sse_token"
 TOKEN_QUERY_PARAMETER = "access_token"
 REALM = "sse-rooms"
 # Far above any real token; keeps garbage from reaching the decoder.
@@ -58,7 +68,8 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ImmatureSignatureError, "the token is not valid yet"),
     (jwt.InvalidAlgorithmError, "the token is not signed with the algorithm this server accepts"),
     (jwt.InvalidSignatureError, "the token's signature does not verify"),
-    (jwt.InvalidAudienceError, "the token names an audience, which this server does not accept"),
+    (jwt.InvalidIssuerError, "the token's issuer (iss) is not the one this server accepts"),
+    (jwt.InvalidIssuedAtError, "the token's issued-at time (iat) is not a whole number of seconds"),
     (jwt.DecodeError, "the token is malformed"),
 )
 
@@ -107,6 +118,12 @@ class Authorization:
         self.algorithm = settings.auth_jwt_algorithm
         self.public_rooms = settings.public_rooms
         self.publish_token = settings.publish_token
+        self.audience = settings.auth_jwt_audience
+        self.issuer = settings.auth_jwt_issuer
+        self.max_lifetime = settings.auth_jwt_max_lifetime_seconds
+        self._required = [claim for claim, needed in (("exp", settings.auth_jwt_require_exp),
+                                                       ("aud", bool(self.audience)),
+                                                       ("iss", bool(self.issuer))) if needed]
         self._key: Any = None
         if settings.auth_jwt_secret:
             self._key = settings.auth_jwt_secret.encode("utf-8")
@@ -121,10 +138,18 @@ class Authorization:
         if len(token) > MAX_TOKEN_CHARS:
             raise _refuse(f"the token is longer than {MAX_TOKEN_CHARS} characters", token_sent=True)
         try:
-            claims = jwt.decode(token, self._key, algorithms=[self.algorithm])
+            claims = jwt.decode(token, self._key, algorithms=[self.algorithm], audience=self.audience,
+                                issuer=self.issuer, options={"require": self._required})
+        except jwt.MissingRequiredClaimError as exc:
+            raise _refuse(f"the token has no {exc.claim!r} claim, which this server requires",
+                          token_sent=True) from None
+        except jwt.InvalidAudienceError:
+            raise _refuse("the token names an audience, which this server does not accept" if self.audience is None
+                          else "the token's audience (aud) is not this server", token_sent=True) from None
         except jwt.PyJWTError as exc:  # InvalidKeyError too: a secret that looks like a PEM
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token is invalid")
             raise _refuse(reason, token_sent=True) from None
+        self._check_lifetime(claims)
         rooms = claims.get("rooms", {})
         try:
             if not isinstance(rooms, dict):
@@ -136,6 +161,20 @@ class Authorization:
         expires_at = int(claims["exp"]) if "exp" in claims else None  # as PyJWT read it
         subject = claims.get("sub")  # PyJWT checks it is a string when present
         return Grant(subscribe, publish, expires_at, subject or None)
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """Refuse a token meant to live longer than AUTH_JWT_MAX_LIFETIME_SECONDS.
+
+        A token without ``exp`` gets here only with AUTH_JWT_REQUIRE_EXP off:
+        the operator chose tokens that never expire, and the bound leaves them be.
+        """
+        if not self.max_lifetime or "exp" not in claims:
+            return
+        expires_at = int(claims["exp"])  # both already read as whole numbers by PyJWT
+        start = int(claims["iat"]) if "iat" in claims else int(time.time())
+        if expires_at - start > self.max_lifetime:
+            raise _refuse(f"the token lives longer than this server accepts (at most {self.max_lifetime} seconds "
+                          f"from iat, or from now without iat)", token_sent=True)
 
     def read_grant(self, rooms: tuple[str, ...]) -> Grant:
         """Return the grant to read these rooms with, or raise 401/403 (EVERYTHING when off or all public)."""
@@ -165,15 +204,16 @@ class Authorization:
 
 
 def token_from_request() -> str | None:
-    """Return the request's token: the Bearer header, else the cookie, else the query parameter."""
+    """Return the request's token: the Bearer header, else a cookie (the new name first), else the query parameter."""
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, credentials = header.partition(" ")
         # Another scheme (Basic ...) is no token of ours: answered as an invalid one.
         return credentials.strip() if scheme.lower() == "bearer" else ""
-    cookie = request.cookies.get(TOKEN_COOKIE)
-    if cookie is not None:
-        return cookie
+    for name in (TOKEN_COOKIE, LEGACY_TOKEN_COOKIE):
+        cookie = request.cookies.get(name)
+        if cookie is not None:
+            return cookie
     return request.args.get(TOKEN_QUERY_PARAMETER)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from .errors import ApiError
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
+log = logging.getLogger(__name__)
 
 STORE_RETRY_AFTER = "2"
 MAX_LAST_EVENT_ID = 256
@@ -30,6 +32,8 @@ HISTORY_TAILER_WAIT_SECONDS = 2.0  # then read the store instead
 
 def _store_unavailable(exc: StoreUnavailable, operation: str) -> ApiError:
     STORE_ERRORS.labels(operation).inc()
+    # The cause (locked, full, read-only, unreachable) is for the operator; the client is told to come back.
+    log.warning("%s: store unavailable: %s", operation, exc)
     return ApiError(503, "the message store is unavailable, try again shortly",
                     headers={"Retry-After": STORE_RETRY_AFTER})
 

@@ -1,6 +1,8 @@
 """Endpoints for operators: liveness, readiness and Prometheus metrics."""
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify
 
 from ..operations.metrics import STORE_ERRORS, exposition
@@ -9,6 +11,7 @@ from ..stores.base import StoreUnavailable
 from .errors import ApiError
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
 
 READY_RETRY_AFTER = "2"
 
@@ -21,13 +24,18 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Answer 200 when the store answers, 503 otherwise."""
+    """Answer 200 when the store can take writes, 503 otherwise.
+
+    The store's own error stays in the log: it can name hosts, paths and
+    users, and whoever asks here is told only what to do (come back).
+    """
     svc = services()
     try:
         svc.store.ping()
     except StoreUnavailable as exc:
         STORE_ERRORS.labels("ready").inc()
-        raise ApiError(503, f"the message store is not reachable: {exc}",
+        log.warning("not ready: %s", exc)
+        raise ApiError(503, "the message store cannot take writes right now",
                        headers={"Retry-After": READY_RETRY_AFTER}) from None
     return jsonify({"status": "ready", "store": svc.settings.store_kind})
 

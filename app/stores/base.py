@@ -177,6 +177,7 @@ class MessageStore(Protocol):
     def prepare(self) -> None:
         """Create what the store needs; raise StoreMisconfigured if it must not be used."""
 
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """Answer when the store can take writes (what /readyz reports); raise StoreUnavailable otherwise."""
 
     def close(self) -> None: ...

@@ -255,6 +255,8 @@ class MongoStore:
         return Backlog(backlog.messages, reason)
 
     def ping(self) -> None:
+        # Database.command goes to the primary (its default read preference):
+        # an answer means a server that takes writes is reachable.
         try:
             self.client.admin.command("ping")
         except PyMongoError as exc:

@@ -87,6 +87,13 @@ _WRITE_BUSY_MS = 2000
 # Presence is refreshed every second: a write that cannot get the lock soon
 # gives up rather than hold up the publishers queued behind it.
 _PRESENCE_BUSY_MS = 250
+# Free space below which the store is not ready: room for several of the
+# largest messages at default settings (about 16 KB stored each) and the
+# WAL frames that carry them.
+_MIN_FREE_BYTES = 256 * 1024
+# The readiness probe's wait for the write lock: a load balancer's check
+# should hear "not ready" well within its own timeout.
+_PROBE_BUSY_MS = 250
 # Rows of workers that died without withdrawing are deleted this long after
 # they expired (readers skip them from the moment they expire).
 _PRESENCE_KEEP_EXPIRED_MS = 60_000
@@ -128,8 +135,23 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (a full disk at
+        # COMMIT): a ROLLBACK then fails with "no transaction is active",
+        # which would hide the error worth reporting.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
+
+
+def _free_bytes(path: str) -> int:
+    """Return the bytes this process may still write on the filesystem holding ``path``."""
+    stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    # Root may use the blocks the filesystem reserves for it; anyone else may not.
+    blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    return blocks * stats.f_frsize
 
 
 def _close_quietly(conn: sqlite3.Connection | None) -> None:
@@ -374,7 +396,50 @@ class SQLiteStore:
         """Nothing to do: the file and schema are made when the store is opened."""
 
     def ping(self) -> None:
-        self._query("SELECT 1")
+        """Answer when the store can take writes; raise StoreUnavailable otherwise.
+
+        A read is not enough: in WAL mode a file locked by another writer,
+        a full disk or a read-only file still answers reads, while every
+        publish fails (issue 18). So the probe is a write through the very
+        connection publishes use, on this worker's writer thread: it takes
+        the write lock (waiting at most ``_PROBE_BUSY_MS``, not a publish's
+        busy timeout), rewrites one row of ``meta`` to its own value and
+        commits. It stores nothing new.
+
+        That one page can still fit where a message no longer does (a
+        failed insert leaves the WAL file grown), so the filesystem must
+        also have ``_MIN_FREE_BYTES`` free.
+        """
+        try:
+            free = _free_bytes(self.path)
+        except OSError as exc:  # the directory is gone, or not ours to look at
+            raise StoreUnavailable(f"SQLite store's directory cannot be checked: {exc}") from exc
+        if free < _MIN_FREE_BYTES:
+            raise StoreUnavailable(f"SQLite store's filesystem has {free} bytes free, "
+                                   f"less than the {_MIN_FREE_BYTES} a write needs to be sure of room")
+        failure = self._on_writer_thread(self._probe_write_or_failure, time.monotonic())
+        if failure is not None:
+            raise failure  # here, not in the pool thread (see append)
+
+    def _probe_write_or_failure(self, queued_at: float) -> StoreUnavailable | None:
+        if self._last_write_failed and time.monotonic() - queued_at > _WRITE_BUSY_MS / 1000:
+            return StoreUnavailable("SQLite write probe: waited too long for this worker's writer "
+                                    "(is the file locked?)")
+        try:
+            if self._writer is None:
+                self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
+            self._writer.execute(f"PRAGMA busy_timeout = {_PROBE_BUSY_MS}")
+            try:
+                with _immediate(self._writer) as conn:
+                    conn.execute("UPDATE meta SET value = value WHERE key = 'epoch'")
+            finally:
+                self._writer.execute(f"PRAGMA busy_timeout = {_WRITE_BUSY_MS}")
+        except sqlite3.Error as exc:
+            self._drop_writer()
+            self._last_write_failed = True
+            return StoreUnavailable(f"SQLite write probe failed: {exc}")
+        self._last_write_failed = False
+        return None
 
     def newest_id(self) -> str | None:
         (newest,) = self._query("SELECT max(seq) FROM messages")[0]

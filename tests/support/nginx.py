@@ -58,11 +58,14 @@ def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, 
         "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
         "proxy_read_timeout 60s;": f"proxy_read_timeout {read_timeout};",
         **(tuned or {}),  # after the DEPLOY: values, so it may change what they became
+        "error_log /var/log/nginx/error.log crit;": f"error_log {log_dir}/error.log crit;",
     }
-    for old, new in replacements.items():
+    # Both stream locations (location = /messages, and the one for query tokens) carry the read timeout.
+    repeated = {"proxy_read_timeout 60s;": (f"proxy_read_timeout {read_timeout};", 2)}
+    for old, (new, expected) in {**{old: (new, 1) for old, new in replacements.items()}, **repeated}.items():
         count = text.count(old)
-        if count != 1:
-            raise AssertionError(f"deploy/nginx.conf must contain {old!r} exactly once, found {count}")
+        if count != expected:
+            raise AssertionError(f"deploy/nginx.conf must contain {old!r} {expected} time(s), found {count}")
         text = text.replace(old, new)
     return text
 
