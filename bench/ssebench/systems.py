@@ -18,11 +18,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from .processes import ServerGroup, free_port, wait_for_port
+from .resuming import centrifugo_resume_path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 PEERS_DIR = BENCH_DIR / "peers"
@@ -46,6 +48,8 @@ def _caddy_version() -> str:
 
 
 
+# Our own server's rows in the report: never counted as a peer.
+OURS = ("ours", "ours-mongodb")
 # Every system gets the same shape: 2 worker processes, 15 s heartbeats.
 WORKERS = 2
 HEARTBEAT_SECONDS = 15
@@ -104,6 +108,11 @@ class System:
 
     def history_url(self, room: str, after: str | None) -> str | None:
         """URL of a page of the room's stored messages in store order; None: no such API."""
+        return None
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        """(path, headers) of a stream that asks for the room's whole stored history, the way
+        this system resumes from the beginning; None: it keeps no history (the hostile scenario)."""
         return None
 
 
@@ -172,6 +181,10 @@ class OurServer(System):
     def history_url(self, room: str, after: str | None) -> str | None:
         url = f"{self.publish_base}/messages/history?room={room}&limit=1000"
         return url + f"&after={after}" if after else url
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # No Last-Event-ID: the stream starts with the room's whole window.
+        return self.subscribe_path(room), {}
 
 
 class OurServerOnMongo(OurServer):
@@ -273,6 +286,11 @@ class Nchan(System):
 
     def subscribe_path(self, room: str) -> str:
         return f"/sub?room={room}"
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # No Last-Event-ID: nchan_subscriber_first_message is `oldest` by default,
+        # so a new subscriber starts with the channel's whole message buffer.
+        return self.subscribe_path(room), {}
 
     def publish_request(self, room: str, text: str) -> PublishRequest:
         return PublishRequest(f"{self.publish_base}/pub?room={room}", text.encode(), "text/plain")
@@ -514,6 +532,16 @@ class Centrifugo(OneProcessServer):
         return PublishRequest(f"{self.publish_base}/api/publish", body, "application/json",
                               {"X-API-Key": self.api_key})
 
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # Recovery from offset 0 of the channel's current epoch (read from the
+        # history API) asks for every publication it keeps.
+        body = json.dumps({"channel": room, "limit": 0}).encode()
+        request = urllib.request.Request(f"{self.publish_base}/api/history", data=body,
+                                         headers={"Content-Type": "application/json", "X-API-Key": self.api_key})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            epoch = json.loads(response.read())["result"]["epoch"]
+        return centrifugo_resume_path(self.subscribe_path(room), epoch, 0), {}
+
 
 class Mercure(OneProcessServer):
     name = "mercure"
@@ -545,6 +573,10 @@ class Mercure(OneProcessServer):
 
     def subscribe_path(self, room: str) -> str:
         return f"/.well-known/mercure?topic={quote(room, safe='')}"
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # Mercure's reserved id `earliest`: every update its history keeps.
+        return self.subscribe_path(room), {"Last-Event-ID": "earliest"}
 
     def publish_request(self, room: str, text: str) -> PublishRequest:
         data = json.dumps({"room": room, "text": text})

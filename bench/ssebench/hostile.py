@@ -1,0 +1,294 @@
+"""Scenario 6, hostile readers: streams that ask for a big backlog and never read.
+
+One run against one freshly started system on its default settings, with the
+server's processes on core 0 and the load generator (this orchestrator, which
+holds the hostile sockets and publishes, and the subscriber processes) on core 1:
+
+  fill      `hostile_fill` messages of `hostile_text_chars` x U+0001 to one room:
+            4 KB stored each, ~24 KB once JSON-escaped; more than our default
+            window holds, less than any peer's history bound here
+  baseline  the RSS of every process of the system, once the fill is done
+  open      `hostile_streams` raw sockets with a small receive buffer, each
+            sending the request that asks for the room's whole history the way
+            the system resumes (System.history_stream_request); none is ever
+            read. Opened in batches sized from the growth seen so far, and no
+            more once the server's RSS passes `hostile_rss_cap_bytes` or the
+            machine runs short of memory: the figure is then "capped", taken
+            over the streams that were opened
+  settle    until the RSS stops moving (bounded)
+  probe     does the server still answer everyone else? A publish to the room,
+            and a fresh reader on a quiet room that must get a message
+            published there
+  figure    peak RSS growth over the baseline per stream opened; the streams the
+            server still holds, counted on its side
+
+Every phase has a deadline, so the scenario always ends by itself, and the
+hostile sockets are closed whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .clients import ClientPool
+from .cores import LOADGEN_CPUS, pin_load_generator, server_cpus
+from .measure import tcp_buffer_bytes
+from .plan import Plan
+from .processes import ServerGroup, streams_held
+from .publisher import Publisher, RoomsPublisher
+from .scenarios import CpuWindow
+from .sserequest import sse_request
+from .systems import System
+
+# The hostile sockets' own source address, apart from the subscriber
+# processes' (127.0.0.2, ...), so the server-side count finds only them.
+HOSTILE_SOURCE = "127.0.0.250"
+# Set before connect, so it is the window the client advertises (the kernel doubles it).
+RECEIVE_BUFFER_BYTES = 4096
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Batches grow at most twofold, so a server whose RSS lags its joins cannot
+# be handed many streams before the growth shows.
+FIRST_BATCH = 10
+MAX_BATCH = 100
+POLL_SECONDS = 0.25
+# Quiet: the RSS moved less than QUIET_BYTES over the last `still` seconds.
+QUIET_BYTES = 2**20
+# Between batches: the server has taken the last batch's requests.
+BATCH_STILL_SECONDS = 0.5
+BATCH_QUIET_TIMEOUT_SECONDS = 5.0
+# After the last batch: settled.
+SETTLE_STILL_SECONDS = 2.0
+PROBE_TAG = 6
+MIB = 2**20
+
+
+class HostileReaders:
+    """The hostile-readers scenario against one system."""
+
+    def __init__(self, system: System, plan: Plan, pool: ClientPool, workdir: Path) -> None:
+        self.system = system
+        self.plan = plan
+        self.pool = pool
+        self.workdir = workdir
+        self.group: ServerGroup | None = None
+        stamp = f"{os.getpid()}-{int(time.time())}"
+        self.room = f"hostile-{stamp}"
+        self.quiet_room = f"probe-{stamp}"
+        self.sockets: list[socket.socket] = []
+        self.opened = 0  # stays counted if the sockets must be let go early
+        self.peak = 0
+        self.result: dict[str, Any] = {"notes": [], "capped": None}
+
+    def log(self, line: str) -> None:
+        print(f"  [{self.system.name} hostile] {line}", flush=True)
+
+    def note(self, line: str) -> None:
+        self.result["notes"].append(line)
+        self.log(line)
+
+    async def run(self) -> dict[str, Any]:
+        plan, result = self.plan, self.result
+        result.update(streams=plan.hostile_streams, fill_messages=plan.hostile_fill,
+                      text_chars=plan.hostile_text_chars, rss_cap_bytes=plan.hostile_rss_cap_bytes)
+        try:
+            self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus())
+        except (RuntimeError, OSError) as error:
+            self.note(f"did not start: {error}")
+            if self.system.group is not None:
+                await asyncio.to_thread(self.system.group.stop)
+            return result
+        pin_load_generator(self.pool, LOADGEN_CPUS)
+        try:
+            async with RoomsPublisher(self.system) as publisher:
+                await self._hostile(publisher)
+        except Exception as error:  # noqa: BLE001 - one broken system must not end the run
+            self.note(f"aborted: {type(error).__name__}: {error}")
+        finally:
+            self._close_sockets()
+            dead = self.group.dead()
+            if dead:
+                self.note(f"server died: {dead}")
+            await asyncio.to_thread(self.group.stop)
+            try:
+                await self.pool.close_streams(await self.pool.live())
+            except (OSError, EOFError, RuntimeError, TimeoutError) as error:
+                self.log(f"could not close streams: {type(error).__name__}")
+            pin_load_generator(self.pool, None)
+        return result
+
+    async def _hostile(self, publisher: RoomsPublisher) -> None:
+        plan, result = self.plan, self.result
+        text = "\u0001" * plan.hostile_text_chars
+        fill = await publisher.fill([self.room], plan.hostile_fill, plan.hostile_fill_timeout_seconds, text)
+        result["fill"] = fill
+        failed = f", {fill['failed']} failed ({fill['error']})" if fill["failed"] else ""
+        self.log(f"filled the room: {fill['published']:,} messages of {plan.hostile_text_chars:,} x U+0001"
+                 f" in {fill['seconds']:.1f}s{failed}")
+        if not fill["published"]:
+            raise RuntimeError("nothing was published")
+        asked = await asyncio.to_thread(self.system.history_stream_request, self.room)
+        if asked is None:
+            raise RuntimeError("the system keeps no history to ask for")
+        path, headers = asked
+        request = sse_request("127.0.0.1", self.system.port, path, headers)
+        await asyncio.sleep(plan.settle_seconds)
+        assert self.group is not None
+        baseline = self.group.rss_bytes()
+        tcp_before = tcp_buffer_bytes()
+        result["baseline_mb"] = baseline / MIB
+        self.peak = baseline
+        cpu = CpuWindow(self.group, self.pool)
+        began = time.monotonic()
+        await self._open(request, baseline)
+        result["open_seconds"] = time.monotonic() - began
+        await self._settle()
+        result["cpu"] = cpu.close()
+        settled = self.group.rss_bytes()
+        self.peak = max(self.peak, settled)
+        opened = self.opened
+        result["opened"] = opened
+        result["held"] = sum(streams_held(self.system.worker_pids(), self.system.port, {HOSTILE_SOURCE}).values())
+        result["peak_mb"] = self.peak / MIB
+        result["settled_mb"] = settled / MIB
+        result["kernel_tcp_mb"] = (tcp_buffer_bytes() - tcp_before) / MIB
+        result["kernel_tcp_per_stream_kb"] = result["kernel_tcp_mb"] * 1024 / opened if opened else None
+        result["per_stream_kb"] = (self.peak - baseline) / opened / 1024 if opened else None
+        result["settled_per_stream_kb"] = (settled - baseline) / opened / 1024 if opened else None
+        self.log(f"{opened:,} streams opened ({result['held']:,} still held by the server),"
+                 f" RSS {baseline / MIB:,.0f} -> peak {self.peak / MIB:,.0f} MB, settled {settled / MIB:,.0f} MB:"
+                 f" {result['per_stream_kb'] or 0:,.1f} KB/stream"
+                 + (f"; capped: {result['capped']}" if result["capped"] else ""))
+        result["probe"] = await self._probe(publisher)
+
+    def _cap_reason(self, rss: int) -> str | None:
+        """Why no more streams may be opened (or None): the server's RSS or the machine's memory."""
+        if rss >= self.plan.hostile_rss_cap_bytes:
+            return f"server RSS passed the cap of {self.plan.hostile_rss_cap_bytes / 2**30:.1f} GiB"
+        available = psutil.virtual_memory().available
+        if available < self.plan.hostile_min_available_bytes:
+            return (f"the machine had {available / 2**30:.1f} GiB available, under the floor of"
+                    f" {self.plan.hostile_min_available_bytes / 2**30:.1f} GiB")
+        return None
+
+    def _sample(self) -> int:
+        assert self.group is not None
+        rss = self.group.rss_bytes()
+        self.peak = max(self.peak, rss)
+        return rss
+
+    async def _open(self, request: bytes, baseline: int) -> None:
+        plan = self.plan
+        deadline = time.monotonic() + plan.hostile_open_timeout_seconds
+        errors: dict[str, int] = {}
+        batch = FIRST_BATCH
+        while len(self.sockets) < plan.hostile_streams:
+            reason = self._cap_reason(self._sample())
+            if reason is None and time.monotonic() > deadline:
+                reason = f"the open phase's {plan.hostile_open_timeout_seconds:.0f} s were spent"
+            if reason:
+                self.result["capped"] = reason
+                self.note(f"stopped opening at {len(self.sockets):,} streams: {reason}")
+                break
+            count = min(batch, plan.hostile_streams - len(self.sockets))
+            for error in await asyncio.to_thread(self._open_batch, count, request):
+                errors[error] = errors.get(error, 0) + 1
+            if not await self._quiet(BATCH_QUIET_TIMEOUT_SECONDS, BATCH_STILL_SECONDS):
+                break  # the machine ran short of memory: the sockets are gone
+            # The next batch: at most twice this one, and at most half the room
+            # left under the cap at the growth per stream seen so far.
+            growth = (self.peak - baseline) / max(1, len(self.sockets))
+            room = MAX_BATCH if growth <= 0 else int((plan.hostile_rss_cap_bytes - self.peak) / growth / 2)
+            batch = max(1, min(MAX_BATCH, 2 * count, room))
+        self.result["open_errors"] = errors
+
+    def _open_batch(self, count: int, request: bytes) -> list[str]:
+        """Open `count` sockets that send `request` and are never read; return the errors."""
+        errors = []
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+                sock.bind((HOSTILE_SOURCE, 0))
+                sock.connect(("127.0.0.1", self.system.port))
+                sock.sendall(request)
+            except OSError as error:
+                sock.close()
+                errors.append(f"{type(error).__name__}: {error.strerror or error}")
+                continue
+            self.sockets.append(sock)
+            self.opened += 1
+        return errors
+
+    async def _settle(self) -> None:
+        """Wait until the RSS stops moving, or the settle deadline."""
+        timeout = self.plan.hostile_settle_timeout_seconds
+        self.result["settled"] = await self._quiet(timeout, SETTLE_STILL_SECONDS)
+        if self.sockets and not self.result["settled"]:
+            self.note(f"the RSS was still moving {timeout:.0f} s after the last open")
+
+    async def _quiet(self, timeout: float, still: float) -> bool:
+        """Wait up to `timeout` until the RSS moved less than QUIET_BYTES over `still` seconds.
+
+        False if it never did, or if the machine ran short of memory meanwhile:
+        streams already opened may still be growing the server, so the hostile
+        sockets are then let go before the machine is.
+        """
+        began = time.monotonic()
+        samples = [(began, self._sample())]
+        while time.monotonic() - began < timeout:
+            await asyncio.sleep(POLL_SECONDS)
+            now, rss = time.monotonic(), self._sample()
+            samples.append((now, rss))
+            if psutil.virtual_memory().available < self.plan.hostile_min_available_bytes / 2:
+                self.result["capped"] = "the machine ran short of memory: the hostile streams were closed early"
+                self.note(self.result["capped"])
+                self._close_sockets()
+                return False
+            recent = [value for at, value in samples if at >= now - still]
+            if now - began >= still and max(recent) - min(recent) < QUIET_BYTES:
+                return True
+        return False
+
+    async def _probe(self, publisher: RoomsPublisher) -> dict[str, Any]:
+        """Does the server still answer others: a publish to the room, a fresh reader elsewhere."""
+        timeout = self.plan.hostile_probe_timeout_seconds
+        probe: dict[str, Any] = {}
+        started = time.monotonic()
+        try:
+            status, _, error = await asyncio.wait_for(publisher.post(self.room, "probe"), timeout)
+        except TimeoutError:
+            status, error = 0, f"no answer in {timeout:.0f} s"
+        probe["publish_status"] = status
+        probe["publish_ms"] = (time.monotonic() - started) * 1000
+        probe["publish_error"] = error
+        opening = await self.pool.open_streams(1, "127.0.0.1", self.system.port,
+                                               self.system.subscribe_path(self.quiet_room), timeout,
+                                               self.system.head_before_first_event)
+        probe["reader_opened"] = opening["opened"]
+        probe["reader_errors"] = opening["errors"]
+        probe["reader_ms"] = None
+        if opening["opened"]:
+            await self.pool.begin(PROBE_TAG)
+            async with Publisher(self.system, self.quiet_room) as quiet:
+                sent = await quiet.burst(PROBE_TAG, 1)
+            receipts = await self.pool.wait_for(PROBE_TAG, sent.ok, timeout)
+            if sent.ok and receipts.unique:
+                probe["reader_ms"] = (receipts.last_ns - sent.first_send_ns) / 1e6
+        probe["answered"] = 200 <= status < 300 and probe["reader_ms"] is not None
+        self.log(f"probe: publish to the room HTTP {status} in {probe['publish_ms']:,.0f} ms; a fresh reader"
+                 + (f" got a message in {probe['reader_ms']:,.0f} ms" if probe["reader_ms"] is not None
+                    else f" got nothing ({opening['errors'] or 'no delivery'})"))
+        return probe
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
