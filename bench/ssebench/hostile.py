@@ -7,7 +7,10 @@ holds the hostile sockets and publishes, and the subscriber processes) on core 1
   fill      `hostile_fill` messages of `hostile_text_chars` x U+0001 to one room:
             4 KB stored each, ~24 KB once JSON-escaped; more than our default
             window holds, less than any peer's history bound here
-  baseline  the RSS of every process of the system, once the fill is done
+  backlog   one reader sends the same request and reads until the fill's last
+            message (a marked one): what one join sends, and proof that the
+            system holds the whole fill before anything is measured
+  baseline  the RSS of every process of the system, once that reader is gone
   open      `hostile_streams` raw sockets with a small receive buffer, each
             sending the request that asks for the room's whole history the way
             the system resumes (System.history_stream_request); none is ever
@@ -29,8 +32,11 @@ hostile sockets are closed whatever happens.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import socket
+import struct
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ import psutil
 
 from .clients import ClientPool
 from .cores import LOADGEN_CPUS, pin_load_generator, server_cpus
+from .marker import MARKER_PATTERN, make_marker
 from .measure import tcp_buffer_bytes
 from .plan import Plan
 from .processes import ServerGroup, streams_held
@@ -50,6 +57,7 @@ from .systems import System
 # The hostile sockets' own source address, apart from the subscriber
 # processes' (127.0.0.2, ...), so the server-side count finds only them.
 HOSTILE_SOURCE = "127.0.0.250"
+BACKLOG_SOURCE = "127.0.0.251"  # the reader that checks every worker holds the whole fill
 # Set before connect, so it is the window the client advertises (the kernel doubles it).
 RECEIVE_BUFFER_BYTES = 4096
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -66,7 +74,12 @@ BATCH_QUIET_TIMEOUT_SECONDS = 5.0
 # After the last batch: settled.
 SETTLE_STILL_SECONDS = 2.0
 PROBE_TAG = 6
+BACKLOG_TAG = 7
+READ_BYTES = 1 << 20
 MIB = 2**20
+# More than any response head and retry line: backlog bytes have begun to arrive.
+ANSWERED_BYTES = 2048
+ANSWER_TIMEOUT_SECONDS = 15.0
 
 
 class HostileReaders:
@@ -83,6 +96,7 @@ class HostileReaders:
         self.quiet_room = f"probe-{stamp}"
         self.sockets: list[socket.socket] = []
         self.opened = 0  # stays counted if the sockets must be let go early
+        self.let_go = False  # the machine ran short of memory: the sockets were closed early
         self.peak = 0
         self.result: dict[str, Any] = {"notes": [], "capped": None}
 
@@ -138,6 +152,23 @@ class HostileReaders:
             raise RuntimeError("the system keeps no history to ask for")
         path, headers = asked
         request = sse_request("127.0.0.1", self.system.port, path, headers)
+        last, _ = make_marker(BACKLOG_TAG, 0)
+        status, _, error = await publisher.post(self.room, last)
+        if not 200 <= status < 300:
+            raise RuntimeError(f"the fill's last message was refused: {error or status}")
+        timeout = plan.hostile_backlog_timeout_seconds
+        result["backlog"] = await self._read_backlog(request, timeout)
+        if not result["backlog"]["complete"] and await asyncio.to_thread(self.system.restart_workers, timeout):
+            # Ours on FerretDB: its tailable cursor brings new documents to a
+            # worker's window very slowly (see the caveats); workers that start
+            # now warm their windows from the store instead.
+            self.note("the workers were restarted (gunicorn's reload) so that their windows warm from the store,"
+                      " which holds the whole fill")
+            result["backlog"] = await self._read_backlog(request, 3 * timeout)
+        if not result["backlog"]["complete"]:
+            # Streams parked until the backlog arrives would all grow the server
+            # at once, past any cap checked while opening them: not opened.
+            raise RuntimeError("the system did not send the whole fill to one reader; no hostile stream opened")
         await asyncio.sleep(plan.settle_seconds)
         assert self.group is not None
         baseline = self.group.rss_bytes()
@@ -166,6 +197,68 @@ class HostileReaders:
                  f" {result['per_stream_kb'] or 0:,.1f} KB/stream"
                  + (f"; capped: {result['capped']}" if result["capped"] else ""))
         result["probe"] = await self._probe(publisher)
+
+    async def _read_backlog(self, request: bytes, timeout: float) -> dict[str, Any]:
+        """Read history streams until each worker has sent the whole fill once: the bytes and time of a join.
+
+        Every worker must: a stream parked on a worker whose window is not warm
+        yet would grow the server only once it warms, past any cap checked
+        while the hostile streams open. A stream that ends first (ours ends one
+        whose window is not warm) is opened again, as EventSource would.
+        """
+        began = time.monotonic()
+        attempts = 0
+        received = 0
+        seconds = 0.0
+        done: set[int] = set()
+        while time.monotonic() - began < timeout:
+            workers = set(self.system.worker_pids())
+            if workers and workers <= done:
+                self.log(f"each worker sent the whole history: {received / MIB:,.1f} MB in {seconds:.1f}s"
+                         f" ({attempts} reads)")
+                return {"bytes": received, "seconds": seconds, "complete": True, "attempts": attempts}
+            attempts += 1
+            joined = time.monotonic()
+            received, complete, worker = await self._read_once(request, timeout - (joined - began))
+            if complete and worker is not None:
+                done.add(worker)
+                seconds = time.monotonic() - joined
+            else:
+                await asyncio.sleep(POLL_SECONDS)
+        self.note(f"not every worker sent the fill's last message within {timeout:.0f} s"
+                  f" ({attempts} reads, {received / MIB:,.1f} MB in the last)")
+        return {"bytes": received, "seconds": time.monotonic() - began, "complete": False, "attempts": attempts}
+
+    async def _read_once(self, request: bytes, timeout: float) -> tuple[int, bool, int | None]:
+        """(bytes received, whether the fill's last message came, the worker that sent it) of one stream."""
+        deadline = time.monotonic() + timeout
+        received = 0
+        tail = b""
+        worker = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.system.port,
+                                                           local_addr=(BACKLOG_SOURCE, 0))
+        except OSError:
+            return 0, False, None
+        try:
+            writer.write(request)
+            while time.monotonic() < deadline:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(READ_BYTES), deadline - time.monotonic())
+                except (TimeoutError, OSError):
+                    break
+                if not chunk:
+                    break
+                if worker is None:
+                    held = streams_held(self.system.worker_pids(), self.system.port, {BACKLOG_SOURCE})
+                    worker = next((pid for pid, count in held.items() if count), None)
+                received += len(chunk)
+                tail = (tail + chunk)[-256:]
+                if any(int(tag) == BACKLOG_TAG for tag, _, _ in MARKER_PATTERN.findall(tail)):
+                    return received, True, worker
+        finally:
+            writer.close()
+        return received, False, worker
 
     def _cap_reason(self, rss: int) -> str | None:
         """Why no more streams may be opened (or None): the server's RSS or the machine's memory."""
@@ -197,16 +290,42 @@ class HostileReaders:
                 self.note(f"stopped opening at {len(self.sockets):,} streams: {reason}")
                 break
             count = min(batch, plan.hostile_streams - len(self.sockets))
+            first = len(self.sockets)
             for error in await asyncio.to_thread(self._open_batch, count, request):
                 errors[error] = errors.get(error, 0) + 1
-            if not await self._quiet(BATCH_QUIET_TIMEOUT_SECONDS, BATCH_STILL_SECONDS):
-                break  # the machine ran short of memory: the sockets are gone
+            unanswered = await self._wait_answered(self.sockets[first:])
+            await self._quiet(BATCH_QUIET_TIMEOUT_SECONDS, BATCH_STILL_SECONDS)
+            if self.let_go:
+                break
+            if unanswered:
+                # A stream the server has not begun to answer may still grow it,
+                # later, past the cap: open no more.
+                self.result["capped"] = (f"{unanswered:,} streams had no backlog byte"
+                                         f" {ANSWER_TIMEOUT_SECONDS:.0f} s after they asked")
+                self.note(f"stopped opening at {len(self.sockets):,} streams: {self.result['capped']}")
+                break
             # The next batch: at most twice this one, and at most half the room
             # left under the cap at the growth per stream seen so far.
             growth = (self.peak - baseline) / max(1, len(self.sockets))
             room = MAX_BATCH if growth <= 0 else int((plan.hostile_rss_cap_bytes - self.peak) / growth / 2)
             batch = max(1, min(MAX_BATCH, 2 * count, room))
         self.result["open_errors"] = errors
+
+    async def _wait_answered(self, sockets: list[socket.socket]) -> int:
+        """Wait until the server has begun to send each stream its backlog; return how many it has not.
+
+        Seen on our side without reading: the bytes waiting in the socket's
+        receive buffer (FIONREAD) pass what a response head holds. Until then
+        the server may not have taken the request, and the RSS would not show
+        what the stream costs.
+        """
+        deadline = time.monotonic() + ANSWER_TIMEOUT_SECONDS
+        waiting = list(sockets)
+        while waiting and time.monotonic() < deadline:
+            waiting = [sock for sock in waiting if _waiting_bytes(sock) < ANSWERED_BYTES]
+            if waiting:
+                await asyncio.sleep(POLL_SECONDS)
+        return len(waiting)
 
     def _open_batch(self, count: int, request: bytes) -> list[str]:
         """Open `count` sockets that send `request` and are never read; return the errors."""
@@ -239,7 +358,7 @@ class HostileReaders:
 
         False if it never did, or if the machine ran short of memory meanwhile:
         streams already opened may still be growing the server, so the hostile
-        sockets are then let go before the machine is.
+        sockets are then let go before the machine is (`let_go`).
         """
         began = time.monotonic()
         samples = [(began, self._sample())]
@@ -251,6 +370,7 @@ class HostileReaders:
                 self.result["capped"] = "the machine ran short of memory: the hostile streams were closed early"
                 self.note(self.result["capped"])
                 self._close_sockets()
+                self.let_go = True
                 return False
             recent = [value for at, value in samples if at >= now - still]
             if now - began >= still and max(recent) - min(recent) < QUIET_BYTES:
@@ -292,3 +412,12 @@ class HostileReaders:
         for sock in self.sockets:
             sock.close()
         self.sockets = []
+
+
+def _waiting_bytes(sock: socket.socket) -> int:
+    """Bytes received and not read on `sock` (FIONREAD); 0 once it is closed."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return struct.unpack("i", raw)[0]

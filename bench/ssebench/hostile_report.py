@@ -53,25 +53,26 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         " (ours: SQLite or FerretDB store, 2 workers), server processes on core 0, load generator"
         " on core 1.",
         "",
-        "| System | Streams opened / held by the server | Server RSS before -> peak (settled)"
+        "| System | One join sends | Streams opened / held by the server | Server RSS before -> peak (settled)"
         " | RSS growth per stream: peak (settled) | Kernel TCP buffers | Still answers others:"
         " publish / fresh reader | Server CPU | Load-gen CPU | Other CPU |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---|---:|---:|---:|",
     ]
     notes: list[str] = []
     for name, run in hostile.items():
         if "skipped" in run:
-            lines.append(f"| {name} | not run: {run['skipped']} | | | | | | | |")
+            lines.append(f"| {name} | not run: {run['skipped']} | | | | | | | | |")
             continue
         if "per_stream_kb" not in run:
-            lines.append(f"| {name} | not finished: {'; '.join(run['notes']) or 'see notes'} | | | | | | | |")
+            lines.append(f"| {name} | not finished: {'; '.join(run['notes']) or 'see notes'} | | | | | | | | |")
             notes += [f"{name}: {note}" for note in run["notes"]]
             continue
         cpu = run["cpu"]
         bound = " **client-bound**" if cpu["client_bound"] else ""
         capped = f" **capped**: {run['capped']}" if run["capped"] else ""
         lines.append(
-            f"| {name} | {run['opened']:,} of {run['streams']:,}{capped} / {run['held']:,}"
+            f"| {name} | {_backlog(run.get('backlog'))}"
+            f" | {run['opened']:,} of {run['streams']:,}{capped} / {run['held']:,}"
             f" | {run['baseline_mb']:,.0f} -> {run['peak_mb']:,.0f} ({run['settled_mb']:,.0f}) MB"
             f" | {_kb(run['per_stream_kb'])} ({_kb(run['settled_per_stream_kb'])})"
             f" | {run['kernel_tcp_mb']:+,.0f} MB ({_kb(run.get('kernel_tcp_per_stream_kb'))}/stream)"
@@ -81,7 +82,10 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         notes += _details(name, run)
     lines += ["", *_ratio(hostile), ""]
     lines += [
-        "How to read it: *RSS growth per stream* is the server's resident memory (every process of"
+        "How to read it: *One join sends*: the bytes one reading client got for the same request,"
+        " up to the fill's last message (a marked one published after the fill), and how long"
+        " that took; the hostile streams are opened only after it, so the system holds the whole"
+        " fill when they ask. *RSS growth per stream* is the server's resident memory (every process of"
         " the system: workers and master, FerretDB, the Go process) at its peak from the first hostile"
         " stream to the end of the settle wait, minus the RSS after the fill, divided by the streams"
         " opened; *settled* is the same at the end of the wait (the RSS moved less than 1 MB over 2 s,"
@@ -124,6 +128,13 @@ def _ratio(hostile: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"| {label} | {_kb(figure)} | {f'{peer} {_kb(best)}' if peer else 'n/a'}"
                      f" | {met_ratio} | {target} |")
     return lines
+
+
+def _backlog(backlog: dict[str, Any] | None) -> str:
+    if not backlog:
+        return "n/a"
+    text = f"{backlog['bytes'] / 2**20:,.1f} MB in {backlog['seconds']:,.1f} s"
+    return text if backlog["complete"] else f"**incomplete**: {text}"
 
 
 def _probe(probe: dict[str, Any] | None) -> str:

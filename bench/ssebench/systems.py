@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,10 @@ class System:
         this system resumes from the beginning; None: it keeps no history (the hostile scenario)."""
         return None
 
+    def restart_workers(self, timeout: float) -> bool:
+        """Replace the worker processes with new ones, as an operator's reload would; False: cannot."""
+        return False
+
 
 class OurServer(System):
     name = "ours"
@@ -177,6 +182,19 @@ class OurServer(System):
 
     def worker_pids(self) -> list[int]:
         return _children(self.gunicorn.pid) if self.group else []
+
+    def restart_workers(self, timeout: float) -> bool:
+        # gunicorn's reload (SIGHUP): new workers, each warming its window from
+        # the store; the old ones stop gracefully. Done when none of them is left.
+        old = set(self.worker_pids())
+        os.kill(self.gunicorn.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = set(self.worker_pids())
+            if len(workers) == WORKERS and not workers & old:
+                return True
+            time.sleep(0.2)
+        return False
 
     def history_url(self, room: str, after: str | None) -> str | None:
         url = f"{self.publish_base}/messages/history?room={room}&limit=1000"
