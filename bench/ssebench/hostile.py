@@ -76,6 +76,8 @@ SETTLE_STILL_SECONDS = 2.0
 PROBE_TAG = 6
 BACKLOG_TAG = 7
 READ_BYTES = 1 << 20
+# A history stream that sends nothing for this long (after its first bytes) has stopped.
+STALL_SECONDS = 15.0
 MIB = 2**20
 # More than any response head and retry line: backlog bytes have begun to arrive.
 ANSWERED_BYTES = 2048
@@ -165,10 +167,10 @@ class HostileReaders:
             self.note("the workers were restarted (gunicorn's reload) so that their windows warm from the store,"
                       " which holds the whole fill")
             result["backlog"] = await self._read_backlog(request, 3 * timeout)
-        if not result["backlog"]["complete"]:
-            # Streams parked until the backlog arrives would all grow the server
-            # at once, past any cap checked while opening them: not opened.
-            raise RuntimeError("the system did not send the whole fill to one reader; no hostile stream opened")
+        if not result["backlog"]["complete"] and self.system.history_per_worker:
+            # Streams parked on a worker until its window warms would all grow
+            # the server at once, past any cap checked while opening them.
+            raise RuntimeError("not every worker sent the whole fill; no hostile stream opened")
         await asyncio.sleep(plan.settle_seconds)
         assert self.group is not None
         baseline = self.group.rss_bytes()
@@ -199,66 +201,78 @@ class HostileReaders:
         result["probe"] = await self._probe(publisher)
 
     async def _read_backlog(self, request: bytes, timeout: float) -> dict[str, Any]:
-        """Read history streams until each worker has sent the whole fill once: the bytes and time of a join.
+        """Read history streams until the whole fill came, from each worker where each keeps its own copy.
 
-        Every worker must: a stream parked on a worker whose window is not warm
-        yet would grow the server only once it warms, past any cap checked
-        while the hostile streams open. A stream that ends first (ours ends one
-        whose window is not warm) is opened again, as EventSource would.
+        Each such worker must (ours): a stream parked on a worker whose window
+        is not warm yet would grow the server only once it warms, past any cap
+        checked while the hostile streams open. A stream that ends first (ours
+        ends one whose window is not warm) is opened again, as EventSource
+        would; one that stops sending before the fill's last message is reported.
         """
         began = time.monotonic()
         attempts = 0
-        received = 0
-        seconds = 0.0
         done: set[int] = set()
+        read: dict[str, Any] = {}
         while time.monotonic() - began < timeout:
-            workers = set(self.system.worker_pids())
-            if workers and workers <= done:
-                self.log(f"each worker sent the whole history: {received / MIB:,.1f} MB in {seconds:.1f}s"
-                         f" ({attempts} reads)")
-                return {"bytes": received, "seconds": seconds, "complete": True, "attempts": attempts}
             attempts += 1
-            joined = time.monotonic()
-            received, complete, worker = await self._read_once(request, timeout - (joined - began))
-            if complete and worker is not None:
-                done.add(worker)
-                seconds = time.monotonic() - joined
-            else:
-                await asyncio.sleep(POLL_SECONDS)
-        self.note(f"not every worker sent the fill's last message within {timeout:.0f} s"
-                  f" ({attempts} reads, {received / MIB:,.1f} MB in the last)")
-        return {"bytes": received, "seconds": time.monotonic() - began, "complete": False, "attempts": attempts}
+            read = await self._read_once(request, timeout - (time.monotonic() - began))
+            if read["ending"] == "complete":
+                done.add(read["worker"] or 0)
+                workers = set(self.system.worker_pids()) if self.system.history_per_worker else set()
+                if workers <= done:
+                    self.log(f"a reader got the whole history: {read['bytes'] / MIB:,.1f} MB in"
+                             f" {read['seconds']:.1f}s ({attempts} reads)")
+                    return {**read, "complete": True, "attempts": attempts}
+            elif read["ending"] == "stalled":
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        self.note(f"a reader of the whole history got {read.get('bytes', 0) / MIB:,.1f} MB, then the stream"
+                  f" {read.get('ending', 'never opened')}, without the fill's last message ({attempts} reads)")
+        return {**read, "complete": False, "attempts": attempts}
 
-    async def _read_once(self, request: bytes, timeout: float) -> tuple[int, bool, int | None]:
-        """(bytes received, whether the fill's last message came, the worker that sent it) of one stream."""
-        deadline = time.monotonic() + timeout
-        received = 0
+    async def _read_once(self, request: bytes, timeout: float) -> dict[str, Any]:
+        """One history stream, read until the fill's last message, its end, a stall or `timeout`.
+
+        Returns its bytes, the seconds until its last byte, the worker that
+        served it and how it ended: complete, ended, stalled or timeout.
+        """
+        began = time.monotonic()
+        deadline = began + timeout
+        read: dict[str, Any] = {"bytes": 0, "seconds": 0.0, "worker": None, "ending": "timeout"}
         tail = b""
-        worker = None
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.system.port,
                                                            local_addr=(BACKLOG_SOURCE, 0))
         except OSError:
-            return 0, False, None
+            return {**read, "ending": "ended"}
         try:
             writer.write(request)
             while time.monotonic() < deadline:
+                wait = min(deadline - time.monotonic(), STALL_SECONDS)
                 try:
-                    chunk = await asyncio.wait_for(reader.read(READ_BYTES), deadline - time.monotonic())
-                except (TimeoutError, OSError):
-                    break
+                    chunk = await asyncio.wait_for(reader.read(READ_BYTES), wait)
+                except TimeoutError:
+                    if read["bytes"] > ANSWERED_BYTES and wait == STALL_SECONDS:
+                        read["ending"] = "stalled"
+                        break
+                    continue
+                except OSError:
+                    chunk = b""
                 if not chunk:
+                    read["ending"] = "ended"
                     break
-                if worker is None:
+                if read["worker"] is None:
                     held = streams_held(self.system.worker_pids(), self.system.port, {BACKLOG_SOURCE})
-                    worker = next((pid for pid, count in held.items() if count), None)
-                received += len(chunk)
+                    read["worker"] = next((pid for pid, count in held.items() if count), None)
+                read["bytes"] += len(chunk)
+                read["seconds"] = time.monotonic() - began
                 tail = (tail + chunk)[-256:]
                 if any(int(tag) == BACKLOG_TAG for tag, _, _ in MARKER_PATTERN.findall(tail)):
-                    return received, True, worker
+                    read["ending"] = "complete"
+                    break
         finally:
             writer.close()
-        return received, False, worker
+        return read
 
     def _cap_reason(self, rss: int) -> str | None:
         """Why no more streams may be opened (or None): the server's RSS or the machine's memory."""

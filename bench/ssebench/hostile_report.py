@@ -134,7 +134,7 @@ def _backlog(backlog: dict[str, Any] | None) -> str:
     if not backlog:
         return "n/a"
     text = f"{backlog['bytes'] / 2**20:,.1f} MB in {backlog['seconds']:,.1f} s"
-    return text if backlog["complete"] else f"**incomplete**: {text}"
+    return text if backlog["complete"] else f"**{text}, then {backlog['ending']}** before the fill's end"
 
 
 def _probe(probe: dict[str, Any] | None) -> str:

@@ -57,7 +57,7 @@ class Plan:
     hostile_rss_cap_bytes: int = 4 * 2**30
     hostile_min_available_bytes: int = 3 * 2**30  # of the machine's memory, whoever uses it
     hostile_fill_timeout_seconds: float = 180.0
-    hostile_backlog_timeout_seconds: float = 60.0  # one reader gets the whole fill
+    hostile_backlog_timeout_seconds: float = 120.0  # one reader gets the whole fill (Mercure: ~1 min)
     hostile_open_timeout_seconds: float = 60.0
     hostile_settle_timeout_seconds: float = 15.0
     hostile_probe_timeout_seconds: float = 15.0

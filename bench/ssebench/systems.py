@@ -84,6 +84,9 @@ class System:
     # Where this system's per-process metric files are (ours: prometheus_client
     # multiprocess files), for the store queries per resume; None: none.
     metrics_dir: Path | None = None
+    # Each worker keeps a copy of the history of its own, which it takes in on
+    # its own (ours: the window); False: one copy serves every worker.
+    history_per_worker = False
 
     def __init__(self) -> None:
         self.port = 0
@@ -125,6 +128,7 @@ class OurServer(System):
     name = "ours"
     description = "this repo: Flask + gevent + gunicorn, SQLite store"
     resumable = True
+    history_per_worker = True
 
     def __init__(self, repo_root: Path) -> None:
         super().__init__()
