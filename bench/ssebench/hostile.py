@@ -99,6 +99,7 @@ class HostileReaders:
         self.sockets: list[socket.socket] = []
         self.opened = 0  # stays counted if the sockets must be let go early
         self.let_go = False  # the machine ran short of memory: the sockets were closed early
+        self.answered_bytes = ANSWERED_BYTES
         self.peak = 0
         self.result: dict[str, Any] = {"notes": [], "capped": None}
 
@@ -167,6 +168,9 @@ class HostileReaders:
             self.note("the workers were restarted (gunicorn's reload) so that their windows warm from the store,"
                       " which holds the whole fill")
             result["backlog"] = await self._read_backlog(request, 3 * timeout)
+        # A hostile stream is answered once it has as many bytes waiting as a
+        # response head holds, or all that one join sends if that is less (Centrifugo).
+        self.answered_bytes = min(ANSWERED_BYTES, result["backlog"]["bytes"]) or ANSWERED_BYTES
         if not result["backlog"]["complete"] and self.system.history_per_worker:
             # Streams parked on a worker until its window warms would all grow
             # the server at once, past any cap checked while opening them.
@@ -226,7 +230,7 @@ class HostileReaders:
             elif read["ending"] == "stalled":
                 break
             await asyncio.sleep(POLL_SECONDS)
-        self.note(f"a reader of the whole history got {read.get('bytes', 0) / MIB:,.1f} MB, then the stream"
+        self.note(f"a reader of the whole history got {read.get('bytes', 0):,} bytes, then the stream"
                   f" {read.get('ending', 'never opened')}, without the fill's last message ({attempts} reads)")
         return {**read, "complete": False, "attempts": attempts}
 
@@ -252,7 +256,7 @@ class HostileReaders:
                 try:
                     chunk = await asyncio.wait_for(reader.read(READ_BYTES), wait)
                 except TimeoutError:
-                    if read["bytes"] > ANSWERED_BYTES and wait == STALL_SECONDS:
+                    if read["bytes"] and wait == STALL_SECONDS:
                         read["ending"] = "stalled"
                         break
                     continue
@@ -314,7 +318,7 @@ class HostileReaders:
             if unanswered:
                 # A stream the server has not begun to answer may still grow it,
                 # later, past the cap: open no more.
-                self.result["capped"] = (f"{unanswered:,} streams had no backlog byte"
+                self.result["capped"] = (f"{unanswered:,} streams had not been answered"
                                          f" {ANSWER_TIMEOUT_SECONDS:.0f} s after they asked")
                 self.note(f"stopped opening at {len(self.sockets):,} streams: {self.result['capped']}")
                 break
@@ -329,14 +333,15 @@ class HostileReaders:
         """Wait until the server has begun to send each stream its backlog; return how many it has not.
 
         Seen on our side without reading: the bytes waiting in the socket's
-        receive buffer (FIONREAD) pass what a response head holds. Until then
+        receive buffer (FIONREAD) pass what a response head holds (or all that
+        one join sends, when that is less). Until then
         the server may not have taken the request, and the RSS would not show
         what the stream costs.
         """
         deadline = time.monotonic() + ANSWER_TIMEOUT_SECONDS
         waiting = list(sockets)
         while waiting and time.monotonic() < deadline:
-            waiting = [sock for sock in waiting if _waiting_bytes(sock) < ANSWERED_BYTES]
+            waiting = [sock for sock in waiting if _waiting_bytes(sock) < self.answered_bytes]
             if waiting:
                 await asyncio.sleep(POLL_SECONDS)
         return len(waiting)

@@ -133,7 +133,9 @@ def _ratio(hostile: dict[str, dict[str, Any]]) -> list[str]:
 def _backlog(backlog: dict[str, Any] | None) -> str:
     if not backlog:
         return "n/a"
-    text = f"{backlog['bytes'] / 2**20:,.1f} MB in {backlog['seconds']:,.1f} s"
+    size = backlog["bytes"]
+    amount = f"{size / 2**20:,.1f} MB" if size >= 2**20 else f"{size:,} bytes"
+    text = f"{amount} in {backlog['seconds']:,.1f} s"
     return text if backlog["complete"] else f"**{text}, then {backlog['ending']}** before the fill's end"
 
 

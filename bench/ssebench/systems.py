@@ -533,6 +533,10 @@ class Centrifugo(OneProcessServer):
         " Centrifugo answers recovery with a new epoch (recovered: false).",
         "It sends no SSE `id:`: the bench's resuming client keeps the channel's epoch and offset"
         " and asks for recovery in `cf_connect`, as Centrifugo's uni_sse protocol describes.",
+        "Asked to recover a channel's whole history of 1,301 publications (the hostile readers),"
+        " it answers the connect without publications and without `recovered` (`was_recovering`:"
+        " true), so such a join sends a few hundred bytes: its recovery is bounded by a number of"
+        " publications, past which the client is told to fetch its state elsewhere.",
     )
     binary = PEER_BUILDS / f"centrifugo-{CENTRIFUGO_VERSION}" / "centrifugo"
     build_hint = f"go install centrifugo/v6@{CENTRIFUGO_VERSION}"
