@@ -48,8 +48,10 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         " Last-Event-ID; Centrifugo: recovery from offset 0 of the channel's epoch; Mercure:"
         " `Last-Event-ID: earliest`; Nchan: a new subscriber, which starts at the oldest message)."
         " Opening stops early, and the row says **capped**, once the server's RSS passes"
-        f" {plan.hostile_rss_cap_bytes / 2**30:.0f} GiB or the machine runs short of memory; the figure"
-        " is then taken over the streams that were opened. Every system on its defaults"
+        f" {plan.hostile_rss_cap_bytes / 2**30:.0f} GiB, the machine runs short of memory, a batch of"
+        " streams is not answered in 15 s (the server has not begun to send them anything) or"
+        f" {plan.hostile_open_timeout_seconds:.0f} s have passed; the figure is then taken over the"
+        " streams that were opened. Every system on its defaults"
         " (ours: SQLite or FerretDB store, 2 workers), server processes on core 0, load generator"
         " on core 1.",
         "",
