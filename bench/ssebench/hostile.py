@@ -191,6 +191,7 @@ class HostileReaders:
         self.peak = max(self.peak, settled)
         opened = self.opened
         result["opened"] = opened
+        result["answered"] = sum(1 for sock in self.sockets if _waiting_bytes(sock) >= self.answered_bytes)
         result["held"] = sum(streams_held(self.system.worker_pids(), self.system.port, {HOSTILE_SOURCE}).values())
         result["peak_mb"] = self.peak / MIB
         result["settled_mb"] = settled / MIB

@@ -19,8 +19,14 @@ def _pct(value: float | None) -> str:
 
 
 def hostile_figure(run: dict[str, Any]) -> float | None:
-    """KB of server RSS per non-reading stream (peak over the baseline), or None when not measured."""
-    return run.get("per_stream_kb") if run.get("opened") else None
+    """KB of server RSS per non-reading stream (peak over the baseline), or None when not measured.
+
+    A run where the server had begun to answer none of the streams measured
+    nothing they cost: no figure.
+    """
+    if not run.get("opened") or run.get("answered", run["opened"]) == 0:
+        return None
+    return run.get("per_stream_kb")
 
 
 def best_peer(hostile: dict[str, dict[str, Any]]) -> tuple[str | None, float | None]:
@@ -55,7 +61,8 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         " (ours: SQLite or FerretDB store, 2 workers), server processes on core 0, load generator"
         " on core 1.",
         "",
-        "| System | One join sends | Streams opened / held by the server | Server RSS before -> peak (settled)"
+        "| System | One join sends | Streams opened / answered / held by the server"
+        " | Server RSS before -> peak (settled)"
         " | RSS growth per stream: peak (settled) | Kernel TCP buffers | Still answers others:"
         " publish / fresh reader | Server CPU | Load-gen CPU | Other CPU |",
         "|---|---:|---|---|---:|---:|---|---:|---:|---:|",
@@ -74,7 +81,7 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         capped = f" **capped**: {run['capped']}" if run["capped"] else ""
         lines.append(
             f"| {name} | {_backlog(run.get('backlog'))}"
-            f" | {run['opened']:,} of {run['streams']:,}{capped} / {run['held']:,}"
+            f" | {run['opened']:,} of {run['streams']:,}{capped} / {_answered(run)} / {run['held']:,}"
             f" | {run['baseline_mb']:,.0f} -> {run['peak_mb']:,.0f} ({run['settled_mb']:,.0f}) MB"
             f" | {_kb(run['per_stream_kb'])} ({_kb(run['settled_per_stream_kb'])})"
             f" | {run['kernel_tcp_mb']:+,.0f} MB ({_kb(run.get('kernel_tcp_per_stream_kb'))}/stream)"
@@ -90,8 +97,11 @@ def hostile_lines(hostile: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         " fill when they ask. *RSS growth per stream* is the server's resident memory (every process of"
         " the system: workers and master, FerretDB, the Go process) at its peak from the first hostile"
         " stream to the end of the settle wait, minus the RSS after the fill, divided by the streams"
-        " opened; *settled* is the same at the end of the wait (the RSS moved less than 1 MB over 2 s,"
-        f" or {plan.hostile_settle_timeout_seconds:.0f} s passed). *Held by the server*: the hostile"
+        " opened (a run whose streams the server had answered none of gives no figure);"
+        " *settled* is the same at the end of the wait (the RSS moved less than 1 MB over 2 s,"
+        f" or {plan.hostile_settle_timeout_seconds:.0f} s passed). *Answered*: streams with backlog bytes"
+        " waiting in their receive buffer at that moment (as many as a response head holds, or all that"
+        " one join sends when that is less), read with FIONREAD, never read. *Held by the server*: the hostile"
         " connections still ESTABLISHED on the server's side at that moment (a server may end a stream"
         " whose client does not read; ours does after STREAM_WRITE_TIMEOUT_SECONDS). *Kernel TCP"
         " buffers*: the change of /proc/net/sockstat's TCP `mem` over the same span, machine-wide (what"
@@ -130,6 +140,13 @@ def _ratio(hostile: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"| {label} | {_kb(figure)} | {f'{peer} {_kb(best)}' if peer else 'n/a'}"
                      f" | {met_ratio} | {target} |")
     return lines
+
+
+def _answered(run: dict[str, Any]) -> str:
+    answered = run.get("answered")
+    if answered is None:
+        return "n/a"
+    return f"{answered:,}" if answered else "**0: no figure**"
 
 
 def _backlog(backlog: dict[str, Any] | None) -> str:
