@@ -3,7 +3,8 @@
 # scenario, write bench/results/<date>.md with plots, print its path.
 #   BENCH_QUICK=1        small and short instead of full
 #   BENCH_SYSTEMS=...    comma list, default: all eight (see ssebench/__main__.py)
-#   BENCH_SCENARIOS=...  comma list, default classic,storm (storm: the reconnect storm alone)
+#   BENCH_SCENARIOS=...  comma list, default classic,storm,hostile (storm: the reconnect storm alone;
+#                        hostile: non-reading streams on a big backlog, alone)
 #   BENCH_ROOT=/path     repo whose server is measured (default: this repo)
 #   BENCH_SCALE=0.05     shrink every stream count (development runs)
 #   BENCH_REPETITION_BUDGET=S  seconds one system's repetition may take (full: 120)
@@ -38,7 +39,7 @@ fi
 
 args=(--root "$server_root"
       --systems "${BENCH_SYSTEMS:-ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse}"
-      --scenarios "${BENCH_SCENARIOS:-classic,storm}")
+      --scenarios "${BENCH_SCENARIOS:-classic,storm,hostile}")
 [[ "${BENCH_QUICK:-0}" == 1 ]] && args+=(--quick)
 [[ -n "${BENCH_SCALE:-}" ]] && args+=(--scale "$BENCH_SCALE")
 [[ -n "${BENCH_REPEATS:-}" ]] && args+=(--repeats "$BENCH_REPEATS")

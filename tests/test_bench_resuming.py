@@ -3,9 +3,10 @@
 bench/ssebench counts a peer's lost messages in the reconnect storm only if its
 client resumes the way that peer's protocol says; for Centrifugo (no SSE `id:`)
 that is the epoch and offset in `cf_connect`. Only the standard library is
-imported from the bench here (resuming.py needs no bench package).
+imported from the bench here (resuming.py and sserequest.py need no bench package).
 """
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from ssebench.resuming import (  # noqa: E402
+    ResumingClients,
     ResumingStream,
     _follow_centrifugo_position,
     centrifugo_resume_path,
 )
+from ssebench.sserequest import sse_request  # noqa: E402
 
 FIRST_PATH = "/connection/uni_sse?cf_connect=%7B%22subs%22%3A%7B%22room-1%22%3A%7B%7D%7D%7D"
 
@@ -55,3 +58,28 @@ def test_resume_path_asks_to_recover_from_the_position():
 
 def test_without_an_epoch_the_first_request_is_sent_again():
     assert _connect_request(centrifugo_resume_path(FIRST_PATH, None, 0)) == {"subs": {"room-1": {}}}
+
+
+def _resuming_clients(resume: str) -> ResumingClients:
+    clients = ResumingClients(asyncio.new_event_loop())
+    clients.host, clients.port, clients.resume = "127.0.0.1", 8080, resume
+    return clients
+
+
+def test_a_stream_sends_last_event_id_once_it_has_an_id_and_only_in_that_style():
+    stream = ResumingStream(0, "/messages?room=r")
+    clients = _resuming_clients("last-event-id")
+    assert b"Last-Event-ID" not in clients._request(stream)
+    stream.last_id = "7-12"
+    assert clients._request(stream) == (
+        b"GET /messages?room=r HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept: text/event-stream\r\n"
+        b"Cache-Control: no-cache\r\nLast-Event-ID: 7-12\r\n\r\n"
+    )
+    # Centrifugo's position goes in cf_connect, never in a header.
+    assert b"Last-Event-ID" not in _resuming_clients("centrifugo")._request(stream)
+
+
+def test_the_hostile_readers_request_carries_the_headers_it_is_given():
+    request = sse_request("127.0.0.1", 9, "/.well-known/mercure?topic=r", {"Last-Event-ID": "earliest"})
+    assert request.startswith(b"GET /.well-known/mercure?topic=r HTTP/1.1\r\nHost: 127.0.0.1:9\r\n")
+    assert request.endswith(b"\r\nLast-Event-ID: earliest\r\n\r\n")

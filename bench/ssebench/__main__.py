@@ -2,7 +2,7 @@
 
 Usage (bench/run.sh does this for `make bench`):
   python -m ssebench [--quick] [--systems ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse]
-                     [--scenarios classic,storm] [--root REPO] [--repeats N] [--scale F]
+                     [--scenarios classic,storm,hostile] [--root REPO] [--repeats N] [--scale F]
                      [--budget-minutes M]
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .clients import ClientPool
+from .hostile import HostileReaders
 from .machine import describe_machine
 from .plan import Plan, choose_plan
 from .report import write_report
@@ -38,8 +39,10 @@ RUN_SETTINGS = (
 )
 DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse"
 # classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
-# storm: the reconnect storm (storm.py), for the systems that can resume.
-SCENARIOS = ("classic", "storm")
+# storm: the reconnect storm (storm.py), for the systems that can resume;
+# hostile: streams that ask for a big backlog and never read (hostile.py),
+# for the systems that keep history.
+SCENARIOS = ("classic", "storm", "hostile")
 # Minutes of classic scenarios per system and repetition, for the default budget.
 CLASSIC_MINUTES = {"full": 2.0, "quick": 0.75}
 
@@ -49,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small and short: ~3-4 minutes")
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm")
+                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm, hostile")
     parser.add_argument("--root", type=Path, default=BENCH_DIR.parent,
                         help="repo whose server is 'ours' (default: this repo)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -83,6 +86,8 @@ def scaled(plan: Plan, scale: float) -> Plan:
         storm_rooms=min(plan.storm_rooms, streams),
         # The window stays big enough that the storm's own messages never evict each other.
         storm_fill=max(2000, int(plan.storm_fill * scale)),
+        # The fill stays: it is what makes the backlog big.
+        hostile_streams=shrink(plan.hostile_streams),
     )
 
 
@@ -95,7 +100,7 @@ def wanted_scenarios(text: str) -> list[str]:
 
 
 Outcome = tuple[
-    dict[str, list], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]
+    dict[str, list], dict[str, dict], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]
 ]
 
 
@@ -117,7 +122,10 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     deadline = time.monotonic() + budget_s
     results: dict[str, list[dict[str, Any]]] = {}
     storms: dict[str, dict[str, Any]] = {}
+    hostile: dict[str, dict[str, Any]] = {}
     sizes = [plan.storm_streams] if "storm" in scenarios else []
+    if "hostile" in scenarios:
+        sizes.append(1)  # its fresh reader; the hostile sockets are the orchestrator's own
     if "classic" in scenarios:
         sizes += [*plan.idle_steps, *plan.broadcast_sizes, plan.fanout_subscribers]
     pool = ClientPool(max(sizes))
@@ -146,10 +154,19 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
             with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-storm-") as workdir:
                 storms[system.name] = await Storm(system, plan, pool, Path(workdir)).run()
                 _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-storm")
+        # Once per system that keeps history; each run bounds its own time and memory.
+        for system in runnable if "hostile" in scenarios else []:
+            if not system.resumable:
+                hostile[system.name] = {"skipped": "keeps no history, so it has no backlog to ask for"}
+                continue
+            print(f"== {system.name}, hostile readers", flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-hostile-") as workdir:
+                hostile[system.name] = await HostileReaders(system, plan, pool, Path(workdir)).run()
+                _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-hostile")
     finally:
         await asyncio.to_thread(pool.stop)
     described = {s.name: (s.description, s.caveats) for s in runnable}
-    return results, storms, skipped, described
+    return results, storms, hostile, skipped, described
 
 
 def _keep_logs(workdir: Path, destination: Path) -> None:
@@ -171,7 +188,7 @@ def render_again(saved: Path) -> int:
     path = write_report(
         data["results"], data.get("storms", {}), data["skipped"], systems, plan, saved.parent, saved.stem,
         meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
-        meta.get("machine"),
+        meta.get("machine"), data.get("hostile", {}),
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0
@@ -187,9 +204,11 @@ def main(argv: list[str]) -> int:
     wanted_scenarios(args.scenarios)  # a typo stops the run before anything starts
     raise_fd_limit()
     started = datetime.datetime.now().astimezone()
-    only_storm = wanted_scenarios(args.scenarios) == ["storm"]
+    alone = wanted_scenarios(args.scenarios)
+    # A run of the storm or the hostile readers alone says so in its name.
     stem = args.stem or (
-        started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "") + ("-storm" if only_storm else "")
+        started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
+        + (f"-{alone[0]}" if alone in (["storm"], ["hostile"]) else "")
     )
     # Described before anything runs: it names the server commit measured, and
     # the work tree may move on while the bench runs.
@@ -210,7 +229,7 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     try:
-        results, storms, skipped, described = uvloop.run(guarded())
+        results, storms, hostile, skipped, described = uvloop.run(guarded())
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
@@ -219,7 +238,7 @@ def main(argv: list[str]) -> int:
     path = write_report(
         results, storms, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
-        machine,
+        machine, hostile,
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 from array import array
@@ -42,3 +43,19 @@ def median_of(values: Sequence[Any]) -> Any:
     if not numbers:
         return None
     return statistics.median(numbers)
+
+
+def tcp_buffer_bytes() -> int:
+    """Memory the kernel holds in TCP buffers, machine-wide (`mem` of /proc/net/sockstat, in pages).
+
+    Not any process's RSS: what a server hands to its sockets lands here.
+    Every job on the machine adds to it.
+    """
+    try:
+        for line in open("/proc/net/sockstat"):
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -43,6 +43,24 @@ class Plan:
     storm_timeout_seconds: float = 120.0  # kill -> every dropped stream reconnected
     storm_tail_seconds: float = 3.0  # publishing goes on this long after the last reconnect
     storm_drain_timeout_seconds: float = 30.0
+    # Scenario 6, hostile readers (hostile.py): one room filled with
+    # JSON-expensive text (hostile_text_chars x U+0001: 4 KB stored, ~24 KB
+    # once JSON-escaped), then streams that ask for the room's whole history
+    # and never read. hostile_fill is more than our default window holds
+    # (CAPPED_SIZE_BYTES 5 MB / 4,096 bytes = 1,221 messages) and less than
+    # any peer's history bound here, so every system holds the same backlog.
+    # Opening stops at hostile_rss_cap_bytes of server RSS (a server that
+    # copies the backlog per stream would otherwise take the machine down).
+    hostile_streams: int = 1000
+    hostile_fill: int = 1300
+    hostile_text_chars: int = 4096
+    hostile_rss_cap_bytes: int = 4 * 2**30
+    hostile_min_available_bytes: int = 3 * 2**30  # of the machine's memory, whoever uses it
+    hostile_fill_timeout_seconds: float = 180.0
+    hostile_backlog_timeout_seconds: float = 120.0  # one reader gets the whole fill (Mercure: ~1 min)
+    hostile_open_timeout_seconds: float = 60.0
+    hostile_settle_timeout_seconds: float = 15.0
+    hostile_probe_timeout_seconds: float = 15.0
 
 
 FULL = Plan(
@@ -86,6 +104,7 @@ QUICK = Plan(
     storm_baseline_seconds=3.0,
     storm_timeout_seconds=60.0,
     storm_drain_timeout_seconds=15.0,
+    hostile_streams=300,
 )
 
 

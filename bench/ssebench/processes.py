@@ -132,6 +132,27 @@ def pin_process(pid: int, cpus: set[int] | None) -> None:
             pass
 
 
+def streams_held(pids: list[int], port: int, sources: set[str]) -> dict[int, int]:
+    """Client connections each of `pids` holds open on `port` from the addresses `sources`.
+
+    Counted on the server's side, so a stream the server has ended counts no
+    more even while its client, which may never read, has not noticed.
+    """
+    held = {}
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        held[pid] = sum(
+            1 for c in connections
+            if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED"
+            # A Go server's dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d.
+            and c.raddr and c.raddr.ip.removeprefix("::ffff:") in sources
+        )
+    return held
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)

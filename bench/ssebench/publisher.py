@@ -174,8 +174,11 @@ class RoomsPublisher:
         except (TimeoutError, aiohttp.ClientError) as error:
             return 0, b"", f"{type(error).__name__}: {error}"[:120]
 
-    async def fill(self, rooms: list[str], count: int, timeout: float) -> dict[str, object]:
-        """Publish `count` unmarked messages round the `rooms`, BURST_CONCURRENCY at a time."""
+    async def fill(self, rooms: list[str], count: int, timeout: float, text: str | None = None) -> dict[str, object]:
+        """Publish `count` unmarked messages round the `rooms`, BURST_CONCURRENCY at a time.
+
+        Each message is `text`, or by default ~100 bytes, like a chat line.
+        """
         limit = asyncio.Semaphore(BURST_CONCURRENCY)
         failed = 0
         error = ""
@@ -189,9 +192,9 @@ class RoomsPublisher:
                     failed += 1
                     error = "fill deadline passed"
                     return
-                # ~100 bytes, like a chat line; no marker, so no stream counts it.
-                text = f"fill {index:06d} " + "x" * 88
-                status, _, problem = await self.post(rooms[index % len(rooms)], text)
+                # No marker, so no stream counts it.
+                body = text if text is not None else f"fill {index:06d} " + "x" * 88
+                status, _, problem = await self.post(rooms[index % len(rooms)], body)
                 if not 200 <= status < 300:
                     failed += 1
                     error = problem or f"HTTP {status}"

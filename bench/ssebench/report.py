@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from .cores import LOADGEN_CPUS, SERVER_CPUS, client_bound
+from .hostile_report import TARGET_KB_PER_STREAM, hostile_figure, hostile_lines
 from .machine import describe_machine
 from .measure import median_of
 from .storm_report import storm_lines
+from .systems import OURS
 
 Results = dict[str, list[dict[str, Any]]]  # system name -> one dict per repetition
 
@@ -202,8 +204,6 @@ def _table(summary: dict[str, dict[str, Any]], plan: Any) -> list[str]:
     return lines
 
 
-# Our own rows: never counted as a peer.
-OURS = ("ours", "ours-mongodb")
 LOWER, HIGHER = "lower", "higher"
 # The issue's least for idle memory, whatever the peers do.
 IDLE_KB_FLOOR = 12
@@ -214,7 +214,8 @@ def _bound(figures: dict[str, Any] | None) -> bool:
     return client_bound((figures or {}).get("loadgen_cpu_pct"))
 
 
-def target_figures(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any]], plan: Any
+def target_figures(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any]], plan: Any,
+                   hostile: dict[str, dict[str, Any]] | None = None,
                    ) -> list[tuple[str, str, str, dict[str, tuple[float | None, bool]]]]:
     """(row, unit, better, {system: (figure, client-bound)}) for every target of the issue's table."""
     largest = max(plan.idle_steps)
@@ -269,6 +270,9 @@ def target_figures(summary: dict[str, dict[str, Any]], storms: dict[str, dict[st
             if "dropped" in storm and not storm["lost"] and not storm["duplicated"]:
                 storm_row[name] = (storm["first_byte"]["all_ms"], bool(storm["cpu"]["client_bound"]))
         rows.append(("reconnect storm, time until all resumed (first byte)", "ms", LOWER, storm_row))
+    if hostile:
+        # Memory per stream does not depend on how fast the client opened them: never client-bound.
+        rows.append((HOSTILE_ROW, "KB", LOWER, {name: (hostile_figure(run), False) for name, run in hostile.items()}))
     return rows
 
 
@@ -279,7 +283,11 @@ def _ladder_finished(points: list[dict[str, Any]], plan: Any) -> bool:
     return bool(points) and points[-1]["rate"] >= max(plan.ladder_rates)
 
 
-def _targets(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any]], plan: Any) -> list[str]:
+HOSTILE_ROW = "hostile readers, RSS growth per non-reading stream"
+
+
+def _targets(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any]], plan: Any,
+             hostile: dict[str, dict[str, Any]]) -> list[str]:
     """The issue's targets: our figure as a ratio to the best peer's in this run."""
     if "ours" not in summary:
         return ["Our server was not measured in this run, so no target is checked."]
@@ -287,7 +295,7 @@ def _targets(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any
         "| Target | ours | ours-mongodb (FerretDB) | best peer | ours / best peer | Met |",
         "|---|---:|---:|---|---:|---|",
     ]
-    for row, unit, better, figures in target_figures(summary, storms, plan):
+    for row, unit, better, figures in target_figures(summary, storms, plan, hostile):
         ours, ours_bound = figures.get("ours", (None, False))
         peers = {
             name: value for name, (value, bound) in figures.items()
@@ -304,6 +312,8 @@ def _targets(summary: dict[str, dict[str, Any]], storms: dict[str, dict[str, Any
             met = "yes" if (ratio <= 1.0 if better == LOWER else ratio >= 1.0) else "no"
         if row.startswith("idle RSS") and ours is not None:
             met += f"; the floor, <= {IDLE_KB_FLOOR} KB: {'yes' if ours <= IDLE_KB_FLOOR else 'no'}"
+        if row == HOSTILE_ROW and ours is not None:
+            met += f"; the target, <= {TARGET_KB_PER_STREAM} KB: {'yes' if ours <= TARGET_KB_PER_STREAM else 'no'}"
         mongo, mongo_bound = figures.get("ours-mongodb", (None, False))
         lines.append(
             f"| {row} | {_cell(ours, unit, ours_bound)} | {_cell(mongo, unit, mongo_bound)}"
@@ -353,11 +363,13 @@ def write_report(
     command: str,
     server_root: Path,
     machine: list[str] | None = None,
+    hostile: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write <stem>.md, <stem>.json and the plots; return the Markdown path."""
     from .plots import draw_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    hostile = hostile or {}
     summary = summarise(results, plan)
     # Described when the run began (or taken from the run's .json when a report is
     # written again), so it names the server commit that was measured.
@@ -372,7 +384,8 @@ def write_report(
     }
     (out_dir / f"{stem}.json").write_text(
         json.dumps(
-            {"plan": plan.__dict__, "skipped": skipped, "results": results, "storms": storms, "meta": meta},
+            {"plan": plan.__dict__, "skipped": skipped, "results": results, "storms": storms,
+             "hostile": hostile, "meta": meta},
             indent=1,
             default=_json_default,
         )
@@ -384,9 +397,13 @@ def write_report(
         (
             f"Mode: **{plan.mode}** ({plan.repeats} repetition{'s' if plan.repeats > 1 else ''} per system,"
             " medians shown; lost/dup are totals over all repetitions"
-            + ("; the reconnect storm runs once per system)." if storms else ").")
+            + ("; the reconnect storm and the hostile readers run once per system)." if storms or hostile
+               else ").")
             if results
-            else f"Mode: **{plan.mode}**, the reconnect storm only (it runs once per system)."
+            else f"Mode: **{plan.mode}**, "
+            + " and ".join(name for name, ran in (("the reconnect storm", storms), ("the hostile readers", hostile))
+                           if ran)
+            + " only (once per system)."
         )
         + f" Wall time: {elapsed_s / 60:.1f} min.",
         f"Produced by `{command}`.",
@@ -406,8 +423,9 @@ def write_report(
     if skipped:
         lines += ["Systems not run:", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
     if results:
-        lines += _classic_lines(summary, plan, plots, storms)
+        lines += _classic_lines(summary, plan, plots, storms, hostile)
     lines += storm_lines(storms, plan)
+    lines += hostile_lines(hostile, plan)
     path = out_dir / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -419,7 +437,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _classic_lines(summary: dict[str, dict[str, Any]], plan: Any, plots: list[tuple[str, Path]],
-                   storms: dict[str, dict[str, Any]]) -> list[str]:
+                   storms: dict[str, dict[str, Any]], hostile: dict[str, dict[str, Any]]) -> list[str]:
     """The sections of scenarios 1-4 (the ones scenarios.py runs)."""
     lines = [
         "## Results",
@@ -463,7 +481,7 @@ def _classic_lines(summary: dict[str, dict[str, Any]], plan: Any, plots: list[tu
         " shown for reference and is not compared. Its store is FerretDB, so what it costs is"
         " FerretDB's cost. Raw figures for every system are in the Results table below.",
         "",
-        *_targets(summary, storms, plan),
+        *_targets(summary, storms, plan, hostile),
         "",
     ]
     lines += ["## Plots", ""] + [f"![{title}]({path.name})" for title, path in plots] + [""]

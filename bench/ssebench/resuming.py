@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .marker import MARKER_PATTERN
+from .sserequest import sse_request
 
 # Subscribe requests in flight per process while the streams first open; the
 # reconnects after the kill are not limited (they come back all at once).
@@ -294,15 +295,8 @@ class ResumingClients:
         path = stream.path
         if self.resume == "centrifugo" and stream.epoch:
             path = centrifugo_resume_path(path, stream.epoch, stream.offset)
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {self.host}:{self.port}",
-            "Accept: text/event-stream",
-            "Cache-Control: no-cache",
-        ]
-        if stream.last_id and self.resume == "last-event-id":
-            lines.append(f"Last-Event-ID: {stream.last_id}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        resume_from = stream.last_id if self.resume == "last-event-id" else None
+        return sse_request(self.host, self.port, path, {"Last-Event-ID": resume_from} if resume_from else None)
 
     async def _connect(self, stream: ResumingStream, reconnect: bool, timeout: float) -> str:
         request = self._request(stream)

@@ -39,7 +39,7 @@ import psutil
 from .clients import ClientPool
 from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, pin_load_generator, server_cpus
 from .plan import Plan
-from .processes import ServerGroup
+from .processes import ServerGroup, streams_held
 from .publisher import RoomsPublisher, Sent
 from .storequeries import parse_exposition, read_counter_files
 from .stormcheck import analyse
@@ -319,20 +319,7 @@ class Storm:
 
     def _streams_per_worker(self) -> dict[int, int]:
         """Client streams held by each worker process (connections from the load generator's addresses)."""
-        sources = set(self.pool.source_ips)
-        spread = {}
-        for pid in self.system.worker_pids():
-            try:
-                connections = psutil.Process(pid).net_connections(kind="tcp")
-            except psutil.Error:
-                continue
-            spread[pid] = sum(
-                1 for c in connections
-                if c.laddr and c.laddr.port == self.system.port and c.status == "ESTABLISHED"
-                # A Go server's dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d.
-                and c.raddr and c.raddr.ip.removeprefix("::ffff:") in sources
-            )
-        return spread
+        return streams_held(self.system.worker_pids(), self.system.port, set(self.pool.source_ips))
 
     def _log_figures(self) -> None:
         r = self.result

@@ -19,6 +19,7 @@ from typing import Any
 
 from .marker import MARKER_PATTERN
 from .resuming import ResumingClients
+from .sserequest import sse_request
 
 # A stream whose tail grows past this without a newline is not SSE we understand.
 MAX_TAIL_BYTES = 1 << 16
@@ -154,10 +155,7 @@ class SubscriberProcess:
         timeout: float,
         wait_for_head: bool,
     ) -> dict[str, Any]:
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-        ).encode()
+        request = sse_request(host, port, path)
         limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
         errors: dict[str, int] = {}
         deadline = self.loop.time() + timeout

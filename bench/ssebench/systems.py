@@ -15,14 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from .processes import ServerGroup, free_port, wait_for_port
+from .resuming import centrifugo_resume_path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 PEERS_DIR = BENCH_DIR / "peers"
@@ -46,6 +49,8 @@ def _caddy_version() -> str:
 
 
 
+# Our own server's rows in the report: never counted as a peer.
+OURS = ("ours", "ours-mongodb")
 # Every system gets the same shape: 2 worker processes, 15 s heartbeats.
 WORKERS = 2
 HEARTBEAT_SECONDS = 15
@@ -79,6 +84,9 @@ class System:
     # Where this system's per-process metric files are (ours: prometheus_client
     # multiprocess files), for the store queries per resume; None: none.
     metrics_dir: Path | None = None
+    # Each worker keeps a copy of the history of its own, which it takes in on
+    # its own (ours: the window); False: one copy serves every worker.
+    history_per_worker = False
 
     def __init__(self) -> None:
         self.port = 0
@@ -106,11 +114,21 @@ class System:
         """URL of a page of the room's stored messages in store order; None: no such API."""
         return None
 
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        """(path, headers) of a stream that asks for the room's whole stored history, the way
+        this system resumes from the beginning; None: it keeps no history (the hostile scenario)."""
+        return None
+
+    def restart_workers(self, timeout: float) -> bool:
+        """Replace the worker processes with new ones, as an operator's reload would; False: cannot."""
+        return False
+
 
 class OurServer(System):
     name = "ours"
     description = "this repo: Flask + gevent + gunicorn, SQLite store"
     resumable = True
+    history_per_worker = True
 
     def __init__(self, repo_root: Path) -> None:
         super().__init__()
@@ -169,9 +187,26 @@ class OurServer(System):
     def worker_pids(self) -> list[int]:
         return _children(self.gunicorn.pid) if self.group else []
 
+    def restart_workers(self, timeout: float) -> bool:
+        # gunicorn's reload (SIGHUP): new workers, each warming its window from
+        # the store; the old ones stop gracefully. Done when none of them is left.
+        old = set(self.worker_pids())
+        os.kill(self.gunicorn.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = set(self.worker_pids())
+            if len(workers) == WORKERS and not workers & old:
+                return True
+            time.sleep(0.2)
+        return False
+
     def history_url(self, room: str, after: str | None) -> str | None:
         url = f"{self.publish_base}/messages/history?room={room}&limit=1000"
         return url + f"&after={after}" if after else url
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # No Last-Event-ID: the stream starts with the room's whole window.
+        return self.subscribe_path(room), {}
 
 
 class OurServerOnMongo(OurServer):
@@ -273,6 +308,11 @@ class Nchan(System):
 
     def subscribe_path(self, room: str) -> str:
         return f"/sub?room={room}"
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # No Last-Event-ID: nchan_subscriber_first_message is `oldest` by default,
+        # so a new subscriber starts with the channel's whole message buffer.
+        return self.subscribe_path(room), {}
 
     def publish_request(self, room: str, text: str) -> PublishRequest:
         return PublishRequest(f"{self.publish_base}/pub?room={room}", text.encode(), "text/plain")
@@ -493,6 +533,10 @@ class Centrifugo(OneProcessServer):
         " Centrifugo answers recovery with a new epoch (recovered: false).",
         "It sends no SSE `id:`: the bench's resuming client keeps the channel's epoch and offset"
         " and asks for recovery in `cf_connect`, as Centrifugo's uni_sse protocol describes.",
+        "Asked to recover a channel's whole history of 1,301 publications (the hostile readers),"
+        " it answers the connect without publications and without `recovered` (`was_recovering`:"
+        " true), so such a join sends a few hundred bytes: its recovery is bounded by a number of"
+        " publications, past which the client is told to fetch its state elsewhere.",
     )
     binary = PEER_BUILDS / f"centrifugo-{CENTRIFUGO_VERSION}" / "centrifugo"
     build_hint = f"go install centrifugo/v6@{CENTRIFUGO_VERSION}"
@@ -513,6 +557,16 @@ class Centrifugo(OneProcessServer):
         body = json.dumps({"channel": room, "data": {"room": room, "text": text}}).encode()
         return PublishRequest(f"{self.publish_base}/api/publish", body, "application/json",
                               {"X-API-Key": self.api_key})
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # Recovery from offset 0 of the channel's current epoch (read from the
+        # history API) asks for every publication it keeps.
+        body = json.dumps({"channel": room, "limit": 0}).encode()
+        request = urllib.request.Request(f"{self.publish_base}/api/history", data=body,
+                                         headers={"Content-Type": "application/json", "X-API-Key": self.api_key})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            epoch = json.loads(response.read())["result"]["epoch"]
+        return centrifugo_resume_path(self.subscribe_path(room), epoch, 0), {}
 
 
 class Mercure(OneProcessServer):
@@ -545,6 +599,10 @@ class Mercure(OneProcessServer):
 
     def subscribe_path(self, room: str) -> str:
         return f"/.well-known/mercure?topic={quote(room, safe='')}"
+
+    def history_stream_request(self, room: str) -> tuple[str, dict[str, str]] | None:
+        # Mercure's reserved id `earliest`: every update its history keeps.
+        return self.subscribe_path(room), {"Last-Event-ID": "earliest"}
 
     def publish_request(self, room: str, text: str) -> PublishRequest:
         data = json.dumps({"room": room, "text": text})
