@@ -168,6 +168,9 @@ class OurServer(System):
                 "WEB_CONCURRENCY": str(WORKERS),
                 "HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
                 "MAX_STREAMS_PER_WORKER": "20000",
+                # The load generator is one client (127.0.0.1) holding every stream:
+                # without this it would meet the per-client limit (2000) long before the workers'.
+                "MAX_STREAMS_PER_CLIENT": "40000",
                 # Logs off, as for every peer: a line per request is CPU we measure.
                 "LOG_LEVEL": "warning",
                 "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
