@@ -5,7 +5,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from ..delivery.streaming import StreamSettings, message_stream
@@ -106,7 +106,8 @@ def stream() -> Response:
                        headers={"Retry-After": STORE_RETRY_AFTER})
     body = message_stream(
         rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
-        settings=StreamSettings(retry_ms=svc.settings.retry_ms),
+        settings=StreamSettings(retry_ms=svc.settings.retry_ms, chunk_bytes=svc.settings.stream_chunk_bytes,
+                                backlog_max_bytes=svc.settings.stream_backlog_max_bytes),
         client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
         expires_at=expires_at,  # the token's exp: the stream ends then
     )
@@ -175,16 +176,34 @@ def history() -> Response:
     try:
         if _window_has_everything(svc):
             backlog = svc.window.backlog(rooms, after, limit + 1)
-            messages, reset_reason = [entry.to_json() for entry in backlog.entries], backlog.reset_reason
+            found, reset_reason = backlog.entries, backlog.reset_reason
         else:
             stored = svc.store.read_rooms(rooms, after_id=after, limit=limit + 1)
-            messages, reset_reason = [message.to_json() for message in stored.messages], stored.reset_reason
+            found, reset_reason = stored.messages, stored.reset_reason
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "history") from None
+    messages = _page(found, limit, svc.settings.history_max_bytes)
     return jsonify({
         "room": rooms[0],  # the first asked for (the only one, usually)
         "rooms": list(rooms),
-        "messages": messages[:limit],
+        "messages": messages,
         "reset": reset_reason,
-        "hasMore": len(messages) > limit,
+        "hasMore": len(found) > len(messages),
     })
+
+
+def _page(found: list, limit: int, max_bytes: int) -> list[dict]:
+    """Return the public JSON of the first messages found: at most ``limit``, and ``max_bytes`` as sent (at least one).
+
+    Each message is measured as the response will write it (ASCII-escaped
+    JSON), so a text that escapes to six bytes a character counts for six.
+    """
+    page: list[dict] = []
+    size = 0
+    for message in found[:limit]:
+        body = message.to_json()
+        size += len(current_app.json.dumps(body)) + 1  # and its comma
+        if page and size > max_bytes:
+            break
+        page.append(body)
+    return page
