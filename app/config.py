@@ -41,6 +41,7 @@ class Settings:
     stream_chunk_bytes: int = 16_384
     stream_backlog_max_bytes: int = 8 * 2**20
     history_max_bytes: int = 2**20
+    stream_send_buffer_bytes: int = 64 * 1024  # 0: the kernel decides
     # Access (see docs/security.md): empty means off.
     publish_token: str | None = None
     publish_rate: str | None = None
@@ -262,6 +263,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "STREAM_CHUNK_BYTES": _int_in(1024, 2**20),
     "STREAM_BACKLOG_MAX_BYTES": _int_in(1024, 2**40),
     "HISTORY_MAX_BYTES": _int_in(1024, 2**30),
+    "STREAM_SEND_BUFFER_BYTES": _int_in(0, 2**30),
     "PUBLISH_TOKEN": _publish_token,
     "PUBLISH_RATE": _rate_limits,
     "CORS_ORIGINS": _origins,
