@@ -63,8 +63,10 @@ def _history_ids(url: str) -> tuple[list[str], list[int]]:
     sizes: list[int] = []
     after = None
     while True:
+        # Generous: on FerretDB a worker's window can lag (docs/testing.md), and
+        # history then reads these large documents from the store, slowly.
         reply = requests.get(url + "/messages/history", params={"room": ROOM, "limit": 1000, "after": after},
-                             timeout=10)
+                             timeout=60)
         reply.raise_for_status()
         page = reply.json()
         sizes.append(len(reply.content))
