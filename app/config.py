@@ -38,6 +38,11 @@ class Settings:
     stream_write_timeout_seconds: float = 30.0
     sqlite_poll_ms: int = 10
     log_level: str = "info"
+    # Memory and bytes per stream and per history page (docs/operations.md#memory-per-stream).
+    stream_chunk_bytes: int = 16_384
+    stream_backlog_max_bytes: int = 8 * 2**20
+    history_max_bytes: int = 2**20
+    stream_send_buffer_bytes: int = 64 * 1024  # 0: the kernel decides
     # Access (see docs/security.md): empty means off.
     publish_token: str | None = None
     publish_rate: str | None = None
@@ -306,6 +311,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "STREAM_WRITE_TIMEOUT_SECONDS": _positive_float(3600),
     "SQLITE_POLL_MS": _int_in(1, 10_000),
     "LOG_LEVEL": _log_level,
+    # Memory and bytes per stream and per history page.
+    "STREAM_CHUNK_BYTES": _int_in(1024, 2**20),
+    "STREAM_BACKLOG_MAX_BYTES": _int_in(1024, 2**40),
+    "HISTORY_MAX_BYTES": _int_in(1024, 2**30),
+    "STREAM_SEND_BUFFER_BYTES": _int_in(0, 2**30),
     "PUBLISH_TOKEN": _publish_token,
     "PUBLISH_RATE": _rate_limits,
     "CORS_ORIGINS": _origins,

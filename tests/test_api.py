@@ -102,7 +102,7 @@ def test_header_wins_over_query_parameter(client):
 
 def test_unknown_last_event_id_sends_one_reset_then_the_whole_backlog(client):
     post(client, {"room": "r", "text": "m0"})
-    _, body = read_stream(client, "/messages?room=r", {"Last-Event-ID": "nonsense"})
+    _, body = read_stream(client, "/messages?room=r", {"Last-Event-ID": "nonsense"}, chunks=3)  # retry, reset, backlog
     events = list(sseclient.SSEClient([body]).events())
     assert [e.event for e in events] == ["reset", "message"]
     assert json.loads(events[0].data) == {"reason": UNKNOWN_ID_REASON}  # the id is not echoed

@@ -42,15 +42,17 @@ def collect(stream, received: list[str], stop_after: int) -> None:
             return
 
 
+@pytest.mark.parametrize("chunk_bytes", [16_384, 100], ids=["whole-backlog-chunks", "one-event-chunks"])
 @pytest.mark.parametrize("store_class", [SQLiteStore, LaggingFollowerStore], ids=["sqlite", "lagging-follower"])
-def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path, store_class):
+def test_streams_joining_during_publishing_get_everything_exactly_once(tmp_path, store_class, chunk_bytes):
+    """With one-event chunks each join writes its backlog over many yields while publishing goes on."""
     random.seed(7)
     store = store_class(str(tmp_path / "s.sqlite3"), max_bytes=10**8, max_messages=10**5, poll_interval=0.002)
     hub = Hub(queue_limit=10_000, heartbeat_seconds=0.5)
     window = Window(10**5, 10**8)
     tailer = Tailer(store, window, hub)
     tailer.ensure_running()
-    settings = StreamSettings(retry_ms=1000)
+    settings = StreamSettings(retry_ms=1000, chunk_bytes=chunk_bytes)
     total = 200
     published: list[str] = []
 
@@ -124,17 +126,20 @@ def test_a_parked_stream_keeps_no_backlog_bytes_alive(tmp_path):
     assert window.ready.wait(5)
     gevent.sleep(0.1)
     stream = message_stream(("room",), None, window=window, hub=hub, store=store,
-                            settings=StreamSettings(retry_ms=1000))
+                            settings=StreamSettings(retry_ms=1000, chunk_bytes=3000))
     next(stream)  # the retry line
-    backlog = next(stream)
-    assert backlog.count(b"\n\n") == 50
+    chunks = [next(stream)]
+    while sum(chunk.count(b"\n\n") for chunk in chunks) < 50:
+        chunks.append(next(stream))
+    assert sum(chunk.count(b"\n\n") for chunk in chunks) == 50
+    assert len(chunks) == 25  # two events of ~1 KB per chunk of at most 3,000 bytes
     parked = gevent.spawn(next, stream)  # parks until the next live event
     gevent.sleep(0.1)
     assert not parked.ready() and hub.stream_count == 1
-    # Only this test's name for it (and getrefcount's argument) is left. A
-    # suspended generator's locals are not visible to gc.get_referrers, hence
-    # the count.
-    assert sys.getrefcount(backlog) == 2
+    # Only this test's references are left: the list, the loop's name and
+    # getrefcount's argument. A suspended generator's locals are not visible
+    # to gc.get_referrers, hence the count.
+    assert [sys.getrefcount(chunk) for chunk in chunks] == [3] * len(chunks)
     parked.kill()
     stream.close()
     tailer.stop()

@@ -11,7 +11,9 @@ Cost per delivery is what makes broadcast fast, so the hot path is lean:
 * nothing on that path arms a timer: one *sweeper* greenlet per worker visits
   every subscription a few times per heartbeat interval, to wake the silent
   ones for a heartbeat, to reset the connection of a stream whose write has
-  made no progress for ``write_timeout`` (a reader that stopped reading), to
+  made no progress for ``write_timeout`` (a reader that stopped reading) or
+  that is still writing its backlog ``write_timeout`` after it joined
+  (``backlog_until``: a reader that reads, but too slowly to take it), to
   end a stream whose token expired (``expires_at``: a second late at most),
   and to add up the deliveries into the metrics once per visit.
 
@@ -47,7 +49,8 @@ class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
     __slots__ = ("rooms", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
-                 "heartbeat_due", "stalled", "last_sent", "writing_since", "greenlet", "expires_at", "expired")
+                 "heartbeat_due", "stalled", "last_sent", "writing_since", "backlog_until", "greenlet",
+                 "expires_at", "expired")
 
     def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None) -> None:
         self.rooms = rooms
@@ -62,6 +65,7 @@ class Subscription:
         self.stalled = False  # reset by the sweeper: a write made no progress
         self.last_sent = time.monotonic()
         self.writing_since: float | None = None
+        self.backlog_until: float | None = None  # while its backlog is written: the time it must be done by
         self.greenlet = gevent.getcurrent()
         self.expires_at = expires_at  # time.monotonic() when the stream's authorization ends
         self.expired = False  # set by the sweeper at expires_at
@@ -81,15 +85,29 @@ class Subscription:
         if waiter is not None:
             get_hub().loop.run_callback(waiter.switch, None)
 
-    def take(self) -> list[Entry]:
-        """Return everything queued, parking until there is something or a flag is raised."""
+    def take(self, max_bytes: int) -> list[Entry]:
+        """Return what is queued, up to ``max_bytes`` of payload (at least one event); park until there is some.
+
+        Returns empty when a flag is raised or a heartbeat is due. The rest
+        stays queued for the next chunk: a chunk -- which the stream joins
+        into one bytes object and gunicorn copies once more to frame it --
+        stays small whatever a slow reader let pile up.
+        """
         if not self._items and not self.interrupted and not self.heartbeat_due:
             waiter = self._waiter = Waiter()
             try:
                 waiter.get()
             finally:
                 self._waiter = None
-        items, self._items = self._items, []
+        items = self._items
+        if len(items) > 1:
+            size = 0
+            for count, item in enumerate(items):
+                size += len(item.payload)
+                if size > max_bytes and count:
+                    self._items = items[count:]
+                    return items[:count]
+        self._items = []
         return items
 
     @property
@@ -214,13 +232,16 @@ class Hub:
                 subscription.expired = True
                 subscription.wake()
             if subscription.writing_since is not None:
-                if now - subscription.writing_since > self.write_timeout_seconds and not subscription.stalled:
+                cut_at = subscription.writing_since + self.write_timeout_seconds
+                if subscription.backlog_until is not None:
+                    cut_at = min(cut_at, subscription.backlog_until)
+                if now > cut_at and not subscription.stalled:
                     subscription.stalled = True
                     STREAMS_DROPPED.labels(DROP_STALLED).inc()
                     # Raised inside the blocked write; scheduled through the hub
                     # so this greenlet carries on with the sweep.
                     gevent.kill(subscription.greenlet, ReaderStalled(
-                        errno.ECONNRESET, f"no write progress for {self.write_timeout_seconds:g}s"))
+                        errno.ECONNRESET, f"write not done within {self.write_timeout_seconds:g}s"))
             elif now - subscription.last_sent >= self.heartbeat_seconds:
                 subscription.heartbeat_due = True
                 subscription.wake()

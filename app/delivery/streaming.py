@@ -1,10 +1,35 @@
 """One SSE stream's life: retry line, backlog, then live events, with an exact hand-over.
 
-The join reads the backlog from the worker's in-memory window and subscribes
-to the hub with no yield in between, so every message is in exactly one of
-the two (see ``app/delivery/window.py``); a resume costs what it sends, whatever the
+The join opens a cursor on the worker's in-memory window and subscribes to
+the hub with no yield in between, so every message is in exactly one of the
+two (see ``app/delivery/window.py``); a resume costs what it sends, whatever the
 size of the store. Until the window is warm (start-up, or after the tailer
 lost its place) the stream waits for it, with heartbeats.
+
+Memory per stream is bounded by ``StreamSettings.chunk_bytes``
+(``STREAM_CHUNK_BYTES``), never by what is stored: the backlog is written
+from the shared window a slice at a time (the events' bytes as the window
+encoded them, joined into one chunk of at most that size, or one event alone
+-- no copy -- when it is larger), and so are live events when a queue has
+piled up. A stream holds its cursor, not a list of its backlog; a reader
+that does not read leaves one chunk (plus gunicorn's framed copy of it)
+waiting in its write.
+
+What one join sends is bounded too, in bytes sent: after
+``backlog_max_bytes`` (``STREAM_BACKLOG_MAX_BYTES``) of backlog the stream
+ends with a short ``retry:`` and EventSource resumes from its Last-Event-ID,
+exactly where it left off; the next response restores ``RETRY_MS``. A bound
+of its own rather than the window's bound counted in encoded bytes: the
+window must hold at least what the store holds (an id it does not know is
+then gone from the store too, and gets ``reset`` without a store query), and
+the store's bound counts stored bytes, which JSON escaping can multiply by
+six on the wire.
+
+The backlog must be taken within ``Hub.write_timeout_seconds`` of the join
+(the hub's sweeper resets a write that runs past it); a stream that has not
+taken it by then, or whose unsent backlog the window evicted meanwhile,
+ends, and the client resumes from its id -- exactly, or with ``reset`` when
+the window no longer holds that id. Nothing is skipped silently.
 
 The generator receives plain values (no request object) and releases its
 subscription in ``finally``, which runs when the client goes away (the
@@ -30,27 +55,45 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from ..operations.metrics import DROP_SLOW, QUERY_RESUME, RESETS_SENT, STORE_ERRORS, STORE_QUERIES, STREAMS_DROPPED
+from ..operations.metrics import (
+    DROP_SLOW,
+    DROP_STALLED,
+    QUERY_RESUME,
+    RESETS_SENT,
+    STORE_ERRORS,
+    STORE_QUERIES,
+    STREAMS_DROPPED,
+)
 from ..stores.base import MessageStore, StoreUnavailable
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
-from .window import Backlog, Window
+from .window import BacklogCursor, BacklogEvicted, Window
 
 log = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE_COMMENT = b": store unavailable, reconnect later\n\n"
 TOKEN_EXPIRED_COMMENT = b": token expired\n\n"
+# The reconnect delay sent when a stream ends part-way through its backlog:
+# the client comes back for the rest at once, not after RETRY_MS.
+BACKLOG_CONTINUE_RETRY_MS = 100
+
+# Why a backlog stopped before its end (the stream's end-of-stream log line says it).
+BACKLOG_BOUND = "backlog bound"  # sent backlog_max_bytes: the client resumes for the rest
+BACKLOG_TOO_SLOW = "backlog too slow"  # not taken within the write timeout
+BACKLOG_EVICTED = "backlog evicted"  # the window dropped entries it had still to send
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     retry_ms: int
     window_wait_seconds: float = 10.0  # then the client is told to come back later
+    chunk_bytes: int = 16_384  # most event bytes joined into one write (one larger event goes alone)
+    backlog_max_bytes: int = 8 * 2**20  # backlog bytes one response sends before it ends for a resume
 
 
 @dataclass(slots=True)
@@ -100,12 +143,21 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                 if not window.ready.is_set():
                     continue  # the tailer lost its place meanwhile: wait for the window again
             # No yield between these two lines: the exact hand-over.
-            backlog = window.backlog(rooms, last_id)
+            backlog = window.cursor(rooms, last_id)
             subscription = hub.subscribe(rooms, deadline)
             watcher = _watch_for_close(client_socket, subscription)
             try:
-                chunk, count, last_id = _backlog_bytes(backlog, last_id)
+                stopped = yield from _send_backlog(backlog, subscription, hub, outcome, settings)
+                last_id = backlog.last_id  # where a resync re-joins
                 del backlog
+                if stopped is not None:
+                    outcome.ended_by = stopped
+                    # EventSource resumes from the last id it got: the rest of
+                    # the backlog, or ``reset`` if the window let go of that id.
+                    yield from _send(retry_line(BACKLOG_CONTINUE_RETRY_MS if stopped == BACKLOG_BOUND
+                                                else settings.retry_ms), 0, subscription, hub, outcome)
+                    return
+                chunk, count, chunk_bytes = b"", 0, settings.chunk_bytes
                 # The live loop is written out here, not in helper generators:
                 # each generator level is one more C frame to resume on every
                 # write, and to keep in every parked stream's saved stack.
@@ -121,7 +173,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                         _written(subscription, count, hub, outcome)
                     # A parked stream keeps no bytes alive (a backlog can be large).
                     chunk = None
-                    chunk, count, last_id = _next_chunk(subscription, last_id)  # last_id: where a resync re-joins
+                    chunk, count, last_id = _next_chunk(subscription, last_id, chunk_bytes)  # last_id: as above
                 if subscription.gone:
                     return
                 if subscription.closing:
@@ -231,26 +283,49 @@ def _watch_for_close(client_socket: socket.socket | None, subscription: Subscrip
     return watcher
 
 
-def _backlog_bytes(backlog: Backlog, last_id: str | None) -> tuple[bytes, int, str | None]:
-    """Return the backlog's bytes, its message count, and the last id the client will have."""
-    parts = []
+def _send_backlog(backlog: BacklogCursor, subscription: Subscription, hub: Hub, outcome: _Outcome,
+                  settings: StreamSettings) -> Generator[bytes, None, str | None]:
+    """Write the backlog from the window, a slice at a time; return why it stopped early, or None once all is sent.
+
+    It also stops, with None, when a flag of the subscription is raised: the
+    caller's checks after the live loop answer those.
+    """
     if backlog.reset_reason is not None:
-        parts.append(reset_event(backlog.reset_reason))
         RESETS_SENT.inc()
-        last_id = None
-    parts.extend(entry.payload for entry in backlog.entries)
-    if backlog.entries:
-        last_id = backlog.entries[-1].id
-    return b"".join(parts), len(backlog.entries), last_id
+        yield from _send(reset_event(backlog.reset_reason), 0, subscription, hub, outcome)
+    subscription.backlog_until = time.monotonic() + hub.write_timeout_seconds
+    sent = 0
+    try:
+        while not subscription.interrupted:
+            if sent >= settings.backlog_max_bytes:
+                return BACKLOG_BOUND
+            if time.monotonic() >= subscription.backlog_until:
+                STREAMS_DROPPED.labels(DROP_STALLED).inc()
+                return BACKLOG_TOO_SLOW
+            try:
+                entries = backlog.take(settings.chunk_bytes)
+            except BacklogEvicted:
+                return BACKLOG_EVICTED
+            if not entries:
+                return None
+            # One event: the window's own bytes object, not a copy.
+            chunk = entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
+            sent += len(chunk)
+            yield from _send(chunk, len(entries), subscription, hub, outcome)
+        return None
+    finally:
+        subscription.backlog_until = None
 
 
-def _next_chunk(subscription: Subscription, last_id: str | None) -> tuple[bytes | None, int, str | None]:
+def _next_chunk(subscription: Subscription, last_id: str | None,
+                max_bytes: int) -> tuple[bytes | None, int, str | None]:
     """Park until there is something to write: (bytes, events, last id); None bytes once interrupted.
 
-    The bytes are every queued event in one chunk, or a heartbeat in silence
-    (or empty after a wake-up with nothing to say).
+    The bytes are the queued events in one chunk of at most ``max_bytes`` (or
+    one larger event), or a heartbeat in silence (or empty after a wake-up
+    with nothing to say).
     """
-    entries = subscription.take()
+    entries = subscription.take(max_bytes)
     if subscription.interrupted:
         return None, 0, last_id
     if entries:

@@ -26,6 +26,14 @@ stream gets ``reset`` without asking the store.
 ``ready`` is set once the tailer has read the whole window the store had when
 it started; until then (start-up, or after the tailer lost its place and
 warms again) joins wait for it.
+
+A joining stream takes its backlog through a ``BacklogCursor``: a position
+in store order and the room logs it reads, never a copy of the backlog. It
+takes a slice of entries at a time (bounded in encoded bytes), so a stream
+that writes slowly holds at most one slice, whatever the window holds. The
+window may evict entries the stream has not sent yet meanwhile: the cursor
+says so (``BacklogEvicted``) rather than skip them, since eviction is oldest
+first and each room log remembers the newest position it dropped.
 """
 from __future__ import annotations
 
@@ -34,8 +42,9 @@ import json
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import gevent
 import gevent.event
@@ -68,12 +77,14 @@ class Entry:
 class _RoomLog:
     """One room's entries in position order; drops from the front without shifting the list."""
 
-    __slots__ = ("entries", "positions", "head")
+    __slots__ = ("entries", "positions", "head", "dropped_through")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.positions: list[int] = []
         self.head = 0
+        # The newest position dropped: a cursor behind it has lost entries.
+        self.dropped_through = -1
 
     def __len__(self) -> int:
         return len(self.entries) - self.head
@@ -83,14 +94,28 @@ class _RoomLog:
         self.positions.append(entry.position)
 
     def drop_oldest(self) -> None:
+        self.dropped_through = self.positions[self.head]
         self.head += 1
         if self.head > 64 and self.head * 2 > len(self.entries):
             del self.entries[:self.head]
             del self.positions[:self.head]
             self.head = 0
 
-    def after(self, position: int) -> list[Entry]:
-        return self.entries[bisect_right(self.positions, position, self.head):]
+    def newest_position(self) -> int:
+        return self.positions[-1] if len(self) else -1
+
+    def between(self, after: int, through: int) -> Iterator[Entry]:
+        """Yield the entries with ``after < position <= through``, oldest first (no copy of the list)."""
+        entries, positions = self.entries, self.positions
+        for index in range(bisect_right(positions, after, self.head), bisect_right(positions, through, self.head)):
+            yield entries[index]
+
+    def forget(self, dropped_through: int) -> None:
+        """Drop everything up to ``dropped_through``: the window let go of this log (a cursor may still hold it)."""
+        self.dropped_through = max(self.dropped_through, dropped_through)
+        self.entries = []
+        self.positions = []
+        self.head = 0
 
 
 def _position(entry: Entry) -> int:
@@ -103,6 +128,60 @@ class Backlog:
 
     entries: list[Entry]
     reset_reason: str | None = None
+
+
+class BacklogEvicted(Exception):
+    """The window evicted entries a backlog cursor had still to send."""
+
+
+class BacklogCursor:
+    """A join's backlog as a position in the window: what it has sent so far, never a copy of what is left.
+
+    The backlog is every entry of the rooms up to the newest each room held
+    at the join (later entries reach the stream through its subscription).
+    ``last_id`` is the id of the last entry taken (the client's resume point
+    once written), or the join's own id (None after a reset).
+    """
+
+    __slots__ = ("_logs", "after", "last_id", "reset_reason")
+
+    def __init__(self, logs: list[tuple[_RoomLog, int]], after: int, last_id: str | None,
+                 reset_reason: str | None) -> None:
+        self._logs = logs  # each room's log and its newest position at the join
+        self.after = after
+        self.last_id = last_id
+        self.reset_reason = reset_reason
+
+    def pending(self) -> Iterator[Entry]:
+        """Iterate over the entries not taken yet, in store order; raise ``BacklogEvicted`` if one was dropped."""
+        parts = []
+        for log, through in self._logs:
+            if self.after < through:
+                if log.dropped_through > self.after:
+                    # Eviction is oldest first: the entries after ``after`` it
+                    # reached include one of this room up to ``through``.
+                    raise BacklogEvicted(f"the window evicted entries after {self.last_id!r} before they were sent")
+                parts.append(log.between(self.after, through))
+        if len(parts) == 1:
+            return parts[0]
+        return heapq.merge(*parts, key=_position)
+
+    def take(self, max_bytes: int) -> list[Entry]:
+        """Return the next entries in store order, at most ``max_bytes`` of payload but at least one; [] at the end.
+
+        Raise ``BacklogEvicted`` if the window dropped one not taken yet.
+        """
+        taken: list[Entry] = []
+        size = 0
+        for entry in self.pending():
+            size += len(entry.payload)
+            if taken and size > max_bytes:
+                break
+            taken.append(entry)
+        if taken:
+            self.after = taken[-1].position
+            self.last_id = taken[-1].id
+        return taken
 
 
 class Window:
@@ -124,6 +203,9 @@ class Window:
     def clear(self) -> None:
         """Forget everything and wait for the tailer to warm the window again."""
         self.ready.clear()
+        newest = self._entries[-1].position if self._entries else -1
+        for room in self._rooms.values():
+            room.forget(newest)  # a cursor still reading one ends rather than read what is gone
         self._entries.clear()
         self._by_id.clear()
         self._rooms.clear()
@@ -161,6 +243,7 @@ class Window:
         room = self._rooms[entry.room]
         room.drop_oldest()
         if not room:
+            room.forget(entry.position)  # a cursor may hold it: let go of the evicted entries all the same
             del self._rooms[entry.room]
 
     def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> Backlog:
@@ -169,8 +252,19 @@ class Window:
         One id resumes any set of rooms: positions are one order across rooms.
         Only call once ``ready`` is set: before that a miss proves nothing.
         """
+        cursor = self.cursor(rooms, after_id)
+        return Backlog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
+
+    def cursor(self, rooms: Sequence[str], after_id: str | None) -> BacklogCursor:
+        """Return a cursor over the rooms' entries after ``after_id`` (None: all), or over all with a reset reason.
+
+        One id resumes any set of rooms: positions are one order across rooms.
+        Only call once ``ready`` is set: before that a miss proves nothing.
+        """
         reason = None
-        position = -1
+        # Just before the oldest held, rather than -1: evictions that came
+        # before the join are none of this cursor's loss.
+        position = self._entries[0].position - 1 if self._entries else -1
         if after_id is not None:
             entry = self._by_id.get(after_id)
             if entry is None or entry.room not in rooms:
@@ -178,12 +272,8 @@ class Window:
                 reason = UNKNOWN_ID_REASON
             else:
                 position = entry.position
-        parts = [log.after(position) for log in map(self._rooms.get, rooms) if log is not None]
-        if len(parts) == 1:
-            entries = parts[0]
-        else:
-            entries = list(heapq.merge(*parts, key=_position))
-        return Backlog(entries if limit is None else entries[:limit], reason)
+        logs = [(log, log.newest_position()) for log in map(self._rooms.get, rooms) if log is not None]
+        return BacklogCursor(logs, position, None if reason else after_id, reason)
 
     def rooms(self) -> list[str]:
         """Return the rooms that have messages in the window."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from ..delivery.admission import Refusal
@@ -119,10 +120,13 @@ def stream() -> Response:
                             f"on this server; close one first",
                        headers={"Retry-After": str(math.ceil(svc.settings.heartbeat_seconds))})
     try:
+        client_socket = request.environ.get("gunicorn.socket")
+        _bound_send_buffer(client_socket, svc.settings.stream_send_buffer_bytes)
         body = message_stream(
             rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
-            settings=StreamSettings(retry_ms=svc.settings.retry_ms),
-            client_socket=request.environ.get("gunicorn.socket"),  # to notice a client that leaves
+            settings=StreamSettings(retry_ms=svc.settings.retry_ms, chunk_bytes=svc.settings.stream_chunk_bytes,
+                                    backlog_max_bytes=svc.settings.stream_backlog_max_bytes),
+            client_socket=client_socket,  # to notice a client that leaves
             expires_at=grant.expires_at,  # the token's exp: the stream ends then
         )
         return Response(StreamBody(body, ticket.give_back), content_type="text/event-stream; charset=utf-8",
@@ -133,6 +137,23 @@ def stream() -> Response:
     except BaseException:
         ticket.give_back()  # no response will be closed for it
         raise
+
+
+def _bound_send_buffer(client_socket, size: int) -> None:
+    """Cap the kernel's send buffer of a stream's socket (0: leave it to the kernel).
+
+    Linux grows a socket's send buffer up to ``net.ipv4.tcp_wmem``'s maximum
+    (4 MiB) whether the client reads or not: a thousand clients that never
+    read would park gigabytes of kernel memory that no RSS shows. A stream
+    needs little: it writes small chunks, and a far client reading at
+    ``size`` per round trip is still served faster than events usually come.
+    """
+    if client_socket is None or not size:
+        return
+    try:
+        client_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass  # not a TCP socket we can tune (a test server): nothing to bound
 
 
 class StreamBody:
@@ -193,16 +214,34 @@ def history() -> Response:
     try:
         if _window_has_everything(svc):
             backlog = svc.window.backlog(rooms, after, limit + 1)
-            messages, reset_reason = [entry.to_json() for entry in backlog.entries], backlog.reset_reason
+            found, reset_reason = backlog.entries, backlog.reset_reason
         else:
             stored = svc.store.read_rooms(rooms, after_id=after, limit=limit + 1)
-            messages, reset_reason = [message.to_json() for message in stored.messages], stored.reset_reason
+            found, reset_reason = stored.messages, stored.reset_reason
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "history") from None
+    messages = _page(found, limit, svc.settings.history_max_bytes)
     return jsonify({
         "room": rooms[0],  # the first asked for (the only one, usually)
         "rooms": list(rooms),
-        "messages": messages[:limit],
+        "messages": messages,
         "reset": reset_reason,
-        "hasMore": len(messages) > limit,
+        "hasMore": len(found) > len(messages),
     })
+
+
+def _page(found: list, limit: int, max_bytes: int) -> list[dict]:
+    """Return the public JSON of the first messages found: at most ``limit``, and ``max_bytes`` as sent (at least one).
+
+    Each message is measured as the response will write it (ASCII-escaped
+    JSON), so a text that escapes to six bytes a character counts for six.
+    """
+    page: list[dict] = []
+    size = 0
+    for message in found[:limit]:
+        body = message.to_json()
+        size += len(current_app.json.dumps(body)) + 1  # and its comma
+        if page and size > max_bytes:
+            break
+        page.append(body)
+    return page

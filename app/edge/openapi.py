@@ -165,7 +165,9 @@ def _history(settings: Settings) -> dict[str, Any]:
         "summary": "Read the stored messages of one or more rooms as JSON, oldest first",
         "parameters": [{"in": "query", "schema": HistoryQuery}],
         "responses": {
-            "200": {"description": "A page of messages",
+            "200": {"description": f"A page of messages: at most `limit`, and at most {settings.history_max_bytes:,} "
+                                   "bytes of messages as written (HISTORY_MAX_BYTES; at least one message); "
+                                   "`hasMore` says more follow: page on with `after`",
                     "content": {"application/json": {"schema": HistoryOut}}},
             "400": _error("The room, limit or after parameter is invalid"),
             "414": _QUERY_TOO_LONG,

@@ -109,7 +109,9 @@ class HistoryOut(Schema):
     messages = fields.List(fields.Nested(MessageOut), required=True)
     reset = fields.String(required=True, allow_none=True,
                           metadata={"description": "Why `after` was not found (the page starts at the oldest)"})
-    hasMore = fields.Boolean(required=True)
+    hasMore = fields.Boolean(required=True, metadata={
+        "description": "More messages follow (the page stopped at `limit` or at HISTORY_MAX_BYTES): "
+                       "ask again with `after` set to the last id"})
 
 
 class RoomOut(Schema):

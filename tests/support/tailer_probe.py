@@ -30,7 +30,7 @@ def main(uri: str, room: str, count: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     received = 0
     while received < count and time.monotonic() < deadline:
-        events = subscription.take()
+        events = subscription.take(2**20)
         subscription.heartbeat_due = False
         for event in events:
             print(json.dumps({"id": event.id, "position": event.position}), flush=True)
