@@ -20,7 +20,7 @@ OUR_METRICS = {
 
 # Label values known before anything happens, as the metrics table in docs/operations.md lists them.
 KNOWN_LABELS = {
-    "sse_streams_dropped": {"reason": {"slow", "stalled", "limit"}},
+    "sse_streams_dropped": {"reason": {"slow", "stalled", "limit", "client_limit"}},
     "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready", "presence"}},
     "sse_store_queries": {"operation": {"resume", "history", "warm", "presence"}},
 }
