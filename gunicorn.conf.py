@@ -128,7 +128,7 @@ def post_fork(server, worker):
     """Send the app's log lines to gunicorn's error log, at its level, escaped; one send per chunk written."""
     import logging
 
-    from app.operations import socket_writes
+    from app.operations import log_redaction, socket_writes
     from app.operations.lifecycle import quit_once
     from app.operations.log_lines import escape_on
 
@@ -136,9 +136,6 @@ def post_fork(server, worker):
     quit_once(worker)
     # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
     socket_writes.install()
-
-    from app.operations import log_redaction
-
     # gunicorn logs malformed request lines whole, query-string tokens included.
     log_redaction.install(server.log.error_log)
     app_logger = logging.getLogger("app")

@@ -216,7 +216,7 @@ def test_a_second_sigterm_even_inside_the_first_handler_ends_the_streams_once(st
 
     ended = []
     services = SimpleNamespace(slots=SimpleNamespace(open=1), hub=SimpleNamespace(close_all=lambda: ended.append(1)),
-                               presence=Presence(store, hub))
+                               presence=Presence(store, hub), admission=SimpleNamespace(close=lambda: None))
     real_spawn, nested = gevent.spawn, []
 
     def spawn_with_a_signal_arriving(*args):

@@ -19,6 +19,7 @@ from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .authorization import authorize_publishing, authorize_reading, reading_grant
 from .clients import client_key
 from .errors import ApiError
+from .refused_bodies import read_body
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
@@ -43,7 +44,7 @@ def _read_json_object() -> object:
     """Return the parsed JSON body, or raise the 415/400 the request deserves."""
     if not request.is_json:
         raise ApiError(415, "Content-Type must be application/json")
-    raw = request.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    raw = read_body()  # 413 beyond MAX_CONTENT_LENGTH, chunked or not
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
