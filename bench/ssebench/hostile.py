@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import socket
 import struct
 import termios
@@ -78,6 +79,8 @@ BACKLOG_TAG = 7
 READ_BYTES = 1 << 20
 # A history stream that sends nothing for this long (after its first bytes) has stopped.
 STALL_SECONDS = 15.0
+# An event's id line, whole (a read may end inside one: it is matched with the next read).
+ID_LINE = re.compile(rb"(?:^|\n)id: ?([^\r\n]*)\r?\n")
 MIB = 2**20
 # More than any response head and retry line: backlog bytes have begun to arrive.
 ANSWERED_BYTES = 2048
@@ -160,14 +163,14 @@ class HostileReaders:
         if not 200 <= status < 300:
             raise RuntimeError(f"the fill's last message was refused: {error or status}")
         timeout = plan.hostile_backlog_timeout_seconds
-        result["backlog"] = await self._read_backlog(request, timeout)
+        result["backlog"] = await self._read_backlog(path, headers, timeout)
         if not result["backlog"]["complete"] and await asyncio.to_thread(self.system.restart_workers, timeout):
             # Ours on FerretDB: its tailable cursor brings new documents to a
             # worker's window very slowly (see the caveats); workers that start
             # now warm their windows from the store instead.
             self.note("the workers were restarted (gunicorn's reload) so that their windows warm from the store,"
                       " which holds the whole fill")
-            result["backlog"] = await self._read_backlog(request, 3 * timeout)
+            result["backlog"] = await self._read_backlog(path, headers, 3 * timeout)
         # A hostile stream is answered once it has as many bytes waiting as a
         # response head holds, or all that one join sends if that is less (Centrifugo).
         self.answered_bytes = min(ANSWERED_BYTES, result["backlog"]["bytes"]) or ANSWERED_BYTES
@@ -205,22 +208,30 @@ class HostileReaders:
                  + (f"; capped: {result['capped']}" if result["capped"] else ""))
         result["probe"] = await self._probe(publisher)
 
-    async def _read_backlog(self, request: bytes, timeout: float) -> dict[str, Any]:
+    async def _read_backlog(self, path: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
         """Read history streams until the whole fill came, from each worker where each keeps its own copy.
 
         Each such worker must (ours): a stream parked on a worker whose window
         is not warm yet would grow the server only once it warms, past any cap
         checked while the hostile streams open. A stream that ends first (ours
-        ends one whose window is not warm) is opened again, as EventSource
-        would; one that stops sending before the fill's last message is reported.
+        ends one whose window is not warm, and one that has sent
+        STREAM_BACKLOG_MAX_BYTES) is opened again, as EventSource would: with
+        the last id it got as Last-Event-ID, so the bytes of one join add up
+        across its responses; one that stops sending before the fill's last
+        message is reported.
         """
         began = time.monotonic()
         attempts = 0
         done: set[int] = set()
         read: dict[str, Any] = {}
+        last_id, carried = None, 0  # where the join resumes, and what its earlier responses sent
         while time.monotonic() - began < timeout:
             attempts += 1
+            resume = {"Last-Event-ID": last_id} if last_id else {}
+            request = sse_request("127.0.0.1", self.system.port, path, {**headers, **resume})
             read = await self._read_once(request, timeout - (time.monotonic() - began))
+            read["bytes"] += carried
+            last_id, carried = (read["last_id"], read["bytes"]) if read["ending"] == "ended" else (None, 0)
             if read["ending"] == "complete":
                 done.add(read["worker"] or 0)
                 workers = set(self.system.worker_pids()) if self.system.history_per_worker else set()
@@ -243,7 +254,7 @@ class HostileReaders:
         """
         began = time.monotonic()
         deadline = began + timeout
-        read: dict[str, Any] = {"bytes": 0, "seconds": 0.0, "worker": None, "ending": "timeout"}
+        read: dict[str, Any] = {"bytes": 0, "seconds": 0.0, "worker": None, "ending": "timeout", "last_id": None}
         tail = b""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.system.port,
@@ -271,7 +282,10 @@ class HostileReaders:
                     read["worker"] = next((pid for pid, count in held.items() if count), None)
                 read["bytes"] += len(chunk)
                 read["seconds"] = time.monotonic() - began
+                ids = ID_LINE.findall(tail + chunk)
                 tail = (tail + chunk)[-256:]
+                if ids:
+                    read["last_id"] = ids[-1].decode()
                 if any(int(tag) == BACKLOG_TAG for tag, _, _ in MARKER_PATTERN.findall(tail)):
                     read["ending"] = "complete"
                     break
