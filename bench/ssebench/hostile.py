@@ -81,6 +81,8 @@ READ_BYTES = 1 << 20
 STALL_SECONDS = 15.0
 # An event's id line, whole (a read may end inside one: it is matched with the next read).
 ID_LINE = re.compile(rb"(?:^|\n)id: ?([^\r\n]*)\r?\n")
+# The end of a chunked response (HTTP/1.1): a zero-length chunk.
+LAST_CHUNK = b"\r\n0\r\n\r\n"
 MIB = 2**20
 # More than any response head and retry line: backlog bytes have begun to arrive.
 ANSWERED_BYTES = 2048
@@ -288,6 +290,9 @@ class HostileReaders:
                     read["last_id"] = ids[-1].decode()
                 if any(int(tag) == BACKLOG_TAG for tag, _, _ in MARKER_PATTERN.findall(tail)):
                     read["ending"] = "complete"
+                    break
+                if tail.endswith(LAST_CHUNK):  # the response ended; the connection may stay open (keep-alive)
+                    read["ending"] = "ended"
                     break
         finally:
             writer.close()
