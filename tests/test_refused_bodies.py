@@ -20,6 +20,14 @@ def test_a_chunked_body_past_the_limit_is_413_not_a_truncated_json_error(client)
     assert client.get("/messages/history?room=r").get_json()["messages"] == []
 
 
+def test_a_chunked_body_of_exactly_the_limit_is_read_whole(client):
+    """Regression: asking werkzeug's limited stream for one more byte refused a body of exactly the limit."""
+    head, tail = b'{"room": "r", "text": "', b'"}'
+    body = head + b"x" * (MAX_BODY - len(head) - len(tail)) + tail
+    assert len(body) == MAX_BODY
+    assert _post_chunked(client, body).status_code == 422  # read whole: the text is past MAX_TEXT_CHARS
+
+
 def test_a_chunked_body_within_the_limit_is_published(client):
     body = b'{"room": "r", "text": "' + b"x" * 4096 + b'"}'
     reply = _post_chunked(client, body)

@@ -1,7 +1,7 @@
 """A request body refused as too large is never read to its end: the connection closes instead.
 
 Flask enforces MAX_CONTENT_LENGTH on a chunked body (no Content-Length) only
-when something reads past it, so ``read_body`` reads one byte more than the
+when something reads past it, so ``read_body`` asks for one byte more than the
 limit allows: a longer body is answered 413, as one with a large
 Content-Length is, instead of being cut at the limit and parsed as broken JSON.
 
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 CLOSE_AFTER = ("413",)  # statuses whose request body may still be unread
 
@@ -30,8 +31,10 @@ def read_body() -> bytes:
     """Return the request body, raising 413 if it is longer than MAX_CONTENT_LENGTH, however it is sent."""
     raw = request.get_data(cache=False)  # stops at MAX_CONTENT_LENGTH
     limit = request.max_content_length
-    if limit is not None and len(raw) >= limit:
-        request.stream.read(1)  # past the limit: werkzeug raises 413 here
+    # At the limit, ask the server's own stream whether anything follows: werkzeug's
+    # limited stream would raise 413 for a body of exactly the limit, too.
+    if limit is not None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     return raw
 
 
