@@ -44,3 +44,23 @@ def test_locked_file_fails_every_waiting_writer_within_two_busy_timeouts(sqlite_
     # The file is writable again: the next write goes through.
     assert store.append("locked", "after", "message").text == "after"
     store.close()
+
+
+def test_a_store_opens_and_reads_while_another_process_holds_the_write_lock(sqlite_path):
+    """A worker that boots (or is respawned) under a long outside transaction starts: it only reads."""
+    first = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
+    stored = first.append("locked", "before the lock", "message")
+    holder = sqlite3.connect(sqlite_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        booting = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
+        took = time.monotonic() - started
+        assert took < 1.0  # not the 10 s busy timeout a set-up write would wait out, then fail
+        assert booting.epoch == first.epoch
+        assert [message.id for message in booting.read_room("locked").messages] == [stored.id]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    booting.close()
+    first.close()

@@ -127,6 +127,27 @@ def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
         conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
 
 
+def _ready_epoch(conn: sqlite3.Connection) -> str | None:
+    """Return the epoch of a file that is already set up, by reading only; None if it needs setting up.
+
+    A worker that boots while another process holds the file's write lock
+    (a long transaction, a backup) must still start: WAL lets it read. Were
+    every boot a write, it would wait out its busy timeout and exit, and a
+    worker that fails to boot makes gunicorn stop the whole server -- the
+    workers that were serving too (a respawn under a locked file did that).
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        return None
+    names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if not {"messages", "messages_by_room", "meta", "presence"} <= names:
+        return None
+    present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
+    if not set(_PRESENCE_COLUMNS_ADDED) <= present:
+        return None
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'bytes', 'count')").fetchall())
+    return rows["epoch"] if len(rows) == 3 else None
+
+
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """Run the block as one write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
@@ -191,6 +212,10 @@ class SQLiteStore:
         os.makedirs(directory, exist_ok=True)
         try:
             conn = self._connect(busy_ms=10_000)
+            epoch = _ready_epoch(conn)
+            if epoch is not None:
+                conn.close()
+                return epoch
             use_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, _SCHEMA.split(";")):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -91,9 +92,9 @@ def _run_outage(server, sqlite_path: str, *, make_unwritable: Callable[[], None]
         try:
             seen["recovered_in"] = await asyncio.to_thread(wait_until, lambda: all(
                 requests.get(server.url + "/readyz", timeout=5).status_code == 200 for _ in range(4)), 15)
-        except AssertionError:
-            # Failed once in a whole-suite run (read-only case) and never alone: keep what the server said.
-            raise AssertionError(f"not ready 15 s after the repair; the server's log ends:\n{server.log()}") from None
+        except (AssertionError, requests.RequestException) as error:
+            raise AssertionError(f"not ready 15 s after the repair ({error}); the server's log ends:\n"
+                                 f"{server.log()}") from None
         for n in range(REFUSED):  # the client tries again: each is stored once
             reply, _ = await asyncio.to_thread(_post, server.url, f"refused {n}")
             assert reply.status_code == 201, reply.text
@@ -228,3 +229,37 @@ def test_a_read_only_file_is_not_ready_and_publishing_resumes_once_writable(
                        make_writable=lambda: os.chmod(sqlite_path, 0o644), before=before)
     _report("read-only", seen)
     assert "readonly database" in server.log_path.read_text()
+
+
+def test_a_worker_respawned_while_the_file_is_locked_boots_and_the_server_stays_up(start_server, sqlite_path):
+    """A worker's boot only reads a file that is set up: a lock held outside cannot make it fail.
+
+    It used to write at boot, wait out a 10 s busy timeout and exit; gunicorn
+    then stops the whole server when a worker fails to boot (found in CI: a
+    worker slow to boot met the locked-file test's lock).
+    """
+    server = start_server()
+    stored = server.publish(ROOM, "before the lock")
+    holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, sqlite_path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> bool:
+            workers, log = set(server.worker_pids()), server.log_path.read_text()
+            return len(workers) == 2 and victim not in workers and all(
+                f"[{pid}] [INFO] started with sqlite store" in log for pid in workers)
+
+        wait_until(replaced, 15)  # it failed after its 10 s busy timeout, and the master stopped
+        assert server.process.poll() is None
+        for _ in range(6):  # both workers, most likely: each reads the room
+            reply = requests.get(server.url + "/messages/history", params={"room": ROOM}, timeout=10)
+            assert reply.status_code == 200 and [m["id"] for m in reply.json()["messages"]] == [stored["id"]]
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+    assert server.publish(ROOM, "after the lock")
+    assert "Worker failed to boot" not in server.log_path.read_text()

@@ -54,12 +54,20 @@ class LiveServer:
             try:
                 # 401: private rooms are on (AUTH_JWT_*) and "ready" is one of them; the app answers all the same.
                 if requests.get(self.url + "/messages/history?room=ready", timeout=1).status_code in (200, 401):
-                    if len(self.worker_pids()) >= int(self.env["WEB_CONCURRENCY"]):
+                    if self._every_worker_booted():
                         return self
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not become ready: {self.log()}")
+
+    def _every_worker_booted(self) -> bool:
+        """Say whether each worker has made its app: one answering is not enough (the other may be booting)."""
+        pids = self.worker_pids()
+        if len(pids) < int(self.env["WEB_CONCURRENCY"]):
+            return False
+        log = self.log_path.read_text(errors="replace")
+        return all(f"[{pid}] [INFO] started with " in log for pid in pids)
 
     def worker_pids(self) -> list[int]:
         if self.process is None:
