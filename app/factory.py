@@ -15,10 +15,10 @@ from .delivery.tailer import Tailer
 from .delivery.window import Window
 from .edge.access import init_access
 from .edge.authorization import init_authorization
+from .edge.closing_connections import close_connections_after
 from .edge.errors import register_error_handlers
 from .edge.openapi import init_openapi
 from .edge.ratelimit import init_rate_limit
-from .edge.refused_bodies import close_after_refused_bodies
 from .edge.request_log import register_request_log
 from .edge.security import init_security
 from .services import Services
@@ -62,6 +62,6 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     init_rate_limit(app, settings)  # wraps the token check, so failed attempts count too
     init_openapi(app, settings)
     register_request_log(app)
-    close_after_refused_bodies(app)
+    close_connections_after(app)
     log.info("started with %s store: %s", settings.store_kind, settings.public_summary())
     return app

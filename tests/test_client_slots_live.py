@@ -44,6 +44,7 @@ class Attempt:
         return self.response.status
 
     def close(self) -> None:
+        self.response.close()  # a stream's response holds the socket (it said "Connection: close")
         self.connection.close()
 
 
@@ -60,8 +61,9 @@ def worker_holding(server: LiveServer, local_port: int) -> int:
 def open_stream(server: LiveServer, source: str, room: str = "slots") -> Attempt:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10, source_address=(source, 0))
     connection.request("GET", f"/messages?room={room}", headers={"Accept": "text/event-stream"})
+    local_port = connection.sock.getsockname()[1]  # before the response: a stream's lets go of the connection
     response = connection.getresponse()
-    attempt = Attempt(connection, response, worker_holding(server, connection.sock.getsockname()[1]))
+    attempt = Attempt(connection, response, worker_holding(server, local_port))
     if response.status != 200:
         attempt.body = response.read()
     return attempt

@@ -67,7 +67,7 @@ def one_insert_at_a_time(kind: str):
 
 def worker_of(server, reader: StreamReader) -> int:
     """Return the pid of the worker process that holds this client's connection."""
-    local_port = reader.response.raw.connection.sock.getsockname()[1]
+    local_port = reader.sock.getsockname()[1]
     out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
                          capture_output=True, text=True).stdout
     for line in out.splitlines():

@@ -18,8 +18,8 @@ from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .authorization import authorize_publishing, authorize_reading, reading_grant
 from .clients import client_key
+from .closing_connections import read_body
 from .errors import ApiError
-from .refused_bodies import read_body
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)

@@ -19,6 +19,9 @@ class StreamReader:
             headers["Last-Event-ID"] = last_event_id
         self.response = requests.get(url, headers=headers, stream=True, timeout=(5, 30))
         self.response.raise_for_status()
+        # The stream's socket. The connection object lets go of it at once: a stream's
+        # response says "Connection: close", so http.client hands the socket to the response.
+        self.sock: socket.socket = self.response.raw._fp.fp.raw._sock
         self.events: list[sseclient.Event] = []
         self.received_at: list[float] = []
         self.error: BaseException | None = None
@@ -56,9 +59,7 @@ class StreamReader:
         """Drop the connection abruptly, as a browser tab that goes away would."""
         self._closed = True
         try:
-            sock = self.response.raw.connection.sock
-            if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)
         except (AttributeError, OSError):
             pass
         try:

@@ -25,6 +25,9 @@ class StreamReader:
         # Ask for gzip on purpose: the stream must come back uncompressed anyway.
         self.connection.request("GET", f"/messages?room={room}",
                                 headers={"Accept": "text/event-stream", "Accept-Encoding": "gzip"})
+        # Kept here: a stream's response says "Connection: close", so http.client
+        # lets go of the socket once the response has begun.
+        self.sock = self.connection.sock
         self.response = self.connection.getresponse()
         self._lines: queue.Queue[tuple[float, bytes | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -55,11 +58,10 @@ class StreamReader:
 
     def close(self) -> None:
         """Cut the connection, let the reading thread see its end, then release everything."""
-        if self.connection.sock is not None:
-            try:
-                self.connection.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         # Closing the response under the reading thread would fail inside http.client.
         self._thread.join(timeout=5)
         self.response.close()

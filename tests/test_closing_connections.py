@@ -79,3 +79,56 @@ def test_an_endless_chunked_body_gets_413_and_its_connection_closed_while_others
     assert closed_at is not None and closed_at - started < 5, "the server went on reading the endless body"
     assert probe_seconds and probe_seconds[0] < 2
     assert requests.get(server.url + "/messages/history?room=r", timeout=5).json()["messages"] == []
+
+
+def _open_stream(port: int, room: str) -> socket.socket:
+    """A raw HTTP/1.1 stream request that asks to keep its connection alive, as browsers and proxies do."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET /messages?room={room} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n".encode())
+    return sock
+
+
+def _read_to_end(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """Read for at most ``seconds``; return what came and whether the server closed the connection."""
+    received, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            return received, True
+        received += data
+    return received, False
+
+
+@pytest.mark.slow
+def test_a_stream_that_ends_closes_its_connection(start_server):
+    """A raw reader sees the end of an ended stream: the connection closes, it is not kept for another request."""
+    server = start_server(STREAM_BACKLOG_MAX_BYTES="1024")
+    for n in range(3):
+        server.publish("ends", f"{n} " + "x" * 900)
+    sock = _open_stream(server.port, "ends")
+    received, closed = _read_to_end(sock, 10)
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close" in head, head
+    assert b"retry: 100" in body  # the backlog bound ended it: EventSource resumes from its id
+    assert body.endswith(b"0\r\n\r\n")  # the last chunk, then the close
+    assert closed, "the connection was kept open after the stream ended"
+
+
+@pytest.mark.slow
+def test_sigterm_is_not_held_up_by_a_client_that_keeps_its_ended_stream_open(start_server):
+    """A client holding the connection of a stream SIGTERM ended cannot make the worker wait out graceful_timeout."""
+    server = start_server()
+    sock = _open_stream(server.port, "held")
+    received, _ = _read_to_end(sock, 1.0)
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    took = server.stop()
+    rest, closed = _read_to_end(sock, 5)
+    sock.close()
+    assert closed and (received + rest).endswith(b"0\r\n\r\n")
+    assert took < 5, f"stop took {took:.1f}s: {server.log()}"  # graceful_timeout is 10 s
+    assert "Traceback" not in server.log_path.read_text()
