@@ -125,26 +125,24 @@ def child_exit(server, worker):
 
 # -- Logging and shutdown in each worker -----------------------------------------
 def post_fork(server, worker):
-    """Send the app's log lines to gunicorn's error log, at its level, escaped; one send per chunk written."""
+    """Send the app's log lines to gunicorn's error log, at its level, redacted and escaped; one send per chunk."""
     import logging
 
-    from app.operations import log_redaction, socket_writes
+    from app.operations import log_lines, socket_writes
     from app.operations.lifecycle import quit_once
-    from app.operations.log_lines import escape_on
 
     # Ctrl-C reaches each worker twice (the terminal's SIGINT, the master's SIGQUIT), loading or not.
     quit_once(worker)
     # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
     socket_writes.install()
-    # gunicorn logs malformed request lines whole, query-string tokens included.
-    log_redaction.install(server.log.error_log)
     app_logger = logging.getLogger("app")
     app_logger.handlers = list(server.log.error_log.handlers)
     app_logger.setLevel(server.log.error_log.level)
     app_logger.propagate = False
-    # Control characters a client sent (a %0A in a path) must not start a line
-    # of its own: on the handlers, so gunicorn's own lines are covered too.
-    escape_on(server.log.error_log.handlers)
+    # No token in a line (gunicorn logs a malformed request line whole), and no
+    # line a client starts (a %0A in a path): on the handlers, so gunicorn's own
+    # lines are covered as well as the app's.
+    log_lines.install_on(server.log.error_log.handlers)
 
 
 def post_worker_init(worker):

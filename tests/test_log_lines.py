@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.operations.log_lines import EscapeControlCharacters, escape_control_characters, escape_on
+from app.operations.log_lines import SafeLogLines, escape_control_characters, install_on
 
 ESCAPES = {
     "line feed": ("/rooms/x\nFORGED", "/rooms/x\\nFORGED"),
@@ -42,9 +42,9 @@ def test_the_filter_escapes_the_formatted_message_of_any_logger_on_the_handler_b
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
-    escape_on([handler])
-    escape_on([handler])  # once only
-    assert sum(isinstance(f, EscapeControlCharacters) for f in handler.filters) == 1
+    install_on([handler])
+    install_on([handler])  # once only
+    assert sum(isinstance(f, SafeLogLines) for f in handler.filters) == 1
     logger = logging.getLogger("tests.log_lines.any")
     logger.addHandler(handler)
     logger.propagate = False

@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from app.operations.log_redaction import RedactTokens, redact
+from app.operations.log_lines import SafeLogLines
+from app.operations.log_redaction import redact
 from tests.support.tokens import claims, mint
 
 TOKEN = mint(claims(["*"]))
@@ -35,7 +36,7 @@ def test_tokens_are_replaced_by_stars(line, expected):
 
 def test_the_filter_redacts_arguments_and_tracebacks_before_formatting(caplog):
     logger = logging.getLogger("test_log_redaction")
-    caplog.handler.addFilter(RedactTokens())
+    caplog.handler.addFilter(SafeLogLines())
     try:
         logger.warning("Error handling request %s", f"/messages?access_token={TOKEN}")
         try:

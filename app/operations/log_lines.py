@@ -1,4 +1,8 @@
-"""Log lines a client cannot forge: control characters in a message are escaped.
+"""Log lines a client cannot forge or read tokens in: one filter on the log's handlers.
+
+Two things are done to every line, by one filter: tokens are redacted (see
+``log_redaction``: gunicorn logs malformed request lines whole, query-string
+tokens included), then control characters are escaped.
 
 Paths, headers, ids and room names come from clients. Flask hands the view a
 percent-decoded path, so ``GET /rooms/x%0AFORGED`` put a line of the client's
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import logging
 
+from .log_redaction import redact
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _BYTE_RANGE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
 _UNICODE_CONTROLS = [0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
@@ -32,19 +38,22 @@ def escape_control_characters(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-class EscapeControlCharacters(logging.Filter):
-    """Rewrite each record's message so that it is one line with no control characters."""
+class SafeLogLines(logging.Filter):
+    """Redact tokens in each record's message and traceback, then make the message one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        escaped = escape_control_characters(message)
-        if escaped != message:
-            record.msg, record.args = escaped, None
+        safe = escape_control_characters(redact(message))
+        if safe != message:
+            record.msg, record.args = safe, None
+        if record.exc_info:
+            # Another handler may have formatted (and cached) the traceback already.
+            record.exc_text = redact(record.exc_text or logging.Formatter().formatException(record.exc_info))
         return True
 
 
-def escape_on(handlers: list[logging.Handler]) -> None:
+def install_on(handlers: list[logging.Handler]) -> None:
     """Put the filter on each handler (once)."""
     for handler in handlers:
-        if not any(isinstance(existing, EscapeControlCharacters) for existing in handler.filters):
-            handler.addFilter(EscapeControlCharacters())
+        if not any(isinstance(existing, SafeLogLines) for existing in handler.filters):
+            handler.addFilter(SafeLogLines())

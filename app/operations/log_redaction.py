@@ -6,11 +6,10 @@ ip=...: Invalid HTTP request line: 'GET /messages?room=a&access_token=eyJ...'``
 -- and an error before a response starts is logged with the request's URI.
 So every line through gunicorn's error-log handlers (the app's lines go
 through the same handlers) has its ``access_token`` values and anything
-shaped like a JWT replaced by ``***``.
+shaped like a JWT replaced by ``***``: ``log_lines.SafeLogLines`` does it.
 """
 from __future__ import annotations
 
-import logging
 import re
 
 REDACTED = "***"
@@ -23,24 +22,3 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 def redact(text: str) -> str:
     """Return ``text`` with query-string tokens and JWT-shaped strings replaced by ***."""
     return _JWT.sub(REDACTED, _QUERY_TOKEN.sub(r"\g<1>" + REDACTED, text))
-
-
-class RedactTokens(logging.Filter):
-    """A handler filter that redacts each record's message and traceback before it is formatted."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        if record.exc_info:
-            # Another handler may have formatted (and cached) the traceback already.
-            record.exc_text = redact(record.exc_text or logging.Formatter().formatException(record.exc_info))
-        return True
-
-
-def install(logger: logging.Logger) -> None:
-    """Add the filter to every handler of ``logger`` (once)."""
-    for handler in logger.handlers:
-        if not any(isinstance(existing, RedactTokens) for existing in handler.filters):
-            handler.addFilter(RedactTokens())
