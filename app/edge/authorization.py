@@ -61,6 +61,7 @@ REALM = "sse-rooms"
 # Far above any real token; keeps garbage from reaching the decoder.
 MAX_TOKEN_CHARS = 4096
 MAX_PATTERNS = 256
+_TIMES = ("exp", "nbf", "iat")  # NumericDate claims: JSON numbers (RFC 7519, section 2)
 
 # PyJWT's errors, in our words (its own can quote pieces of the token).
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -149,6 +150,10 @@ class Authorization:
         except jwt.PyJWTError as exc:  # InvalidKeyError too: a secret that looks like a PEM
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token is invalid")
             raise _refuse(reason, token_sent=True) from None
+        for claim in _TIMES:
+            # PyJWT reads "1767225600" (a string) as a time too; RFC 7519 says a number.
+            if claim in claims and (isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float)):
+                raise _refuse(f"the token's {claim!r} claim is not a number of seconds", token_sent=True)
         self._check_lifetime(claims)
         rooms = claims.get("rooms", {})
         try:
