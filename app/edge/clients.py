@@ -23,9 +23,10 @@ import socket
 
 from flask import request
 
-# An address we cannot parse (a unix socket's peer is "", a proxy could send
-# anything): kept as it is, cut to this length, so it still is a key.
-MAX_RAW_ADDRESS_CHARS = 64
+# Every address we cannot parse (a unix socket's peer is "", a proxy could pass
+# on anything a client wrote) is one client: were each string its own, a client
+# could take a new key per request and no per-client limit would bind it.
+UNPARSABLE_KEY = "ip:?"
 _IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 _IPV6_HOST_BITS = bytes(8)  # the last 64 bits: zeroed, leaving the /64
 
@@ -44,7 +45,7 @@ def address_key(address: str | None) -> str:
             return "ip:" + socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, host))
         packed = socket.inet_pton(socket.AF_INET6, host)
     except (OSError, ValueError):  # ValueError: an embedded NUL
-        return "ip:" + raw[:MAX_RAW_ADDRESS_CHARS]
+        return UNPARSABLE_KEY
     if packed.startswith(_IPV4_MAPPED_PREFIX):
         return "ip:" + socket.inet_ntop(socket.AF_INET, packed[12:])
     return "ip:" + socket.inet_ntop(socket.AF_INET6, packed[:8] + _IPV6_HOST_BITS) + "/64"
