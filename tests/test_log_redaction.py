@@ -21,6 +21,13 @@ CASES = {
         "Invalid HTTP request line: 'GET /messages?room=a&access_token=***'"),
     "the name percent-encoded": (f"GET /messages?access%5Ftoken={TOKEN}&room=a HTTP/1.1",
                                  "GET /messages?access%5Ftoken=***&room=a HTTP/1.1"),
+    "the name percent-encoded another way, the value too": (
+        f"Invalid HTTP request line: 'GET /messages?room=a&%61ccess_token=%65{TOKEN[1:]}\x01 HTTP/1.1'",
+        "Invalid HTTP request line: 'GET /messages?room=a&%61ccess_token=*** HTTP/1.1'"),
+    "a percent-encoded JWT in a path": (f"GET /rooms/%65{TOKEN[1:].replace('.', '%2E')} HTTP/1.1",
+                                        "GET /rooms/*** HTTP/1.1"),
+    "another parameter that ends like it": ("GET /messages?xaccess_token=kept&room=a",
+                                            "GET /messages?xaccess_token=kept&room=a"),
     "a value that is no JWT": ("GET /messages?access_token=opaque-value-1234 x",
                                "GET /messages?access_token=*** x"),
     "a JWT anywhere": (f"Authorization: Bearer {TOKEN}", "Authorization: Bearer ***"),

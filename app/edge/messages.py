@@ -51,6 +51,8 @@ def _read_json_object() -> object:
         raise ApiError(400, "request body is not valid UTF-8") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[…" a few thousand deep: well within MAX_BODY_BYTES
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
 
 
 def _query_rooms() -> tuple[str, ...]:

@@ -11,14 +11,34 @@ shaped like a JWT replaced by ``***``: ``log_lines.SafeLogLines`` does it.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 REDACTED = "***"
-# access_token=..., its name percent-encoded too (the app decodes it the same way).
-_QUERY_TOKEN = re.compile(r"(access(?:_|%5[fF])token=)[^&\s'\"]*")
+TOKEN_PARAMETER = "access_token"
+# A query parameter as sent: the app decodes its name, so "%61ccess_token" is the
+# token parameter as much as "access_token" and "access%5Ftoken" are.
+_PARAMETER = re.compile(r"([A-Za-z0-9%_.~+-]+)=([^&\s'\"]*)")
 # A JWT anywhere: base64url header starting {" (eyJ), payload, optional signature.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 
 
+def _hide_token_value(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return f"{name}={REDACTED}" if unquote(name) == TOKEN_PARAMETER else match.group(0)
+
+
 def redact(text: str) -> str:
-    """Return ``text`` with query-string tokens and JWT-shaped strings replaced by ***."""
-    return _JWT.sub(REDACTED, _QUERY_TOKEN.sub(r"\g<1>" + REDACTED, text))
+    """Return ``text`` with query-string tokens and JWT-shaped strings replaced by ***.
+
+    A JWT hidden by percent-encoding ("%65yJ…", in a request line gunicorn
+    logs as it came) is found in the decoded text, and the line is then
+    logged decoded: a token must not survive because it was spelled oddly.
+    """
+    if "=" in text:
+        text = _PARAMETER.sub(_hide_token_value, text)
+    text = _JWT.sub(REDACTED, text)
+    if "%" in text:
+        decoded = unquote(text)
+        if _JWT.search(decoded):
+            text = _JWT.sub(REDACTED, decoded)
+    return text
