@@ -1,20 +1,24 @@
-"""The storage seam: what every message store promises, and the values it trades in.
+"""The storage seam: what every store promises, and the values it trades in.
 
-A store keeps a bounded window of messages in one total order (the order the
-store itself committed them in) and offers three things:
+The seam is two parts, as Centrifuge keeps its ``Broker`` apart from its
+``PresenceManager``; each caller is typed with the part it uses.
+
+``MessageLog``: a bounded window of messages in one total order (the order the
+store itself committed them in):
 
 * ``append`` a message and get it back with its server-made id;
-* ``read_room``: a room's messages after a given id, in store order, or a
-  ``reset_reason`` when that id is no longer (or never was) in the window;
+* ``read_rooms``: rooms' messages after a given id, in store order, or a
+  ``reset_reason`` when that id is no longer (or never was) in the window
+  (``read_room`` is the one-room case);
 * ``follow``: an endless feed of new messages in store order, for the one
   tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, by which the worker's in-memory window
   (``app/delivery/window.py``) finds where a resume starts.
 
-Beside the messages a store keeps *presence*, the one other piece of state the
-workers of every node share (the store is the only bus between them): each
-worker ``publish_presence``-es how many of its streams follow each room, with
-an expiry, ``refresh_presence``-es that expiry while nothing changed (a small
+``PresenceStore``: the one other piece of state the workers of every node
+share (the store is the only bus between them). Each worker
+``publish_presence``-es how many of its streams follow each room, with an
+expiry, ``refresh_presence``-es that expiry while nothing changed (a small
 write, not the whole entry again), and anyone can read the sum over the
 entries that have not expired (``presence_counts``). A worker that stops
 cleanly ``withdraw_presence``-es its entry; a killed one's just expires.
@@ -23,6 +27,9 @@ An entry names at most ``PRESENCE_MAX_ROOMS`` rooms (the busiest); the rest
 are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
 a client that makes up room names cannot grow an entry -- nor a MongoDB
 document towards its 16 MB limit -- past what the setting allows.
+
+A ``Store`` is both parts and its lifecycle (``prepare``, ``ping``, ``close``):
+what ``open_store`` returns, and what both implementations are.
 """
 from __future__ import annotations
 
@@ -140,15 +147,17 @@ class PresenceReport:
                               self.other_streams + other.other_streams)
 
 
-class MessageStore(Protocol):
-    """What the app needs from a message store."""
+class MessageLog(Protocol):
+    """The message part of the seam: one bounded window of messages in store order."""
 
-    def append(self, room: str, text: str, event: str) -> Message: ...
-
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
+    def append(self, room: str, text: str, event: str) -> Message:
+        """Store a message and return it with its server-made id."""
 
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return several rooms' messages after ``after_id``, merged in store order (read_room for many)."""
+        """Return the rooms' messages after ``after_id``, merged in store order, or all with a reset reason."""
+
+    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return one room's messages after ``after_id`` in store order, or all with a reset reason."""
 
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""
@@ -162,6 +171,10 @@ class MessageStore(Protocol):
         An empty batch means "caught up": everything committed so far was yielded.
         """
 
+
+class PresenceStore(Protocol):
+    """The presence part of the seam: each worker's streams per room, shared through the store."""
+
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Replace this worker's presence entry: its streams per room, valid for ``ttl`` seconds from now."""
 
@@ -174,10 +187,15 @@ class MessageStore(Protocol):
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         """Return the streams per room summed over every unexpired entry but ``exclude``'s."""
 
+
+class Store(MessageLog, PresenceStore, Protocol):
+    """Both parts of the seam, and the store's lifecycle."""
+
     def prepare(self) -> None:
         """Create what the store needs; raise StoreMisconfigured if it must not be used."""
 
     def ping(self) -> None:
         """Answer when the store can take writes (what /readyz reports); raise StoreUnavailable otherwise."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let go of the store's connections and threads."""

@@ -84,6 +84,7 @@ from .base import (
     Message,
     PositionLost,
     PresenceReport,
+    Store,
     StoreMisconfigured,
     StoreUnavailable,
     WriteOutcomeUnknown,
@@ -124,7 +125,7 @@ def presence_document_max_bytes(max_rooms: int) -> int:
     return frame + max_rooms * element
 
 
-class MongoStore:
+class MongoStore(Store):
     """Messages in a capped collection; one tailable cursor per worker follows it."""
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,

@@ -51,6 +51,7 @@ from .base import (
     Message,
     PositionLost,
     PresenceReport,
+    Store,
     StoreUnavailable,
     stored_size,
 )
@@ -183,7 +184,7 @@ def _close_quietly(conn: sqlite3.Connection | None) -> None:
             pass
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """A bounded, ordered message window in one SQLite file."""
 
     def __init__(self, path: str, *, max_bytes: int, max_messages: int, poll_interval: float = 0.01) -> None:
