@@ -33,9 +33,9 @@ what ``open_store`` returns, and what both implementations are.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import gevent.event
@@ -85,14 +85,6 @@ class Message:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """A room's stored messages after a point; ``reset_reason`` says the point was not found."""
-
-    messages: list[Message]
-    reset_reason: str | None = None
-
-
 # The one reason a resume point is not found, whatever the id: unknown,
 # evicted, never issued here, malformed, or a message of a room the client did
 # not ask for. One text, from the window and from both stores, and the id is
@@ -100,6 +92,20 @@ class Backlog:
 # which ids belong to private rooms, and an echo would carry a client's bytes
 # into the event.
 UNKNOWN_ID_REASON = "the last event id is not in the stored window of these rooms: evicted, unknown or malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A room's stored messages after a point; ``reset_reason`` says the point was not found."""
+
+    messages: list[Message]
+    reset_reason: str | None = None
+
+    @classmethod
+    def resume_point_not_found(cls, messages: list[Message]) -> Backlog:
+        """Return the backlog of a resume whose id was not found: the messages from the oldest, and why."""
+        return cls(messages, UNKNOWN_ID_REASON)
+
 
 # What ``follow`` yields: new messages in store order, each with its position.
 # An empty batch says the follower has caught up with the store's present.
@@ -147,6 +153,41 @@ class PresenceReport:
                               self.other_streams + other.other_streams)
 
 
+# An entry counts while its expiry lies ahead: readers filter on it
+# themselves, since no store's own clean-up is prompt enough (MongoDB's TTL
+# monitor runs once a minute, FerretDB 1.24 and SQLite have none). An entry
+# whose worker died without withdrawing it is deleted this long after it
+# expired (by the workers' own writes).
+PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
+
+
+def presence_expiry(now: datetime, ttl: float) -> datetime:
+    """Return when an entry written or refreshed at ``now``, valid for ``ttl`` seconds, stops counting."""
+    return now + timedelta(seconds=ttl)
+
+
+def presence_sweep_before(now: datetime) -> datetime:
+    """Return the expiry before which entries are deleted, not only skipped: their workers are long gone."""
+    return now - PRESENCE_KEEP_EXPIRED
+
+
+# One stored entry, as the sum below reads it: its named rooms' (room, streams)
+# pairs, then the rooms it counted without naming them and their streams.
+PresenceEntry = tuple[Iterable[tuple[str, int]], int, int]
+
+
+def sum_presence(entries: Iterable[PresenceEntry]) -> PresenceReport:
+    """Return the streams per room over the entries, and the unnamed rooms and streams summed."""
+    totals: dict[str, int] = {}
+    other_rooms = other_streams = 0
+    for rooms, unnamed_rooms, unnamed_streams in entries:
+        for room, streams in rooms:
+            totals[room] = totals.get(room, 0) + streams
+        other_rooms += unnamed_rooms
+        other_streams += unnamed_streams
+    return PresenceReport(totals, other_rooms, other_streams)
+
+
 class MessageLog(Protocol):
     """The message part of the seam: one bounded window of messages in store order."""
 
@@ -158,6 +199,7 @@ class MessageLog(Protocol):
 
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return one room's messages after ``after_id`` in store order, or all with a reset reason."""
+        return self.read_rooms((room,), after_id, limit)
 
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""

@@ -58,6 +58,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import bson
@@ -78,7 +79,6 @@ from pymongo.errors import (
 
 from .base import (
     MAX_ROOM_BYTES,
-    UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
@@ -88,6 +88,9 @@ from .base import (
     StoreMisconfigured,
     StoreUnavailable,
     WriteOutcomeUnknown,
+    presence_expiry,
+    presence_sweep_before,
+    sum_presence,
 )
 from .ids import parse_object_id
 
@@ -97,9 +100,8 @@ CAPPED_POSITION_LOST = 136
 NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
-# Presence documents of workers that died without withdrawing are deleted this
-# long after they expired; each worker looks for them this often.
-_PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
+# Each worker looks this often for presence documents of workers that died
+# without withdrawing (see presence_sweep_before).
 _PRESENCE_SWEEP_SECONDS = 60.0
 _CLOCK_CHECK_SECONDS = 60.0
 
@@ -107,6 +109,22 @@ _CLOCK_CHECK_SECONDS = 60.0
 BSON_DOCUMENT_LIMIT = 16 * 1024 * 1024
 # A worker id is a host name (cut to 200 characters), a pid and 8 hex digits.
 MAX_WORKER_ID_BYTES = 256
+
+
+@contextmanager
+def _unavailable_on_error(what: str, *, also: tuple[type[Exception], ...] = (),
+                          position_lost: bool = False) -> Iterator[None]:
+    """Raise any PyMongoError (and ``also``) from the block as StoreUnavailable, its text after ``what``.
+
+    With ``position_lost``, a CappedPositionLost error becomes PositionLost
+    instead: for the follower, whose place the capped collection overwrote.
+    """
+    try:
+        yield
+    except (PyMongoError, *also) as exc:
+        if position_lost and isinstance(exc, OperationFailure) and exc.code == CAPPED_POSITION_LOST:
+            raise PositionLost(f"MongoDB: {exc}") from exc
+        raise StoreUnavailable(f"{what}: {exc}") from exc
 
 
 def presence_document_max_bytes(max_rooms: int) -> int:
@@ -163,7 +181,7 @@ class MongoStore(Store):
         if self._prepared:
             return
         database, name = self.collection.database, self.collection.name
-        try:
+        with _unavailable_on_error("MongoDB"):
             try:
                 database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
                 log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
@@ -175,8 +193,6 @@ class MongoStore(Store):
                 if exc.code != NAMESPACE_EXISTS:
                     raise
             options = self.collection.options()
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB: {exc}") from exc
         if not options.get("capped"):
             raise StoreMisconfigured(
                 f"collection {database.name}.{name} exists but is not capped; convert it with "
@@ -197,7 +213,7 @@ class MongoStore(Store):
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
         doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
-        try:
+        with _unavailable_on_error("MongoDB insert failed"):
             try:
                 self.collection.insert_one(doc)
             except ServerSelectionTimeoutError:
@@ -213,15 +229,9 @@ class MongoStore(Store):
                     pass
                 except PyMongoError as exc:
                     raise WriteOutcomeUnknown(f"MongoDB insert unconfirmed: {exc}", str(doc["_id"])) from exc
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB insert failed: {exc}") from exc
         return self._message(doc)
 
     # -- reading ---------------------------------------------------------------
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return the room's messages after ``after_id`` in natural order, or all with a reset reason."""
-        return self.read_rooms((room,), after_id, limit)
-
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the rooms' messages after ``after_id`` in natural order, or all with a reset reason."""
         self.prepare()
@@ -229,12 +239,12 @@ class MongoStore(Store):
         if after_id is not None:
             target = parse_object_id(after_id)
             if target is None:
-                return self._read_all(rooms, limit, UNKNOWN_ID_REASON)
+                return Backlog.resume_point_not_found(self.read_rooms(rooms, None, limit).messages)
         query = {"room": rooms[0]} if len(rooms) == 1 else {"room": {"$in": list(rooms)}}
         before: list[Message] = []
         after: list[Message] = []
         found = target is None
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             for doc in self.collection.find(query, _FIELDS).sort("$natural", 1):
                 if found:
                     after.append(self._message(doc))
@@ -244,31 +254,21 @@ class MongoStore(Store):
                     found = True
                 else:
                     before.append(self._message(doc))
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         if found:
             return Backlog(after)
         # The walk covers the asked rooms only: another room's id is simply not found.
-        return Backlog(before[:limit], UNKNOWN_ID_REASON)
-
-    def _read_all(self, rooms: Sequence[str], limit: int | None, reason: str) -> Backlog:
-        backlog = self.read_rooms(rooms, None, limit)
-        return Backlog(backlog.messages, reason)
+        return Backlog.resume_point_not_found(before[:limit])
 
     def ping(self) -> None:
         # Database.command goes to the primary (its default read preference):
         # an answer means a server that takes writes is reachable.
-        try:
+        with _unavailable_on_error("MongoDB ping failed"):
             self.client.admin.command("ping")
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB ping failed: {exc}") from exc
 
     def newest_id(self) -> str | None:
         self.prepare()
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         return None if newest is None else str(newest["_id"])
 
     def contains(self, message_id: str) -> bool:
@@ -276,11 +276,9 @@ class MongoStore(Store):
         if object_id is None:
             return False
         self.prepare()
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             # By _id: the index every collection has, capped ones included.
             return self.collection.find_one({"_id": object_id}, {"_id": 1}) is not None
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
 
     # -- presence --------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
@@ -289,52 +287,40 @@ class MongoStore(Store):
             # Presence bounds what it reports; this keeps the 16 MB proof true whoever calls.
             raise ValueError(f"a presence entry may name at most {self.presence_max_rooms} rooms "
                              f"(PRESENCE_MAX_ROOMS), not {len(report.rooms)}")
-        try:
+        # DocumentTooLarge is a BSONError, not a PyMongoError.
+        with _unavailable_on_error("MongoDB presence write failed", also=(BSONError,)):
             now = self._server_now()
             self.presence_collection.replace_one(
                 {"_id": worker_id},
                 {"rooms": [{"room": room, "streams": streams} for room, streams in report.rooms.items()],
                  "otherRooms": report.other_rooms, "otherStreams": report.other_streams,
-                 "expiresAt": now + timedelta(seconds=ttl)},
+                 "expiresAt": presence_expiry(now, ttl)},
                 upsert=True,
             )
             if time.monotonic() - self._presence_swept_at > _PRESENCE_SWEEP_SECONDS:
                 self._presence_swept_at = time.monotonic()
-                self.presence_collection.delete_many({"expiresAt": {"$lt": now - _PRESENCE_KEEP_EXPIRED}})
-        except (PyMongoError, BSONError) as exc:  # DocumentTooLarge is a BSONError, not a PyMongoError
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
+                self.presence_collection.delete_many({"expiresAt": {"$lt": presence_sweep_before(now)}})
 
     def refresh_presence(self, worker_id: str, ttl: float) -> bool:
         """Move this worker's expiry on, not sending its rooms again; False if its document is gone."""
-        try:
-            expires_at = self._server_now() + timedelta(seconds=ttl)
+        with _unavailable_on_error("MongoDB presence write failed"):
+            expires_at = presence_expiry(self._server_now(), ttl)
             return self.presence_collection.update_one(
                 {"_id": worker_id}, {"$set": {"expiresAt": expires_at}}).matched_count > 0
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
     def withdraw_presence(self, worker_id: str) -> None:
-        try:
+        with _unavailable_on_error("MongoDB presence write failed"):
             self.presence_collection.delete_one({"_id": worker_id})
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
-        totals: dict[str, int] = {}
-        other_rooms = other_streams = 0
-        try:
+        with _unavailable_on_error("MongoDB presence read failed"):
             query: dict = {"expiresAt": {"$gt": self._server_now()}}
             if exclude is not None:
                 query["_id"] = {"$ne": exclude}
-            for doc in self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}):
-                for entry in doc["rooms"]:
-                    totals[entry["room"]] = totals.get(entry["room"], 0) + entry["streams"]
-                # Absent from the documents of workers that ran before they were added.
-                other_rooms += doc.get("otherRooms", 0)
-                other_streams += doc.get("otherStreams", 0)
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence read failed: {exc}") from exc
-        return PresenceReport(totals, other_rooms, other_streams)
+            docs = list(self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}))
+        # otherRooms and otherStreams are absent from the documents of workers that ran before they were added.
+        return sum_presence((((entry["room"], entry["streams"]) for entry in doc["rooms"]),
+                             doc.get("otherRooms", 0), doc.get("otherStreams", 0)) for doc in docs)
 
     def _server_now(self) -> datetime:
         """Return the time on the database server's clock, which every node's workers share."""
@@ -352,7 +338,7 @@ class MongoStore(Store):
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""
-        try:
+        with _unavailable_on_error("MongoDB tail failed", position_lost=True):
             self.prepare()
             last = None if after_id is None else parse_object_id(after_id)  # None: the whole window
             if after_id is not None and last is None:
@@ -372,12 +358,6 @@ class MongoStore(Store):
                 yield []
                 gevent.sleep(wait)
                 wait = min(wait * 2, self.dead_cursor_wait[1])
-        except OperationFailure as exc:
-            if exc.code == CAPPED_POSITION_LOST:
-                raise PositionLost(f"MongoDB: {exc}") from exc
-            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict | None]:
         """Yield the documents after ``last`` from one tailable cursor until it dies; None when caught up."""

@@ -45,7 +45,6 @@ import gevent.event
 from gevent.threadpool import ThreadPool
 
 from .base import (
-    UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
@@ -53,7 +52,10 @@ from .base import (
     PresenceReport,
     Store,
     StoreUnavailable,
+    presence_expiry,
+    presence_sweep_before,
     stored_size,
+    sum_presence,
 )
 from .ids import parse_sqlite_id, sqlite_id
 
@@ -95,9 +97,6 @@ _MIN_FREE_BYTES = 256 * 1024
 # The readiness probe's wait for the write lock: a load balancer's check
 # should hear "not ready" well within its own timeout.
 _PROBE_BUSY_MS = 250
-# Rows of workers that died without withdrawing are deleted this long after
-# they expired (readers skip them from the moment they expire).
-_PRESENCE_KEEP_EXPIRED_MS = 60_000
 
 
 def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
@@ -174,6 +173,11 @@ def _free_bytes(path: str) -> int:
     # Root may use the blocks the filesystem reserves for it; anyone else may not.
     blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
     return blocks * stats.f_frsize
+
+
+def _ms(moment: datetime) -> int:
+    """Return a moment as the milliseconds since the epoch the presence table stores."""
+    return int(moment.timestamp() * 1000)
 
 
 def _close_quietly(conn: sqlite3.Connection | None) -> None:
@@ -323,19 +327,19 @@ class SQLiteStore(Store):
     # -- presence ------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Upsert this worker's row, and delete rows that expired long ago (workers that were killed)."""
-        now_ms = int(time.time() * 1000)
+        now = datetime.now(UTC)
         self._write_presence(
             ("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams) VALUES (?, ?, ?, ?, ?) "
              "ON CONFLICT (worker) DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms, "
              "other_rooms = excluded.other_rooms, other_streams = excluded.other_streams",
-             (worker_id, json.dumps(report.rooms, separators=(",", ":")), now_ms + int(ttl * 1000),
+             (worker_id, json.dumps(report.rooms, separators=(",", ":")), _ms(presence_expiry(now, ttl)),
               report.other_rooms, report.other_streams)),
-            ("DELETE FROM presence WHERE expires_ms < ?", (now_ms - _PRESENCE_KEEP_EXPIRED_MS,)),
+            ("DELETE FROM presence WHERE expires_ms < ?", (_ms(presence_sweep_before(now)),)),
         )
 
     def refresh_presence(self, worker_id: str, ttl: float) -> bool:
         """Move this worker's expiry on, not rewriting its rooms; False if its row is gone."""
-        expires_ms = int(time.time() * 1000) + int(ttl * 1000)
+        expires_ms = _ms(presence_expiry(datetime.now(UTC), ttl))
         changed = self._write_presence(("UPDATE presence SET expires_ms = ? WHERE worker = ?", (expires_ms, worker_id)))
         return changed > 0
 
@@ -344,15 +348,9 @@ class SQLiteStore(Store):
 
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         rows = self._query("SELECT rooms, other_rooms, other_streams FROM presence "
-                           "WHERE expires_ms > ? AND worker IS NOT ?", (int(time.time() * 1000), exclude))
-        totals: dict[str, int] = {}
-        other_rooms = other_streams = 0
-        for rooms, unnamed_rooms, unnamed_streams in rows:
-            for room, streams in json.loads(rooms).items():
-                totals[room] = totals.get(room, 0) + streams
-            other_rooms += unnamed_rooms
-            other_streams += unnamed_streams
-        return PresenceReport(totals, other_rooms, other_streams)
+                           "WHERE expires_ms > ? AND worker IS NOT ?", (_ms(datetime.now(UTC)), exclude))
+        return sum_presence((json.loads(rooms).items(), unnamed_rooms, unnamed_streams)
+                            for rooms, unnamed_rooms, unnamed_streams in rows)
 
     def _write_presence(self, *statements: tuple[str, tuple]) -> int:
         """Run the statements as one transaction on the writer thread; return the first one's changed rows."""
@@ -385,34 +383,25 @@ class SQLiteStore(Store):
             self._reader = None
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return the room's messages after ``after_id`` in seq order, or all with a reset reason."""
-        return self.read_rooms((room,), after_id, limit)
-
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the rooms' messages after ``after_id`` in seq order, or all with a reset reason."""
-        sql_limit = -1 if limit is None else limit
-        reset_reason = None
-        after_seq = 0
-        if after_id is not None:
-            after_seq, reset_reason = self._resume_point(rooms, after_id)
+        after_seq = 0 if after_id is None else self._resume_point(rooms, after_id)
         rows = self._query(
             f"SELECT {_COLUMNS} FROM messages WHERE room IN ({', '.join('?' * len(rooms))}) AND seq > ? "
             f"ORDER BY seq LIMIT ?",
-            (*rooms, after_seq, sql_limit),
+            (*rooms, after_seq or 0, -1 if limit is None else limit),
         )
-        return Backlog([self._message(row) for row in rows], reset_reason)
+        messages = [self._message(row) for row in rows]
+        return Backlog.resume_point_not_found(messages) if after_seq is None else Backlog(messages)
 
-    def _resume_point(self, rooms: Sequence[str], after_id: str) -> tuple[int, str | None]:
-        """Return the seq to resume after, or 0 and the one reason (see UNKNOWN_ID_REASON)."""
+    def _resume_point(self, rooms: Sequence[str], after_id: str) -> int | None:
+        """Return the seq to resume after; None if the id is not one of these rooms' in the window."""
         seq = self._seq_of(after_id)
         if seq is None:
-            return 0, UNKNOWN_ID_REASON
+            return None
         # One query whatever the answer: another room's id costs what an unknown one does.
         found = self._query("SELECT room FROM messages WHERE seq = ?", (seq,))
-        if found and found[0][0] in rooms:
-            return seq, None
-        return 0, UNKNOWN_ID_REASON
+        return seq if found and found[0][0] in rooms else None
 
     def contains(self, message_id: str) -> bool:
         seq = self._seq_of(message_id)
