@@ -234,7 +234,12 @@ class Store(MessageLog, PresenceStore, Protocol):
     """Both parts of the seam, and the store's lifecycle."""
 
     def prepare(self) -> None:
-        """Create what the store needs; raise StoreMisconfigured if it must not be used."""
+        """Open the store and create what it needs, once (every operation prepares it first).
+
+        Raise StoreUnavailable if it cannot be reached or opened now (the app
+        starts anyway, and the next use tries again), StoreMisconfigured if it
+        must not be used.
+        """
 
     def ping(self) -> None:
         """Answer when the store can take writes (what /readyz reports); raise StoreUnavailable otherwise."""

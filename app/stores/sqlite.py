@@ -167,6 +167,23 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def _set_up(conn: sqlite3.Connection) -> str:
+    """Put the file in WAL mode, create or complete the schema, and return its epoch (made now if new)."""
+    use_wal(conn)
+    with _immediate(conn):
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
+        for column in _PRESENCE_COLUMNS_ADDED:
+            if column not in present:
+                conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
+    (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return epoch
+
+
 def _free_bytes(path: str) -> int:
     """Return the bytes this process may still write on the filesystem holding ``path``."""
     stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
@@ -201,7 +218,8 @@ class SQLiteStore(Store):
         self._writer: sqlite3.Connection | None = None
         self._presence_writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self.epoch = self._initialise()
+        # Known once the file is open (``prepare``); nothing touches the disk before.
+        self._epoch: str | None = None
 
     # -- connections ---------------------------------------------------------
     def _connect(self, busy_ms: int) -> sqlite3.Connection:
@@ -212,36 +230,41 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    def prepare(self) -> None:
+        """Open the file, creating and setting it up if needed; raise StoreUnavailable if it cannot be opened.
+
+        Called by the app at start-up, as MongoDB's is (a failure there is a
+        warning, not a crash: every use tries again), and again by each use
+        until it succeeds. A file already set up is only read, so a worker
+        that boots while another process holds the write lock still starts.
+        """
+        if self._epoch is None:
+            self._epoch = self._initialise()
+
+    @property
+    def epoch(self) -> str:
+        """The file's epoch, the first part of every id it issues (made with the file; read by ``prepare``)."""
+        if self._epoch is None:
+            self.prepare()
+        return self._epoch
+
     def _initialise(self) -> str:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        """Return the file's epoch, setting the file up first unless it is set up already."""
+        conn = None
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             conn = self._connect(busy_ms=10_000)
             epoch = _ready_epoch(conn)
-            if epoch is not None:
-                conn.close()
-                return epoch
-            use_wal(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
-            for column in _PRESENCE_COLUMNS_ADDED:
-                if column not in present:
-                    conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
-            conn.execute("COMMIT")
-            (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            conn.close()
-        except sqlite3.Error as exc:
+            return epoch if epoch is not None else _set_up(conn)
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
-        return epoch
+        finally:
+            _close_quietly(conn)  # a set-up cut short is rolled back with it
 
     @property
     def reader(self) -> sqlite3.Connection:
         if self._reader is None:
+            self.prepare()  # never a connection to a file that is not set up: it would make an empty one
             self._reader = self._connect(busy_ms=200)
         return self._reader
 
@@ -264,6 +287,7 @@ class SQLiteStore(Store):
     # -- writing -------------------------------------------------------------
     def _on_writer_thread(self, function, *args):
         """Run ``function`` on this worker's one writer thread (made on first use: after the fork)."""
+        self.prepare()  # here, not on the writer thread: opening may wait and retry (use_wal)
         if self._write_pool is None:
             self._write_pool = ThreadPool(1)
         return self._write_pool.apply(function, args)
@@ -407,9 +431,6 @@ class SQLiteStore(Store):
         seq = self._seq_of(message_id)
         return seq is not None and bool(self._query("SELECT 1 FROM messages WHERE seq = ?", (seq,)))
 
-    def prepare(self) -> None:
-        """Nothing to do: the file and schema are made when the store is opened."""
-
     def ping(self) -> None:
         """Answer when the store can take writes; raise StoreUnavailable otherwise.
 
@@ -425,6 +446,7 @@ class SQLiteStore(Store):
         failed insert leaves the WAL file grown), so the filesystem must
         also have ``_MIN_FREE_BYTES`` free.
         """
+        self.prepare()
         try:
             free = _free_bytes(self.path)
         except OSError as exc:  # the directory is gone, or not ours to look at
