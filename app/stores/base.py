@@ -96,7 +96,7 @@ UNKNOWN_ID_REASON = "the last event id is not in the stored window of these room
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """A room's stored messages after a point; ``reset_reason`` says the point was not found."""
+    """Rooms' stored messages after a point, in store order; ``reset_reason`` says the point was not found."""
 
     messages: list[Message]
     reset_reason: str | None = None

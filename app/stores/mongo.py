@@ -17,40 +17,43 @@ Cost: a tailable cursor on a capped collection always starts at the oldest
 document, so every (re)opening of the tailer's cursor walks the window on the
 server -- once per worker at start and after a failure, never per client:
 joins and resumes are served from the worker's in-memory window
-(``app/delivery/window.py``), and ``read_room`` is left for history while that window
-is not ready yet.
+(``app/delivery/window.py``). ``read_rooms`` walks the asked rooms' documents
+for history only while that window is not warm, or lags behind the store.
 
 Failures, and what each becomes:
 * tailable cursor dead at start (empty collection) or killed -> reopen it
   from the last document read, sleeping with a growing delay between tries
   so an empty collection is never polled in a busy loop;
 * ``CappedPositionLost`` or the last document no longer found -> PositionLost
-  (streams re-read from the store and get ``reset`` if they fell out).
+  (the tailer empties the worker's window and warms it again, and every
+  stream re-joins from it: resumed exactly, or sent ``reset``).
   PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
   from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
   False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
   up here as a dead cursor whose reopening cannot find ``last`` again within
   the first ``max_messages`` documents (unbounded, under steady inserts, a walk
-  to an evicted ``last`` never ends); the
-  explicit error-code branches below stay for a driver that does raise them;
+  to an evicted ``last`` never ends). The error codes (``CURSOR_GONE``,
+  ``CAPPED_POSITION_LOST``) are still handled, for a driver that raises them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
-  with backoff from the last message it delivered).
+  with backoff from the last message it delivered). Every operation turns
+  PyMongo's errors into it in one place, ``_unavailable_on_error``.
 
 Presence (see ``base.py``) lives in a plain collection beside the capped one,
 one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
 streams}, ...], otherRooms, otherStreams, expiresAt}``, naming at most
 ``PRESENCE_MAX_ROOMS`` rooms: ``presence_document_max_bytes`` works out the
 largest such document, and the store refuses to start where it could pass
-16 MB. Rooms are a list, not a ``{<room>: streams}``
-object, because a room name may contain ``.``, which a field name cannot
-carry (FerretDB refuses it in any key; MongoDB reads it as a path in
-updates); and a list of documents, not of pairs, because FerretDB 1.24 does
-not store nested arrays. Readers filter on ``expiresAt`` themselves: MongoDB's TTL monitor
-runs once a minute (and FerretDB 1.24 has no TTL indexes), so it could only
-ever be the clean-up, and the clean-up is a ``delete_many`` each worker runs
-once a minute instead. ``expiresAt`` is on the *database server's* clock
-(each worker learns its offset from ``hello``'s ``localTime`` once a minute),
-so nodes whose clocks disagree still agree on what has expired.
+16 MB. Rooms are a list, not a ``{<room>: streams}`` object, because a room
+name may contain ``.``, which a field name cannot carry (FerretDB refuses it
+in any key; MongoDB reads it as a path in updates); and a list of documents,
+not of pairs, because FerretDB 1.24 does not store nested arrays. Readers
+filter on ``expiresAt`` themselves (the rule both stores keep is in
+``base.py``): MongoDB's TTL monitor runs once a minute (and FerretDB 1.24 has
+no TTL indexes), so it could only ever be the clean-up, and the clean-up is a
+``delete_many`` each worker runs once a minute instead. ``expiresAt`` is on
+the *database server's* clock (each worker learns its offset from ``hello``'s
+``localTime`` once a minute), so nodes whose clocks disagree still agree on
+what has expired.
 """
 from __future__ import annotations
 
@@ -148,11 +151,10 @@ class MongoStore(Store):
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
                  collection: str = "messages", presence_collection: str = "presence", await_ms: int = 1000,
-                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000,
-                 client: MongoClient | None = None) -> None:
+                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000) -> None:
         # connect=False: nothing happens on the network until first use, which
         # is after gunicorn forked the worker and gevent patched it.
-        self.client = client or MongoClient(
+        self.client = MongoClient(
             uri, connect=False, tz_aware=True, appname="sse-rooms",
             serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=await_ms + 10_000,
             retryWrites=True,
