@@ -11,13 +11,13 @@ from .delivery.hub import Hub
 from .delivery.presence import Presence
 from .delivery.tailer import Tailer
 from .delivery.window import Window
-from .stores.base import MessageStore
+from .stores.base import Store
 
 
 @dataclass
 class Services:
     settings: Settings
-    store: MessageStore
+    store: Store
     window: Window
     hub: Hub
     tailer: Tailer

@@ -21,6 +21,7 @@ WRITERS = 6
 
 def test_locked_file_fails_every_waiting_writer_within_two_busy_timeouts(sqlite_path):
     store = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
+    store.prepare()  # opened before the lock, as the app opens it at start-up
     holder = sqlite3.connect(sqlite_path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
 
@@ -55,6 +56,7 @@ def test_a_store_opens_and_reads_while_another_process_holds_the_write_lock(sqli
     try:
         started = time.monotonic()
         booting = SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100)
+        booting.prepare()  # what the app does at start-up: opens the file
         took = time.monotonic() - started
         assert took < 1.0  # not the 10 s busy timeout a set-up write would wait out, then fail
         assert booting.epoch == first.epoch

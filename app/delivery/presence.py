@@ -54,7 +54,7 @@ import gevent.event
 import gevent.lock
 
 from ..operations.metrics import QUERY_PRESENCE, STORE_ERRORS, STORE_QUERIES
-from ..stores.base import MessageStore, PresenceReport, StoreUnavailable
+from ..stores.base import PresenceReport, PresenceStore, StoreUnavailable
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class FailureLog:
 class Presence:
     """This worker's entry in the store, and the sum over every worker of every node."""
 
-    def __init__(self, store: MessageStore, hub: Hub, *, max_rooms: int = MAX_ROOMS,
+    def __init__(self, store: PresenceStore, hub: Hub, *, max_rooms: int = MAX_ROOMS,
                  check_interval: float = CHECK_INTERVAL, write_interval: float = WRITE_INTERVAL,
                  refresh_interval: float = REFRESH_INTERVAL, ttl: float = TTL,
                  cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS) -> None:

@@ -69,7 +69,7 @@ from ..operations.metrics import (
     STORE_QUERIES,
     STREAMS_DROPPED,
 )
-from ..stores.base import MessageStore, StoreUnavailable
+from ..stores.base import MessageLog, StoreUnavailable
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
 from .window import BacklogCursor, BacklogEvicted, Window
@@ -104,7 +104,7 @@ class _Outcome:
     ended_by: str = "client gone"
 
 
-def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
+def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageLog,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
                    expires_at: float | None = None) -> Iterator[bytes]:
     """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
@@ -199,7 +199,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                  ",".join(rooms), time.monotonic() - started, outcome.events, outcome.ended_by)
 
 
-def _wait_for_tailer(last_id: str, window: Window, store: MessageStore, heartbeat_seconds: float,
+def _wait_for_tailer(last_id: str, window: Window, store: MessageLog, heartbeat_seconds: float,
                      patience: float) -> Iterator[bytes]:
     """Wait while the store holds ``last_id`` but this worker's tailer has not read it yet.
 

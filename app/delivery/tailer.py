@@ -23,7 +23,7 @@ import gevent
 import gevent.event
 
 from ..operations.metrics import QUERY_WARM, STORE_ERRORS, STORE_QUERIES, TAILER_RESTARTS, WINDOW_BYTES, WINDOW_MESSAGES
-from ..stores.base import MessageStore, PositionLost, StoreUnavailable
+from ..stores.base import MessageLog, PositionLost, StoreUnavailable
 from .hub import Hub
 from .window import Window
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Tailer:
     """Follows the store in a greenlet, into the window and the hub."""
 
-    def __init__(self, store: MessageStore, window: Window, hub: Hub, *,
+    def __init__(self, store: MessageLog, window: Window, hub: Hub, *,
                  backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
         self.store = store
         self.window = window

@@ -10,6 +10,12 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
+# What every 503 asks a client to wait before it tries again: what they
+# answer (a store outage, a full worker, a window still warming) passes in
+# seconds, and a client told to come back sooner only adds to the load.
+RETRY_AFTER_SECONDS = 2
+STORE_UNAVAILABLE = "the message store is unavailable, try again shortly"
+
 
 class ApiError(Exception):
     """An error we answer on purpose, with a status and details for the client."""
@@ -21,6 +27,11 @@ class ApiError(Exception):
         self.message = message
         self.errors = errors or {}
         self.headers = headers or {}
+
+
+def unavailable(message: str, errors: dict[str, Any] | None = None) -> ApiError:
+    """Return the 503 for a refusal that should pass shortly, with ``Retry-After``."""
+    return ApiError(503, message, errors, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def error_response(code: int, message: str, errors: dict[str, Any] | None = None,

@@ -19,13 +19,12 @@ from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .authorization import authorize_publishing, authorize_reading, reading_grant
 from .clients import client_key
 from .closing_connections import read_body
-from .errors import ApiError
+from .errors import STORE_UNAVAILABLE, ApiError, unavailable
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
 log = logging.getLogger(__name__)
 
-STORE_RETRY_AFTER = "2"
 MAX_LAST_EVENT_ID = 256
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
@@ -36,8 +35,7 @@ def _store_unavailable(exc: StoreUnavailable, operation: str) -> ApiError:
     STORE_ERRORS.labels(operation).inc()
     # The cause (locked, full, read-only, unreachable) is for the operator; the client is told to come back.
     log.warning("%s: store unavailable: %s", operation, exc)
-    return ApiError(503, "the message store is unavailable, try again shortly",
-                    headers={"Retry-After": STORE_RETRY_AFTER})
+    return unavailable(STORE_UNAVAILABLE)
 
 
 def _read_json_object() -> object:
@@ -85,9 +83,9 @@ def publish() -> tuple[Response, int]:
         STORE_ERRORS.labels("publish").inc()
         # The store may hold it: say so, and which id to look for, rather than
         # a plain 503 that a client would read as "not stored".
-        raise ApiError(503, f"the message store did not confirm the write: it may have been stored as "
-                            f"{exc.message_id}; look for that id in GET /messages/history before publishing again",
-                       {"id": [exc.message_id]}, headers={"Retry-After": STORE_RETRY_AFTER}) from None
+        raise unavailable(f"the message store did not confirm the write: it may have been stored as "
+                          f"{exc.message_id}; look for that id in GET /messages/history before publishing again",
+                          {"id": [exc.message_id]}) from None
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "publish") from None
     finally:
@@ -114,8 +112,7 @@ def stream() -> Response:
     # Taken last: from here on, only closing the response gives the slots back.
     ticket = svc.admission.admit(client_key(grant.subject))
     if ticket is Refusal.WORKER_FULL:
-        raise ApiError(503, "this worker holds its maximum number of streams, try again shortly",
-                       headers={"Retry-After": STORE_RETRY_AFTER})
+        raise unavailable("this worker holds its maximum number of streams, try again shortly")
     if ticket is Refusal.CLIENT_FULL:
         # A stream of a client that vanished is noticed by its next heartbeat write:
         # by then a slot may be free.

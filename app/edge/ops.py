@@ -8,12 +8,10 @@ from flask import Blueprint, Response, jsonify
 from ..operations.metrics import STORE_ERRORS, exposition
 from ..services import services
 from ..stores.base import StoreUnavailable
-from .errors import ApiError
+from .errors import unavailable
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger(__name__)
-
-READY_RETRY_AFTER = "2"
 
 
 @bp.get("/healthz")
@@ -35,8 +33,7 @@ def readyz() -> Response:
     except StoreUnavailable as exc:
         STORE_ERRORS.labels("ready").inc()
         log.warning("not ready: %s", exc)
-        raise ApiError(503, "the message store cannot take writes right now",
-                       headers={"Retry-After": READY_RETRY_AFTER}) from None
+        raise unavailable("the message store cannot take writes right now") from None
     return jsonify({"status": "ready", "store": svc.settings.store_kind})
 
 

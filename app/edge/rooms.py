@@ -28,7 +28,7 @@ from ..delivery.window import Window
 from ..services import Services, services
 from ..stores.base import StoreUnavailable
 from .authorization import authorization, authorize_reading, token_from_request
-from .errors import ApiError
+from .errors import STORE_UNAVAILABLE, ApiError, unavailable
 from .schemas import ROOM_RULE, ROOMS_MAX_LIMIT, valid_room
 
 bp = Blueprint("rooms", __name__)
@@ -44,7 +44,6 @@ class _RestOfPath(PathConverter):
 # Before the rules below: they are made, at registration, in this order.
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("rest_of_path", _RestOfPath))
 
-RETRY_AFTER = "2"
 ROOMS_DEFAULT_LIMIT = 100
 WINDOW_WAIT_SECONDS = 2.0  # at a worker's start, while its tailer warms the window
 
@@ -74,13 +73,8 @@ def _ready_window(svc: Services) -> Window:
     """Return this worker's window once it is warm."""
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
     if not svc.window.ready.wait(WINDOW_WAIT_SECONDS):
-        raise ApiError(503, "this worker is still reading the message store, try again shortly",
-                       headers={"Retry-After": RETRY_AFTER})
+        raise unavailable("this worker is still reading the message store, try again shortly")
     return svc.window
-
-
-def _store_unavailable() -> ApiError:
-    return ApiError(503, "the message store is unavailable, try again shortly", headers={"Retry-After": RETRY_AFTER})
 
 
 def _describe(room: str, subscribers: int, window: Window) -> dict[str, object]:
@@ -104,7 +98,7 @@ def room_presence(room: str) -> Response:
     try:
         subscribers = svc.presence.subscribers(room)  # counts its failures in the metrics
     except StoreUnavailable:
-        raise _store_unavailable() from None
+        raise unavailable(STORE_UNAVAILABLE) from None
     return jsonify(_describe(room, subscribers, _ready_window(svc)))
 
 
@@ -132,7 +126,7 @@ def rooms_presence() -> Response:
     try:
         report = svc.presence.report()  # counts its failures in the metrics
     except StoreUnavailable:
-        raise _store_unavailable() from None
+        raise unavailable(STORE_UNAVAILABLE) from None
     window = _ready_window(svc)
     names = {room for room, count in report.rooms.items() if count > 0}
     names.update(window.rooms())

@@ -1,4 +1,4 @@
-"""Message stores behind one seam; ``open_store`` picks one from the settings."""
+"""Stores behind one seam of two parts (messages, presence); ``open_store`` picks one from the settings."""
 from __future__ import annotations
 
 from ..config import Settings
@@ -6,18 +6,20 @@ from .base import (
     Backlog,
     FeedBatch,
     Message,
-    MessageStore,
+    MessageLog,
     PositionLost,
     PresenceReport,
+    PresenceStore,
+    Store,
     StoreMisconfigured,
     StoreUnavailable,
 )
 
-__all__ = ["Backlog", "FeedBatch", "Message", "MessageStore", "PositionLost", "PresenceReport", "StoreMisconfigured",
-           "StoreUnavailable", "open_store"]
+__all__ = ["Backlog", "FeedBatch", "Message", "MessageLog", "PositionLost", "PresenceReport", "PresenceStore", "Store",
+           "StoreMisconfigured", "StoreUnavailable", "open_store"]
 
 
-def open_store(settings: Settings) -> MessageStore:
+def open_store(settings: Settings) -> Store:
     """Return the MongoDB store when MONGODB_URI is set, else the embedded SQLite one."""
     if settings.mongodb_uri:
         from .mongo import MongoStore  # pymongo is only needed on this path

@@ -1,20 +1,24 @@
-"""The storage seam: what every message store promises, and the values it trades in.
+"""The storage seam: what every store promises, and the values it trades in.
 
-A store keeps a bounded window of messages in one total order (the order the
-store itself committed them in) and offers three things:
+The seam is two parts, as Centrifuge keeps its ``Broker`` apart from its
+``PresenceManager``; each caller is typed with the part it uses.
+
+``MessageLog``: a bounded window of messages in one total order (the order the
+store itself committed them in):
 
 * ``append`` a message and get it back with its server-made id;
-* ``read_room``: a room's messages after a given id, in store order, or a
-  ``reset_reason`` when that id is no longer (or never was) in the window;
+* ``read_rooms``: rooms' messages after a given id, in store order, or a
+  ``reset_reason`` when that id is no longer (or never was) in the window
+  (``read_room`` is the one-room case);
 * ``follow``: an endless feed of new messages in store order, for the one
   tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, by which the worker's in-memory window
   (``app/delivery/window.py``) finds where a resume starts.
 
-Beside the messages a store keeps *presence*, the one other piece of state the
-workers of every node share (the store is the only bus between them): each
-worker ``publish_presence``-es how many of its streams follow each room, with
-an expiry, ``refresh_presence``-es that expiry while nothing changed (a small
+``PresenceStore``: the one other piece of state the workers of every node
+share (the store is the only bus between them). Each worker
+``publish_presence``-es how many of its streams follow each room, with an
+expiry, ``refresh_presence``-es that expiry while nothing changed (a small
 write, not the whole entry again), and anyone can read the sum over the
 entries that have not expired (``presence_counts``). A worker that stops
 cleanly ``withdraw_presence``-es its entry; a killed one's just expires.
@@ -23,12 +27,15 @@ An entry names at most ``PRESENCE_MAX_ROOMS`` rooms (the busiest); the rest
 are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
 a client that makes up room names cannot grow an entry -- nor a MongoDB
 document towards its 16 MB limit -- past what the setting allows.
+
+A ``Store`` is both parts and its lifecycle (``prepare``, ``ping``, ``close``):
+what ``open_store`` returns, and what both implementations are.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import gevent.event
@@ -78,14 +85,6 @@ class Message:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """A room's stored messages after a point; ``reset_reason`` says the point was not found."""
-
-    messages: list[Message]
-    reset_reason: str | None = None
-
-
 # The one reason a resume point is not found, whatever the id: unknown,
 # evicted, never issued here, malformed, or a message of a room the client did
 # not ask for. One text, from the window and from both stores, and the id is
@@ -93,6 +92,20 @@ class Backlog:
 # which ids belong to private rooms, and an echo would carry a client's bytes
 # into the event.
 UNKNOWN_ID_REASON = "the last event id is not in the stored window of these rooms: evicted, unknown or malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Rooms' stored messages after a point, in store order; ``reset_reason`` says the point was not found."""
+
+    messages: list[Message]
+    reset_reason: str | None = None
+
+    @classmethod
+    def resume_point_not_found(cls, messages: list[Message]) -> Backlog:
+        """Return the backlog of a resume whose id was not found: the messages from the oldest, and why."""
+        return cls(messages, UNKNOWN_ID_REASON)
+
 
 # What ``follow`` yields: new messages in store order, each with its position.
 # An empty batch says the follower has caught up with the store's present.
@@ -140,15 +153,53 @@ class PresenceReport:
                               self.other_streams + other.other_streams)
 
 
-class MessageStore(Protocol):
-    """What the app needs from a message store."""
+# An entry counts while its expiry lies ahead: readers filter on it
+# themselves, since no store's own clean-up is prompt enough (MongoDB's TTL
+# monitor runs once a minute, FerretDB 1.24 and SQLite have none). An entry
+# whose worker died without withdrawing it is deleted this long after it
+# expired (by the workers' own writes).
+PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
 
-    def append(self, room: str, text: str, event: str) -> Message: ...
 
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog: ...
+def presence_expiry(now: datetime, ttl: float) -> datetime:
+    """Return when an entry written or refreshed at ``now``, valid for ``ttl`` seconds, stops counting."""
+    return now + timedelta(seconds=ttl)
+
+
+def presence_sweep_before(now: datetime) -> datetime:
+    """Return the expiry before which entries are deleted, not only skipped: their workers are long gone."""
+    return now - PRESENCE_KEEP_EXPIRED
+
+
+# One stored entry, as the sum below reads it: its named rooms' (room, streams)
+# pairs, then the rooms it counted without naming them and their streams.
+PresenceEntry = tuple[Iterable[tuple[str, int]], int, int]
+
+
+def sum_presence(entries: Iterable[PresenceEntry]) -> PresenceReport:
+    """Return the streams per room over the entries, and the unnamed rooms and streams summed."""
+    totals: dict[str, int] = {}
+    other_rooms = other_streams = 0
+    for rooms, unnamed_rooms, unnamed_streams in entries:
+        for room, streams in rooms:
+            totals[room] = totals.get(room, 0) + streams
+        other_rooms += unnamed_rooms
+        other_streams += unnamed_streams
+    return PresenceReport(totals, other_rooms, other_streams)
+
+
+class MessageLog(Protocol):
+    """The message part of the seam: one bounded window of messages in store order."""
+
+    def append(self, room: str, text: str, event: str) -> Message:
+        """Store a message and return it with its server-made id."""
 
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return several rooms' messages after ``after_id``, merged in store order (read_room for many)."""
+        """Return the rooms' messages after ``after_id``, merged in store order, or all with a reset reason."""
+
+    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
+        """Return one room's messages after ``after_id`` in store order, or all with a reset reason."""
+        return self.read_rooms((room,), after_id, limit)
 
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""
@@ -162,6 +213,10 @@ class MessageStore(Protocol):
         An empty batch means "caught up": everything committed so far was yielded.
         """
 
+
+class PresenceStore(Protocol):
+    """The presence part of the seam: each worker's streams per room, shared through the store."""
+
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Replace this worker's presence entry: its streams per room, valid for ``ttl`` seconds from now."""
 
@@ -174,10 +229,20 @@ class MessageStore(Protocol):
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         """Return the streams per room summed over every unexpired entry but ``exclude``'s."""
 
+
+class Store(MessageLog, PresenceStore, Protocol):
+    """Both parts of the seam, and the store's lifecycle."""
+
     def prepare(self) -> None:
-        """Create what the store needs; raise StoreMisconfigured if it must not be used."""
+        """Open the store and create what it needs, once (every operation prepares it first).
+
+        Raise StoreUnavailable if it cannot be reached or opened now (the app
+        starts anyway, and the next use tries again), StoreMisconfigured if it
+        must not be used.
+        """
 
     def ping(self) -> None:
         """Answer when the store can take writes (what /readyz reports); raise StoreUnavailable otherwise."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let go of the store's connections and threads."""

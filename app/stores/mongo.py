@@ -17,40 +17,43 @@ Cost: a tailable cursor on a capped collection always starts at the oldest
 document, so every (re)opening of the tailer's cursor walks the window on the
 server -- once per worker at start and after a failure, never per client:
 joins and resumes are served from the worker's in-memory window
-(``app/delivery/window.py``), and ``read_room`` is left for history while that window
-is not ready yet.
+(``app/delivery/window.py``). ``read_rooms`` walks the asked rooms' documents
+for history only while that window is not warm, or lags behind the store.
 
 Failures, and what each becomes:
 * tailable cursor dead at start (empty collection) or killed -> reopen it
   from the last document read, sleeping with a growing delay between tries
   so an empty collection is never polled in a busy loop;
 * ``CappedPositionLost`` or the last document no longer found -> PositionLost
-  (streams re-read from the store and get ``reset`` if they fell out).
+  (the tailer empties the worker's window and warms it again, and every
+  stream re-joins from it: resumed exactly, or sent ``reset``).
   PyMongo 4 does not raise CappedPositionLost, CursorNotFound or CursorKilled
   from a tailable cursor: it ends the cursor quietly (``cursor.alive`` turns
   False; see pymongo ``cursor_shared._CURSOR_CLOSED_ERRORS``). So a wrap shows
   up here as a dead cursor whose reopening cannot find ``last`` again within
   the first ``max_messages`` documents (unbounded, under steady inserts, a walk
-  to an evicted ``last`` never ends); the
-  explicit error-code branches below stay for a driver that does raise them;
+  to an evicted ``last`` never ends). The error codes (``CURSOR_GONE``,
+  ``CAPPED_POSITION_LOST``) are still handled, for a driver that raises them;
 * network errors, primary step-down -> StoreUnavailable (the tailer retries
-  with backoff from the last message it delivered).
+  with backoff from the last message it delivered). Every operation turns
+  PyMongo's errors into it in one place, ``_unavailable_on_error``.
 
 Presence (see ``base.py``) lives in a plain collection beside the capped one,
 one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
 streams}, ...], otherRooms, otherStreams, expiresAt}``, naming at most
 ``PRESENCE_MAX_ROOMS`` rooms: ``presence_document_max_bytes`` works out the
 largest such document, and the store refuses to start where it could pass
-16 MB. Rooms are a list, not a ``{<room>: streams}``
-object, because a room name may contain ``.``, which a field name cannot
-carry (FerretDB refuses it in any key; MongoDB reads it as a path in
-updates); and a list of documents, not of pairs, because FerretDB 1.24 does
-not store nested arrays. Readers filter on ``expiresAt`` themselves: MongoDB's TTL monitor
-runs once a minute (and FerretDB 1.24 has no TTL indexes), so it could only
-ever be the clean-up, and the clean-up is a ``delete_many`` each worker runs
-once a minute instead. ``expiresAt`` is on the *database server's* clock
-(each worker learns its offset from ``hello``'s ``localTime`` once a minute),
-so nodes whose clocks disagree still agree on what has expired.
+16 MB. Rooms are a list, not a ``{<room>: streams}`` object, because a room
+name may contain ``.``, which a field name cannot carry (FerretDB refuses it
+in any key; MongoDB reads it as a path in updates); and a list of documents,
+not of pairs, because FerretDB 1.24 does not store nested arrays. Readers
+filter on ``expiresAt`` themselves (the rule both stores keep is in
+``base.py``): MongoDB's TTL monitor runs once a minute (and FerretDB 1.24 has
+no TTL indexes), so it could only ever be the clean-up, and the clean-up is a
+``delete_many`` each worker runs once a minute instead. ``expiresAt`` is on
+the *database server's* clock (each worker learns its offset from ``hello``'s
+``localTime`` once a minute), so nodes whose clocks disagree still agree on
+what has expired.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import bson
@@ -78,15 +82,18 @@ from pymongo.errors import (
 
 from .base import (
     MAX_ROOM_BYTES,
-    UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
     PositionLost,
     PresenceReport,
+    Store,
     StoreMisconfigured,
     StoreUnavailable,
     WriteOutcomeUnknown,
+    presence_expiry,
+    presence_sweep_before,
+    sum_presence,
 )
 from .ids import parse_object_id
 
@@ -96,9 +103,8 @@ CAPPED_POSITION_LOST = 136
 NAMESPACE_EXISTS = 48
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
-# Presence documents of workers that died without withdrawing are deleted this
-# long after they expired; each worker looks for them this often.
-_PRESENCE_KEEP_EXPIRED = timedelta(seconds=60)
+# Each worker looks this often for presence documents of workers that died
+# without withdrawing (see presence_sweep_before).
 _PRESENCE_SWEEP_SECONDS = 60.0
 _CLOCK_CHECK_SECONDS = 60.0
 
@@ -106,6 +112,22 @@ _CLOCK_CHECK_SECONDS = 60.0
 BSON_DOCUMENT_LIMIT = 16 * 1024 * 1024
 # A worker id is a host name (cut to 200 characters), a pid and 8 hex digits.
 MAX_WORKER_ID_BYTES = 256
+
+
+@contextmanager
+def _unavailable_on_error(what: str, *, also: tuple[type[Exception], ...] = (),
+                          position_lost: bool = False) -> Iterator[None]:
+    """Raise any PyMongoError (and ``also``) from the block as StoreUnavailable, its text after ``what``.
+
+    With ``position_lost``, a CappedPositionLost error becomes PositionLost
+    instead: for the follower, whose place the capped collection overwrote.
+    """
+    try:
+        yield
+    except (PyMongoError, *also) as exc:
+        if position_lost and isinstance(exc, OperationFailure) and exc.code == CAPPED_POSITION_LOST:
+            raise PositionLost(f"MongoDB: {exc}") from exc
+        raise StoreUnavailable(f"{what}: {exc}") from exc
 
 
 def presence_document_max_bytes(max_rooms: int) -> int:
@@ -124,16 +146,15 @@ def presence_document_max_bytes(max_rooms: int) -> int:
     return frame + max_rooms * element
 
 
-class MongoStore:
+class MongoStore(Store):
     """Messages in a capped collection; one tailable cursor per worker follows it."""
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
                  collection: str = "messages", presence_collection: str = "presence", await_ms: int = 1000,
-                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000,
-                 client: MongoClient | None = None) -> None:
+                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000) -> None:
         # connect=False: nothing happens on the network until first use, which
         # is after gunicorn forked the worker and gevent patched it.
-        self.client = client or MongoClient(
+        self.client = MongoClient(
             uri, connect=False, tz_aware=True, appname="sse-rooms",
             serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=await_ms + 10_000,
             retryWrites=True,
@@ -162,7 +183,7 @@ class MongoStore:
         if self._prepared:
             return
         database, name = self.collection.database, self.collection.name
-        try:
+        with _unavailable_on_error("MongoDB"):
             try:
                 database.create_collection(name, capped=True, size=self.max_bytes, max=self.max_messages)
                 log.info("created capped collection %s (size=%d, max=%d)", name, self.max_bytes, self.max_messages)
@@ -174,8 +195,6 @@ class MongoStore:
                 if exc.code != NAMESPACE_EXISTS:
                     raise
             options = self.collection.options()
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB: {exc}") from exc
         if not options.get("capped"):
             raise StoreMisconfigured(
                 f"collection {database.name}.{name} exists but is not capped; convert it with "
@@ -196,7 +215,7 @@ class MongoStore:
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
         doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
-        try:
+        with _unavailable_on_error("MongoDB insert failed"):
             try:
                 self.collection.insert_one(doc)
             except ServerSelectionTimeoutError:
@@ -212,15 +231,9 @@ class MongoStore:
                     pass
                 except PyMongoError as exc:
                     raise WriteOutcomeUnknown(f"MongoDB insert unconfirmed: {exc}", str(doc["_id"])) from exc
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB insert failed: {exc}") from exc
         return self._message(doc)
 
     # -- reading ---------------------------------------------------------------
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return the room's messages after ``after_id`` in natural order, or all with a reset reason."""
-        return self.read_rooms((room,), after_id, limit)
-
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the rooms' messages after ``after_id`` in natural order, or all with a reset reason."""
         self.prepare()
@@ -228,12 +241,12 @@ class MongoStore:
         if after_id is not None:
             target = parse_object_id(after_id)
             if target is None:
-                return self._read_all(rooms, limit, UNKNOWN_ID_REASON)
+                return Backlog.resume_point_not_found(self.read_rooms(rooms, None, limit).messages)
         query = {"room": rooms[0]} if len(rooms) == 1 else {"room": {"$in": list(rooms)}}
         before: list[Message] = []
         after: list[Message] = []
         found = target is None
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             for doc in self.collection.find(query, _FIELDS).sort("$natural", 1):
                 if found:
                     after.append(self._message(doc))
@@ -243,31 +256,21 @@ class MongoStore:
                     found = True
                 else:
                     before.append(self._message(doc))
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         if found:
             return Backlog(after)
         # The walk covers the asked rooms only: another room's id is simply not found.
-        return Backlog(before[:limit], UNKNOWN_ID_REASON)
-
-    def _read_all(self, rooms: Sequence[str], limit: int | None, reason: str) -> Backlog:
-        backlog = self.read_rooms(rooms, None, limit)
-        return Backlog(backlog.messages, reason)
+        return Backlog.resume_point_not_found(before[:limit])
 
     def ping(self) -> None:
         # Database.command goes to the primary (its default read preference):
         # an answer means a server that takes writes is reachable.
-        try:
+        with _unavailable_on_error("MongoDB ping failed"):
             self.client.admin.command("ping")
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB ping failed: {exc}") from exc
 
     def newest_id(self) -> str | None:
         self.prepare()
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             newest = self.collection.find_one({}, {"_id": 1}, sort=[("$natural", -1)])
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
         return None if newest is None else str(newest["_id"])
 
     def contains(self, message_id: str) -> bool:
@@ -275,11 +278,9 @@ class MongoStore:
         if object_id is None:
             return False
         self.prepare()
-        try:
+        with _unavailable_on_error("MongoDB read failed"):
             # By _id: the index every collection has, capped ones included.
             return self.collection.find_one({"_id": object_id}, {"_id": 1}) is not None
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB read failed: {exc}") from exc
 
     # -- presence --------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
@@ -288,52 +289,40 @@ class MongoStore:
             # Presence bounds what it reports; this keeps the 16 MB proof true whoever calls.
             raise ValueError(f"a presence entry may name at most {self.presence_max_rooms} rooms "
                              f"(PRESENCE_MAX_ROOMS), not {len(report.rooms)}")
-        try:
+        # DocumentTooLarge is a BSONError, not a PyMongoError.
+        with _unavailable_on_error("MongoDB presence write failed", also=(BSONError,)):
             now = self._server_now()
             self.presence_collection.replace_one(
                 {"_id": worker_id},
                 {"rooms": [{"room": room, "streams": streams} for room, streams in report.rooms.items()],
                  "otherRooms": report.other_rooms, "otherStreams": report.other_streams,
-                 "expiresAt": now + timedelta(seconds=ttl)},
+                 "expiresAt": presence_expiry(now, ttl)},
                 upsert=True,
             )
             if time.monotonic() - self._presence_swept_at > _PRESENCE_SWEEP_SECONDS:
                 self._presence_swept_at = time.monotonic()
-                self.presence_collection.delete_many({"expiresAt": {"$lt": now - _PRESENCE_KEEP_EXPIRED}})
-        except (PyMongoError, BSONError) as exc:  # DocumentTooLarge is a BSONError, not a PyMongoError
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
+                self.presence_collection.delete_many({"expiresAt": {"$lt": presence_sweep_before(now)}})
 
     def refresh_presence(self, worker_id: str, ttl: float) -> bool:
         """Move this worker's expiry on, not sending its rooms again; False if its document is gone."""
-        try:
-            expires_at = self._server_now() + timedelta(seconds=ttl)
+        with _unavailable_on_error("MongoDB presence write failed"):
+            expires_at = presence_expiry(self._server_now(), ttl)
             return self.presence_collection.update_one(
                 {"_id": worker_id}, {"$set": {"expiresAt": expires_at}}).matched_count > 0
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
     def withdraw_presence(self, worker_id: str) -> None:
-        try:
+        with _unavailable_on_error("MongoDB presence write failed"):
             self.presence_collection.delete_one({"_id": worker_id})
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence write failed: {exc}") from exc
 
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
-        totals: dict[str, int] = {}
-        other_rooms = other_streams = 0
-        try:
+        with _unavailable_on_error("MongoDB presence read failed"):
             query: dict = {"expiresAt": {"$gt": self._server_now()}}
             if exclude is not None:
                 query["_id"] = {"$ne": exclude}
-            for doc in self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}):
-                for entry in doc["rooms"]:
-                    totals[entry["room"]] = totals.get(entry["room"], 0) + entry["streams"]
-                # Absent from the documents of workers that ran before they were added.
-                other_rooms += doc.get("otherRooms", 0)
-                other_streams += doc.get("otherStreams", 0)
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB presence read failed: {exc}") from exc
-        return PresenceReport(totals, other_rooms, other_streams)
+            docs = list(self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}))
+        # otherRooms and otherStreams are absent from the documents of workers that ran before they were added.
+        return sum_presence((((entry["room"], entry["streams"]) for entry in doc["rooms"]),
+                             doc.get("otherRooms", 0), doc.get("otherStreams", 0)) for doc in docs)
 
     def _server_now(self) -> datetime:
         """Return the time on the database server's clock, which every node's workers share."""
@@ -351,7 +340,7 @@ class MongoStore:
     # -- following -------------------------------------------------------------
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield documents in natural order, forever, after ``after_id`` (None: from the oldest)."""
-        try:
+        with _unavailable_on_error("MongoDB tail failed", position_lost=True):
             self.prepare()
             last = None if after_id is None else parse_object_id(after_id)  # None: the whole window
             if after_id is not None and last is None:
@@ -371,12 +360,6 @@ class MongoStore:
                 yield []
                 gevent.sleep(wait)
                 wait = min(wait * 2, self.dead_cursor_wait[1])
-        except OperationFailure as exc:
-            if exc.code == CAPPED_POSITION_LOST:
-                raise PositionLost(f"MongoDB: {exc}") from exc
-            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB tail failed: {exc}") from exc
 
     def _tail_after(self, last: ObjectId | None) -> Iterator[dict | None]:
         """Yield the documents after ``last`` from one tailable cursor until it dies; None when caught up."""

@@ -45,14 +45,17 @@ import gevent.event
 from gevent.threadpool import ThreadPool
 
 from .base import (
-    UNKNOWN_ID_REASON,
     Backlog,
     FeedBatch,
     Message,
     PositionLost,
     PresenceReport,
+    Store,
     StoreUnavailable,
+    presence_expiry,
+    presence_sweep_before,
     stored_size,
+    sum_presence,
 )
 from .ids import parse_sqlite_id, sqlite_id
 
@@ -94,9 +97,6 @@ _MIN_FREE_BYTES = 256 * 1024
 # The readiness probe's wait for the write lock: a load balancer's check
 # should hear "not ready" well within its own timeout.
 _PROBE_BUSY_MS = 250
-# Rows of workers that died without withdrawing are deleted this long after
-# they expired (readers skip them from the moment they expire).
-_PRESENCE_KEEP_EXPIRED_MS = 60_000
 
 
 def use_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
@@ -167,12 +167,34 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def _set_up(conn: sqlite3.Connection) -> str:
+    """Put the file in WAL mode, create or complete the schema, and return its epoch (made now if new)."""
+    use_wal(conn)
+    with _immediate(conn):
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
+        for column in _PRESENCE_COLUMNS_ADDED:
+            if column not in present:
+                conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
+    (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return epoch
+
+
 def _free_bytes(path: str) -> int:
     """Return the bytes this process may still write on the filesystem holding ``path``."""
     stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
     # Root may use the blocks the filesystem reserves for it; anyone else may not.
     blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
     return blocks * stats.f_frsize
+
+
+def _ms(moment: datetime) -> int:
+    """Return a moment as the milliseconds since the epoch the presence table stores."""
+    return int(moment.timestamp() * 1000)
 
 
 def _close_quietly(conn: sqlite3.Connection | None) -> None:
@@ -183,7 +205,7 @@ def _close_quietly(conn: sqlite3.Connection | None) -> None:
             pass
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """A bounded, ordered message window in one SQLite file."""
 
     def __init__(self, path: str, *, max_bytes: int, max_messages: int, poll_interval: float = 0.01) -> None:
@@ -196,7 +218,8 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._presence_writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self.epoch = self._initialise()
+        # Known once the file is open (``prepare``); nothing touches the disk before.
+        self._epoch: str | None = None
 
     # -- connections ---------------------------------------------------------
     def _connect(self, busy_ms: int) -> sqlite3.Connection:
@@ -207,36 +230,41 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    def prepare(self) -> None:
+        """Open the file, creating and setting it up if needed; raise StoreUnavailable if it cannot be opened.
+
+        Called by the app at start-up, as MongoDB's is (a failure there is a
+        warning, not a crash: every use tries again), and again by each use
+        until it succeeds. A file already set up is only read, so a worker
+        that boots while another process holds the write lock still starts.
+        """
+        if self._epoch is None:
+            self._epoch = self._initialise()
+
+    @property
+    def epoch(self) -> str:
+        """The file's epoch, the first part of every id it issues (made with the file; read by ``prepare``)."""
+        if self._epoch is None:
+            self.prepare()
+        return self._epoch
+
     def _initialise(self) -> str:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        """Return the file's epoch, setting the file up first unless it is set up already."""
+        conn = None
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             conn = self._connect(busy_ms=10_000)
             epoch = _ready_epoch(conn)
-            if epoch is not None:
-                conn.close()
-                return epoch
-            use_wal(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
-            for column in _PRESENCE_COLUMNS_ADDED:
-                if column not in present:
-                    conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
-            conn.execute("COMMIT")
-            (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            conn.close()
-        except sqlite3.Error as exc:
+            return epoch if epoch is not None else _set_up(conn)
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
-        return epoch
+        finally:
+            _close_quietly(conn)  # a set-up cut short is rolled back with it
 
     @property
     def reader(self) -> sqlite3.Connection:
         if self._reader is None:
+            self.prepare()  # never a connection to a file that is not set up: it would make an empty one
             self._reader = self._connect(busy_ms=200)
         return self._reader
 
@@ -259,6 +287,7 @@ class SQLiteStore:
     # -- writing -------------------------------------------------------------
     def _on_writer_thread(self, function, *args):
         """Run ``function`` on this worker's one writer thread (made on first use: after the fork)."""
+        self.prepare()  # here, not on the writer thread: opening may wait and retry (use_wal)
         if self._write_pool is None:
             self._write_pool = ThreadPool(1)
         return self._write_pool.apply(function, args)
@@ -322,19 +351,19 @@ class SQLiteStore:
     # -- presence ------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Upsert this worker's row, and delete rows that expired long ago (workers that were killed)."""
-        now_ms = int(time.time() * 1000)
+        now = datetime.now(UTC)
         self._write_presence(
             ("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams) VALUES (?, ?, ?, ?, ?) "
              "ON CONFLICT (worker) DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms, "
              "other_rooms = excluded.other_rooms, other_streams = excluded.other_streams",
-             (worker_id, json.dumps(report.rooms, separators=(",", ":")), now_ms + int(ttl * 1000),
+             (worker_id, json.dumps(report.rooms, separators=(",", ":")), _ms(presence_expiry(now, ttl)),
               report.other_rooms, report.other_streams)),
-            ("DELETE FROM presence WHERE expires_ms < ?", (now_ms - _PRESENCE_KEEP_EXPIRED_MS,)),
+            ("DELETE FROM presence WHERE expires_ms < ?", (_ms(presence_sweep_before(now)),)),
         )
 
     def refresh_presence(self, worker_id: str, ttl: float) -> bool:
         """Move this worker's expiry on, not rewriting its rooms; False if its row is gone."""
-        expires_ms = int(time.time() * 1000) + int(ttl * 1000)
+        expires_ms = _ms(presence_expiry(datetime.now(UTC), ttl))
         changed = self._write_presence(("UPDATE presence SET expires_ms = ? WHERE worker = ?", (expires_ms, worker_id)))
         return changed > 0
 
@@ -343,15 +372,9 @@ class SQLiteStore:
 
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
         rows = self._query("SELECT rooms, other_rooms, other_streams FROM presence "
-                           "WHERE expires_ms > ? AND worker IS NOT ?", (int(time.time() * 1000), exclude))
-        totals: dict[str, int] = {}
-        other_rooms = other_streams = 0
-        for rooms, unnamed_rooms, unnamed_streams in rows:
-            for room, streams in json.loads(rooms).items():
-                totals[room] = totals.get(room, 0) + streams
-            other_rooms += unnamed_rooms
-            other_streams += unnamed_streams
-        return PresenceReport(totals, other_rooms, other_streams)
+                           "WHERE expires_ms > ? AND worker IS NOT ?", (_ms(datetime.now(UTC)), exclude))
+        return sum_presence((json.loads(rooms).items(), unnamed_rooms, unnamed_streams)
+                            for rooms, unnamed_rooms, unnamed_streams in rows)
 
     def _write_presence(self, *statements: tuple[str, tuple]) -> int:
         """Run the statements as one transaction on the writer thread; return the first one's changed rows."""
@@ -384,41 +407,29 @@ class SQLiteStore:
             self._reader = None
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
-    def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
-        """Return the room's messages after ``after_id`` in seq order, or all with a reset reason."""
-        return self.read_rooms((room,), after_id, limit)
-
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the rooms' messages after ``after_id`` in seq order, or all with a reset reason."""
-        sql_limit = -1 if limit is None else limit
-        reset_reason = None
-        after_seq = 0
-        if after_id is not None:
-            after_seq, reset_reason = self._resume_point(rooms, after_id)
+        after_seq = 0 if after_id is None else self._resume_point(rooms, after_id)
         rows = self._query(
             f"SELECT {_COLUMNS} FROM messages WHERE room IN ({', '.join('?' * len(rooms))}) AND seq > ? "
             f"ORDER BY seq LIMIT ?",
-            (*rooms, after_seq, sql_limit),
+            (*rooms, after_seq or 0, -1 if limit is None else limit),
         )
-        return Backlog([self._message(row) for row in rows], reset_reason)
+        messages = [self._message(row) for row in rows]
+        return Backlog.resume_point_not_found(messages) if after_seq is None else Backlog(messages)
 
-    def _resume_point(self, rooms: Sequence[str], after_id: str) -> tuple[int, str | None]:
-        """Return the seq to resume after, or 0 and the one reason (see UNKNOWN_ID_REASON)."""
+    def _resume_point(self, rooms: Sequence[str], after_id: str) -> int | None:
+        """Return the seq to resume after; None if the id is not one of these rooms' in the window."""
         seq = self._seq_of(after_id)
         if seq is None:
-            return 0, UNKNOWN_ID_REASON
+            return None
         # One query whatever the answer: another room's id costs what an unknown one does.
         found = self._query("SELECT room FROM messages WHERE seq = ?", (seq,))
-        if found and found[0][0] in rooms:
-            return seq, None
-        return 0, UNKNOWN_ID_REASON
+        return seq if found and found[0][0] in rooms else None
 
     def contains(self, message_id: str) -> bool:
         seq = self._seq_of(message_id)
         return seq is not None and bool(self._query("SELECT 1 FROM messages WHERE seq = ?", (seq,)))
-
-    def prepare(self) -> None:
-        """Nothing to do: the file and schema are made when the store is opened."""
 
     def ping(self) -> None:
         """Answer when the store can take writes; raise StoreUnavailable otherwise.
@@ -435,6 +446,7 @@ class SQLiteStore:
         failed insert leaves the WAL file grown), so the filesystem must
         also have ``_MIN_FREE_BYTES`` free.
         """
+        self.prepare()
         try:
             free = _free_bytes(self.path)
         except OSError as exc:  # the directory is gone, or not ours to look at
