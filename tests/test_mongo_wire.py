@@ -176,7 +176,7 @@ def get_more(cursor_id: int) -> dict:
 
 # -- follow(): the one tailable cursor per worker -----------------------------
 
-def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, store):
+def test_the_tail_find_sends_the_await_time_as_getmores_maxtimems_not_as_a_find_argument(server, store):
     """find() has no max_await_time_ms argument: it is set on the cursor and sent as getMore's maxTimeMS."""
     newest = doc(text="already there")
     follower = Follower(store, str(newest["_id"]))
@@ -185,7 +185,7 @@ def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, 
     assert follower.delivered.empty() and follower.error is None
 
 
-def test_regression_tail_cursor_has_no_try_next(server, store):
+def test_an_empty_awaitdata_batch_reads_as_nothing_yet(server, store):
     """PyMongo's Cursor has no try_next(): an empty awaitData batch must read as "nothing yet", not crash."""
     newest, fresh = doc(text="old"), doc(text="new")
     follower = Follower(store, str(newest["_id"]))
@@ -265,7 +265,7 @@ def test_prepare_reports_an_unreachable_server_as_unavailable(server):
     store.close()
 
 
-def test_regression_prepare_failed_when_another_worker_created_the_collection_first(server):
+def test_prepare_takes_namespace_exists_from_a_worker_that_created_the_collection_first(server):
     """Two workers starting on a fresh database both see no collection; the slower create gets NamespaceExists."""
     store = open_store(server)
     preparing = go(store.prepare)
