@@ -16,6 +16,7 @@ import requests
 
 from tests.support.sse_client import StreamReader
 from tests.support.tokens import OTHER_SECRET, SECRET, claims, mint
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def test_a_stream_ends_when_its_token_expires_and_the_reconnect_gets_401(server,
         {} if n % 2 else {"Cookie": f"__Host-sse_token={token}"}, streams[n])) for n in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    wait_until(lambda: all("status" in stream for stream in streams), 10, "the streams did not open")
     sent = publish(server, "team-red", "before the end", bearer(PUBLISH_TOKEN)).json()
     for thread in threads:
         thread.join(expires_at - time.time() + 5)
@@ -192,10 +193,8 @@ def test_malformed_request_lines_with_tokens_are_logged_without_them(server):
             connection.sendall(line.encode())
             assert connection.recv(100).startswith(b"HTTP/1.1 400")
     log = Path(server.log_path)
-    deadline = time.monotonic() + 5
-    while log.read_text(errors="replace").count("Invalid HTTP request line") < len(lines):
-        assert time.monotonic() < deadline, "gunicorn did not log the malformed request lines"
-        time.sleep(0.05)
+    wait_until(lambda: log.read_text(errors="replace").count("Invalid HTTP request line") >= len(lines), 5,
+               "gunicorn did not log the malformed request lines")
     text = log.read_text(errors="replace")
     assert "access_token=***" in text and "access%5Ftoken=***" in text
     for piece in token.split("."):

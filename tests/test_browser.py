@@ -16,9 +16,10 @@ from selenium.webdriver.support.ui import Select
 
 from app.config import Settings
 from app.stores import open_store
-from tests.support.browser import DemoPage, png_size, start_chromium, wait_for
+from tests.support.browser import DemoPage, png_size, start_chromium
 from tests.support.live import ROOT, LiveServer
 from tests.support.nginx import LiveNginx
+from tests.support.waiting import quiet_period, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +67,9 @@ def test_a_message_sent_from_one_page_appears_on_the_other_within_a_second(start
 
     sent_at = time.monotonic()
     page_a.send("hello from A")
-    wait_for(lambda: "hello from A" in page_b.texts(), 1.0, "page B did not show A's message within 1 s")
+    wait_until(lambda: "hello from A" in page_b.texts(), 1.0, "page B did not show A's message within 1 s")
     delay_b = time.monotonic() - sent_at
-    wait_for(lambda: "hello from A" in page_a.texts(), 1.0, "page A did not show its own message")
+    wait_until(lambda: "hello from A" in page_a.texts(), 1.0, "page A did not show its own message")
 
     print(f"[{'mongodb' if store_env.get('MONGODB_URI') else 'sqlite'}] "
           f"A -> B delay as a person would see it: {delay_b * 1000:.0f} ms")
@@ -82,7 +83,7 @@ def test_one_page_follows_several_rooms_in_one_stream_in_store_order(start_serve
     page = open_page(server, "north", query="&room=south")
     sent = [server.publish(room, f"{room} {n}")["id"] for n, room in enumerate(["north", "south", "east", "north"])]
     wanted = [sent[0], sent[1], sent[3]]
-    wait_for(lambda: page.ids() == wanted, 5.0, "the page did not show north and south in store order")
+    wait_until(lambda: page.ids() == wanted, 5.0, "the page did not show north and south in store order")
     assert page.driver.execute_script(
         "return Array.from(document.querySelectorAll('#messages .room'), e => e.textContent)") == [
         "#north", "#south", "#north"]
@@ -90,7 +91,7 @@ def test_one_page_follows_several_rooms_in_one_stream_in_store_order(start_serve
     assert len(sources) == 1 and "room=north&room=south" in sources[0][0]  # one connection for both
     Select(page.driver.find_element(By.ID, "send-room")).select_by_value("south")
     page.send("from the page")
-    wait_for(lambda: "from the page" in page.texts(), 2.0, "the page's own message did not come back")
+    wait_until(lambda: "from the page" in page.texts(), 2.0, "the page's own message did not come back")
     assert server.history("south")[-1]["text"] == "from the page"
 
 
@@ -100,9 +101,9 @@ def test_markup_in_a_message_is_shown_as_literal_text(live_server, open_page):
     page_b = open_page(live_server, "xss", browser=1)
 
     page_a.send(payload)
-    wait_for(lambda: page_b.texts() == [payload], 2.0, "page B did not show the markup as text")
-    wait_for(lambda: page_a.texts() == [payload], 2.0, "page A did not show the markup as text")
-    time.sleep(0.3)  # an <img src=x> would have failed to load and run onerror by now
+    wait_until(lambda: page_b.texts() == [payload], 2.0, "page B did not show the markup as text")
+    wait_until(lambda: page_a.texts() == [payload], 2.0, "page A did not show the markup as text")
+    quiet_period(0.3)  # an <img src=x> would have failed to load and run onerror by now
 
     for page in (page_a, page_b):
         assert page.driver.execute_script("return typeof window.__xss") == "undefined"
@@ -113,12 +114,12 @@ def test_validation_errors_from_the_server_are_shown_next_to_the_send_box(live_s
     page = open_page(live_server, "errors")
 
     page.send("fine text", event="not a valid type!")
-    error = wait_for(page.send_error, 2.0, "no error was shown for a bad event type")
-    assert "event must be" in error
+    wait_until(page.send_error, 2.0, "no error was shown for a bad event type")
+    assert "event must be" in page.send_error()
 
     page.driver.find_element("id", "text").clear()
     page.send("   ", event="")
-    wait_for(lambda: "non-whitespace" in page.send_error(), 2.0, "no error was shown for blank text")
+    wait_until(lambda: "non-whitespace" in page.send_error(), 2.0, "no error was shown for blank text")
     assert page.texts() == []
 
 
@@ -127,10 +128,10 @@ def test_page_reconnects_after_a_restart_and_shows_each_message_once_in_order(st
     room = "restart"
     before = server.publish(room, "before the restart")
     page = open_page(server, room)
-    wait_for(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
+    wait_until(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
 
     stop_seconds = server.stop()
-    wait_for(lambda: page.state() == "reconnecting", 5.0, "the page did not say it is reconnecting")
+    wait_until(lambda: page.state() == "reconnecting", 5.0, "the page did not say it is reconnecting")
     reconnecting_label = page.state_text()
     store = open_store(Settings.from_env({"SQLITE_PATH": sqlite_path}))
     while_down = [store.append(room, f"while down {n}", "message").id for n in (1, 2)]
@@ -139,8 +140,8 @@ def test_page_reconnects_after_a_restart_and_shows_each_message_once_in_order(st
     after_up = [server.publish(room, f"after the restart {n}")["id"] for n in (3, 4, 5)]
 
     expected = [before["id"], *while_down, *after_up]
-    wait_for(lambda: page.ids() == expected, 10.0, "the page did not catch up exactly once, in order")
-    time.sleep(1.0)  # a duplicate would arrive late, after a second reconnect
+    wait_until(lambda: page.ids() == expected, 10.0, "the page did not catch up exactly once, in order")
+    quiet_period(1.0)  # a duplicate would arrive late, after a second reconnect
     print(f"graceful stop took {stop_seconds:.1f} s; state while down: {reconnecting_label!r}")
     assert page.ids() == expected
     assert page.texts() == ["before the restart", "while down 1", "while down 2",
@@ -154,7 +155,7 @@ def test_a_reset_is_shown_as_a_notice_and_the_list_is_rebuilt(start_server, sqli
     room = "reset"
     server.publish(room, "from the old store")
     page = open_page(server, room)
-    wait_for(lambda: page.texts() == ["from the old store"], 5.0, "the page did not show the first message")
+    wait_until(lambda: page.texts() == ["from the old store"], 5.0, "the page did not show the first message")
 
     server.kill()
     for leftover in Path(sqlite_path).parent.glob(Path(sqlite_path).name + "*"):
@@ -162,7 +163,7 @@ def test_a_reset_is_shown_as_a_notice_and_the_list_is_rebuilt(start_server, sqli
     server.start()
     server.publish(room, "from the new store")
 
-    wait_for(lambda: page.texts() == ["from the new store"], 10.0, "the list was not rebuilt from the replay")
+    wait_until(lambda: page.texts() == ["from the new store"], 10.0, "the list was not rebuilt from the replay")
     assert "some messages were missed" in page.notice().lower()
     assert page.state() == "live"
 
@@ -175,11 +176,11 @@ def test_page_behind_nginx_opens_a_new_stream_itself_after_502s(start_server, sq
         room = "proxied"
         before = server.publish(room, "before")
         page = open_page(nginx, room)
-        wait_for(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
+        wait_until(lambda: page.ids() == [before["id"]], 5.0, "the page did not show the first message")
 
         server.kill()
-        wait_for(lambda: EVENT_SOURCE_CLOSED in [state for _, state in page.event_source_states()], 5.0,
-                 "the browser did not give up on the stream after nginx's 502")
+        wait_until(lambda: EVENT_SOURCE_CLOSED in [state for _, state in page.event_source_states()], 5.0,
+                   "the browser did not give up on the stream after nginx's 502")
         assert page.state() == "reconnecting"
         store = open_store(Settings.from_env({"SQLITE_PATH": sqlite_path}))
         while_down = store.append(room, "while down", "message").id
@@ -188,8 +189,8 @@ def test_page_behind_nginx_opens_a_new_stream_itself_after_502s(start_server, sq
         after_up = server.publish(room, "after")["id"]
 
         expected = [before["id"], while_down, after_up]
-        wait_for(lambda: page.ids() == expected, 15.0, "the page did not resume exactly once, in order")
-        time.sleep(0.5)
+        wait_until(lambda: page.ids() == expected, 15.0, "the page did not resume exactly once, in order")
+        quiet_period(0.5)  # a duplicate would arrive now
         assert page.ids() == expected
         assert page.state() == "live"
         sources = page.event_source_states()
@@ -202,15 +203,15 @@ def test_page_behind_nginx_opens_a_new_stream_itself_after_502s(start_server, sq
 def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page):
     page = open_page(live_server, "old")
     live_server.publish("old", "old 1")
-    wait_for(lambda: page.texts() == ["old 1"], 2.0, "the page did not show the old room's message")
+    wait_until(lambda: page.texts() == ["old 1"], 2.0, "the page did not show the old room's message")
 
     page.switch_room("new")
-    wait_for(lambda: page.driver.current_url.endswith("/?room=new"), 2.0, "the URL did not name the new room")
+    wait_until(lambda: page.driver.current_url.endswith("/?room=new"), 2.0, "the URL did not name the new room")
     page.wait_until_live()
     live_server.publish("old", "old 2")
     live_server.publish("new", "new 1")
-    wait_for(lambda: page.texts() == ["new 1"], 2.0, "the page did not show the new room's message")
-    time.sleep(0.3)
+    wait_until(lambda: page.texts() == ["new 1"], 2.0, "the page did not show the new room's message")
+    quiet_period(0.3)  # "old 2" would arrive now
 
     assert page.texts() == ["new 1"]
     sources = page.event_source_states()
@@ -218,7 +219,7 @@ def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page
     assert sources[0][0].endswith("/messages?room=old") and sources[1][0].endswith("/messages?room=new")
 
     page.driver.back()  # the room is in the URL, so history works too
-    wait_for(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
+    wait_until(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
 
 
 def test_the_page_shows_how_many_listen_on_every_worker(live_server, open_page):
@@ -229,14 +230,14 @@ def test_the_page_shows_how_many_listen_on_every_worker(live_server, open_page):
 
     page_a = open_page(live_server, "count", browser=0)
     page_b = open_page(live_server, "count", browser=1)
-    wait_for(lambda: listening(page_a) == listening(page_b) == "2 listening", 5.0,
-             "the pages did not both show 2 listening")
+    wait_until(lambda: listening(page_a) == listening(page_b) == "2 listening", 5.0,
+               "the pages did not both show 2 listening")
     page_b.driver.find_element(By.ID, "toggle").click()  # Stop: closes its EventSource
-    wait_for(lambda: listening(page_a) == "1 listening", 5.0, "page A did not show page B stopping")
+    wait_until(lambda: listening(page_a) == "1 listening", 5.0, "page A did not show page B stopping")
 
     page_a.switch_room("count, elsewhere")
-    wait_for(lambda: listening(page_a) == "#count 1 · #elsewhere 1 listening", 5.0,
-             "the page did not count each of its rooms")
+    wait_until(lambda: listening(page_a) == "#count 1 · #elsewhere 1 listening", 5.0,
+               "the page did not count each of its rooms")
 
 
 def test_demo_page_screenshot(live_server, open_page, tmp_path):
@@ -250,7 +251,7 @@ def test_demo_page_screenshot(live_server, open_page, tmp_path):
         live_server.publish(room, text, event=event)
     page = open_page(live_server, room, query="&types=announcement")
     page.send("Thanks, following along from the demo page.")
-    wait_for(lambda: len(page.texts()) == 5, 2.0, "the page did not show all five messages")
+    wait_until(lambda: len(page.texts()) == 5, 2.0, "the page did not show all five messages")
 
     assert page.driver.execute_script("return document.querySelector('#messages .type').textContent") \
         == "announcement"

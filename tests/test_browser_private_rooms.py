@@ -22,9 +22,10 @@ import pytest
 import requests
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.support.browser import start_chromium, wait_for
+from tests.support.browser import start_chromium
 from tests.support.live import free_port
 from tests.support.tokens import SECRET, claims, mint
+from tests.support.waiting import quiet_period, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -147,17 +148,17 @@ def test_a_page_on_another_origin_reads_a_private_room_with_the_query_token_or_t
     timeout = 5.0 if store_env.get("MONGODB_URI") else 2.0
 
     page = reader(server, token=mint(claims([ROOM])), host="localhost")
-    wait_for(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the query-token stream did not open")
+    wait_until(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the query-token stream did not open")
     publish(server, "for the query token")
-    wait_for(lambda: received(page) == ["for the query token"], timeout, "the query-token page got nothing")
+    wait_until(lambda: received(page) == ["for the query token"], timeout, "the query-token page got nothing")
 
     page = reader(server)  # load the page first: the cookie is set for its host
     set_token_cookie(page, mint(claims([ROOM])))
     page = reader(server, credentials=True)
-    wait_for(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the cookie stream did not open")
+    wait_until(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the cookie stream did not open")
     publish(server, "for the cookie")
-    wait_for(lambda: received(page) == ["for the query token", "for the cookie"], timeout,  # the backlog, then live
-             "the cookie page did not get the room")
+    wait_until(lambda: received(page) == ["for the query token", "for the cookie"], timeout,  # the backlog, then live
+               "the cookie page did not get the room")
     assert page.execute_async_script(STATUS_OF_THE_STREAM) == 200
 
 
@@ -172,10 +173,10 @@ def test_without_a_valid_token_the_page_gets_401_and_nothing(start_server, page_
             set_token_cookie(page, mint(claims([ROOM])))
             page = reader(server)  # a cross-origin request without credentials carries no cookie
 
-    wait_for(lambda: page.execute_script("return window.__source.readyState") == EVENT_SOURCE_CLOSED, 5.0,
-             "the browser did not give up on the refused stream")
+    wait_until(lambda: page.execute_script("return window.__source.readyState") == EVENT_SOURCE_CLOSED, 5.0,
+               "the browser did not give up on the refused stream")
     publish(server, "not for this page")
-    time.sleep(0.5)
+    quiet_period(0.5)  # it would arrive now
     assert received(page) == [] and page.execute_script("return window.__opened") == 0
     assert page.execute_async_script(STATUS_OF_THE_STREAM) == 401
 
@@ -184,16 +185,16 @@ def test_when_the_token_expires_the_stream_ends_and_the_browser_is_refused(start
     server = private_server(start_server, page_server)
     expires_at = int(time.time()) + 4
     page = reader(server, token=mint(claims([ROOM], expires_in=None, exp=expires_at)))
-    wait_for(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the stream did not open")
+    wait_until(lambda: page.execute_script("return window.__opened") == 1, 5.0, "the stream did not open")
     publish(server, "before the token expires")
-    wait_for(lambda: received(page) == ["before the token expires"], 2.0, "the page got nothing")
+    wait_until(lambda: received(page) == ["before the token expires"], 2.0, "the page got nothing")
 
     # The stream ends at exp; EventSource reconnects after retry (500 ms), gets 401 and gives up.
-    wait_for(lambda: page.execute_script("return window.__source.readyState") == EVENT_SOURCE_CLOSED,
-             expires_at - time.time() + 3.0, "the browser's stream outlived its token")
+    wait_until(lambda: page.execute_script("return window.__source.readyState") == EVENT_SOURCE_CLOSED,
+               expires_at - time.time() + 3.0, "the browser's stream outlived its token")
     closed_after = time.time() - expires_at
     print(f"EventSource closed {closed_after:.2f} s after exp")
     assert page.execute_script("return window.__opened") == 1
     publish(server, "after the token expired")
-    time.sleep(0.5)
+    quiet_period(0.5)  # it would arrive now
     assert received(page) == ["before the token expires"]

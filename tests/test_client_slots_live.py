@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
 from tests.support.live import LiveServer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

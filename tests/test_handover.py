@@ -20,6 +20,7 @@ from app.delivery.streaming import StreamSettings, message_stream
 from app.delivery.tailer import Tailer
 from app.delivery.window import Window
 from app.stores.sqlite import SQLiteStore
+from tests.support.waiting import quiet_period, wait_until
 
 
 class LaggingFollowerStore(SQLiteStore):
@@ -95,13 +96,13 @@ def test_resume_mid_stream_with_lagging_follower_never_repeats(tmp_path):
     tailer = Tailer(store, window, hub)
     tailer.ensure_running()
     first = [store.append("room", f"m{i}", "message").id for i in range(10)]
-    gevent.sleep(0.2)
+    wait_until(lambda: window.holds(first[-1]), 5, "the follower did not read all ten", sleep=gevent.sleep)
     # The client already has m0..m4; the follower has read all ten.
     received: list[str] = []
     stream = message_stream(("room",), first[4], window=window, hub=hub, store=store,
                             settings=StreamSettings(retry_ms=1000))
     reader = gevent.spawn(collect, stream, received, 15)
-    gevent.sleep(0.1)
+    wait_until(lambda: len(received) >= 5, 5, "the stream did not send its backlog", sleep=gevent.sleep)
     later = [store.append("room", f"n{i}", "message").id for i in range(10)]
     tailer.poke()
     reader.join(10)
@@ -134,7 +135,7 @@ def test_a_parked_stream_keeps_no_backlog_bytes_alive(tmp_path):
     assert sum(chunk.count(b"\n\n") for chunk in chunks) == 50
     assert len(chunks) == 25  # two events of ~1 KB per chunk of at most 3,000 bytes
     parked = gevent.spawn(next, stream)  # parks until the next live event
-    gevent.sleep(0.1)
+    quiet_period(0.1, sleep=gevent.sleep)
     assert not parked.ready() and hub.stream_count == 1
     # Only this test's references are left: the list, the loop's name and
     # getrefcount's argument. A suspended generator's locals are not visible

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from app.stores.base import UNKNOWN_ID_REASON
 from tests.support.odd_ids import id_shapes, odd_ids
+from tests.support.waiting import wait_until
 from tests.test_hostile_requests import _server_on_store
 
 ROOM = "odd-ids"
@@ -256,14 +257,13 @@ def test_a_client_cannot_write_a_line_of_its_own_into_the_log(id_server, target,
     status, _ = raw_request(id_server.port, target, headers, until=b"\r\n\r\n")
     assert status < 500, target
     # A request's line is written when it ends (a stream's once the server sees the client gone).
-    written = ""
-    deadline = time.monotonic() + 5
-    while expected not in written and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def log_since_the_request() -> str:
         with open(id_server.log_path, "rb") as log:
             log.seek(before)
-            written = log.read().decode("utf-8", errors="replace")
-    assert expected in written, written
+            return log.read().decode("utf-8", errors="replace")
+
+    wait_until(lambda: expected in log_since_the_request(), 5, log_since_the_request)
+    written = log_since_the_request()
     for line in written.split("\n"):
         assert not line.lstrip().startswith("FORGED"), written
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]", line), repr(line)

@@ -24,6 +24,7 @@ import requests
 
 from tests.support.sse_client import StreamReader
 from tests.support.stores import stored_ids_reader
+from tests.support.waiting import quiet_period, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +194,7 @@ def test_heartbeat_comments_arrive_in_silence(start_server, store_env):
 
 
 def test_closed_clients_release_their_streams_at_once_not_at_the_next_heartbeat(start_server, store_env):
-    from tests.support.faults import metric, wait_until
+    from tests.support.faults import metric
 
     server = start_server(HEARTBEAT_SECONDS="60", **store_env)  # a heartbeat write would come far too late
     sockets = []
@@ -234,7 +235,7 @@ def test_streams_of_several_rooms_on_both_workers_get_them_in_store_order_and_re
         for reader in readers[:-1]:
             assert reader.wait_for(lambda events: [e.id for e in events] == wanted + [rest[0], rest[2]],
                                    delivery_timeout(kind))
-        time.sleep(0.3)  # a duplicate, if any, would arrive now
+        quiet_period(0.3)  # a duplicate, if any, would arrive now
         assert [e.id for e in resumed.events] == wanted_after and not resumed.error
         assert stored_order(store_env, "north") == [first[0], rest[2]]
         assert stored_order(store_env, "south") == [first[2], rest[0]]

@@ -26,10 +26,10 @@ import pytest
 
 from tests.conftest import prefill_capped
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import wait_until
 from tests.support.ferretdb_tls import TLSFerretDB
 from tests.support.live import LiveServer
 from tests.support.stores import FerretDBWorkarounds, RecordingPublisher, mongo_stored_ids, server_connections
+from tests.support.waiting import wait_until
 
 ROOMS = ["tls-a", "tls-b"]
 MAX_STREAMS = 60  # opened one by one until both workers hold some; a bound, not a target
@@ -90,7 +90,7 @@ def _run_traffic(server: LiveServer, uri: str, database: str, *, ferretdb: TLSFe
         # The replacement was forked from the master: it must reach the store over TLS as well.
         await open_streams_on(server, {replacement}, clients, tasks)
         await published_after(time.monotonic())
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # publishing while the replacement follows too
 
         # Up to here the store never went away: not one TLS error may have been logged.
         seen["log_before_restart"] = server.log_path.read_text(errors="replace")
@@ -106,7 +106,7 @@ def _run_traffic(server: LiveServer, uri: str, database: str, *, ferretdb: TLSFe
         seen["stored"] = {room: mongo_stored_ids(uri, database, room) for room in ROOMS}
         await asyncio.to_thread(wait_until, lambda: all(
             len(c.messages) >= len(seen["stored"][c.room]) for c in clients), 30)
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)

@@ -39,6 +39,7 @@ from app.stores.base import (
 from app.stores.mongo import MongoStore
 from tests.support.fake_capped import FakeCappedCollection
 from tests.support.live import ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -175,7 +176,7 @@ def get_more(cursor_id: int) -> dict:
 
 # -- follow(): the one tailable cursor per worker -----------------------------
 
-def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, store):
+def test_the_tail_find_sends_the_await_time_as_getmores_maxtimems_not_as_a_find_argument(server, store):
     """find() has no max_await_time_ms argument: it is set on the cursor and sent as getMore's maxTimeMS."""
     newest = doc(text="already there")
     follower = Follower(store, str(newest["_id"]))
@@ -184,7 +185,7 @@ def test_regression_tail_find_passed_max_await_time_ms_as_find_argument(server, 
     assert follower.delivered.empty() and follower.error is None
 
 
-def test_regression_tail_cursor_has_no_try_next(server, store):
+def test_an_empty_awaitdata_batch_reads_as_nothing_yet(server, store):
     """PyMongo's Cursor has no try_next(): an empty awaitData batch must read as "nothing yet", not crash."""
     newest, fresh = doc(text="old"), doc(text="new")
     follower = Follower(store, str(newest["_id"]))
@@ -264,7 +265,7 @@ def test_prepare_reports_an_unreachable_server_as_unavailable(server):
     store.close()
 
 
-def test_regression_prepare_failed_when_another_worker_created_the_collection_first(server):
+def test_prepare_takes_namespace_exists_from_a_worker_that_created_the_collection_first(server):
     """Two workers starting on a fresh database both see no collection; the slower create gets NamespaceExists."""
     store = open_store(server)
     preparing = go(store.prepare)
@@ -498,13 +499,6 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
 
 # -- the Tailer, under gevent, through a reset ------------------------------------
 
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def cursor_not_found(request) -> None:
     request.command_err(code=43, errmsg="cursor not found", codeName="CursorNotFound")
 
@@ -553,15 +547,15 @@ def test_tailer_under_gevent_delivers_each_message_once_through_a_reset_and_a_ki
     try:
         first, elsewhere, second, third, fourth = (doc(text="1"), doc(room="elsewhere"), doc(text="2"),
                                                    doc(text="3"), doc(text="4"))
-        wait_for(lambda: fake.tail_finds, "the tailer's first tailable find")
+        wait_until(lambda: fake.tail_finds, 10, "timed out waiting for the tailer's first tailable find")
         fake.add(first, elsewhere)
         assert probe.next_line()["id"] == ids(first)[0]
         fake.fail_next_getmore(hang_up)  # connection reset: the tailer retries from its last message
-        wait_for(lambda: fake.getmore_faults_fired == 1, "the connection reset")
+        wait_until(lambda: fake.getmore_faults_fired == 1, 10, "timed out waiting for the connection reset")
         fake.add(second)
         fake.add(third)
         fake.fail_next_getmore(cursor_not_found)  # killed cursor: follow() reopens it itself
-        wait_for(lambda: fake.getmore_faults_fired == 2, "the killed cursor")
+        wait_until(lambda: fake.getmore_faults_fired == 2, 10, "timed out waiting for the killed cursor")
         fake.add(fourth)
         events, summary = probe.rest()
     finally:
@@ -585,8 +579,8 @@ def test_tailer_keeps_messages_stored_before_a_reset_that_precedes_its_first_del
     fake.fail_next_getmore(store_then_hang_up)
     probe = TailerProbe(server.uri, "r", 2, seconds=5)
     try:
-        wait_for(lambda: fake.getmore_faults_fired == 1, "the connection reset")
-        wait_for(lambda: len(fake.tail_finds) >= 2, "the tailer's second tailable find")
+        wait_until(lambda: fake.getmore_faults_fired == 1, 10, "timed out waiting for the connection reset")
+        wait_until(lambda: len(fake.tail_finds) >= 2, 10, "timed out waiting for the tailer's second tailable find")
         fake.add(later)
         events, _ = probe.rest()
     finally:

@@ -18,6 +18,7 @@ from app.config import Settings
 from tests.support.live import LiveServer, free_port
 from tests.support.nginx import DEPLOY_CONF, LiveNginx
 from tests.support.sse_reader import EOF, StreamReader
+from tests.support.waiting import wait_until
 
 HEARTBEAT = b": keep-alive\n"
 
@@ -156,9 +157,8 @@ def test_nginx_logs_no_token_from_the_query_string(proxied):
     assert refused.status_code == 401
 
     log = nginx.directory / "sse-rooms.access.log"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and log.read_text().count("\n") < 2:
-        time.sleep(0.05)  # nginx writes a stream's line when the client has gone
+    # nginx writes a stream's line when the client has gone.
+    wait_until(lambda: log.read_text().count("\n") >= 2, 5, "nginx did not write both requests' lines")
     lines = log.read_text()
     assert '"GET /messages HTTP/1.1" 200' in lines and '"GET /messages/history HTTP/1.1" 401' in lines
     for piece in token.split("."):
@@ -370,17 +370,17 @@ def _received_until(sock: socket.socket, wanted: bytes) -> bytes:
 
 def _wait_for_workers(server: LiveServer, old: set[int], timeout: float = 20.0) -> None:
     """Wait until gunicorn has replaced every killed worker and the app answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def replaced_and_answering() -> bool:
         pids = set(server.worker_pids())
-        if len(pids) == 2 and not pids & old:
-            try:
-                if requests.get(server.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not replace its killed workers: {server.worker_pids()}")
+        if len(pids) != 2 or pids & old:
+            return False
+        try:
+            return requests.get(server.url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(replaced_and_answering, timeout, lambda: f"gunicorn did not replace its killed workers: "
+               f"{server.worker_pids()}", interval=0.1)
 
 
 @pytest.mark.slow
@@ -422,9 +422,7 @@ def test_killing_workers_under_token_streams_writes_no_token_into_any_nginx_log(
 
     error_log = nginx.directory / "error.log"
     access_log = nginx.directory / "sse-rooms.access.log"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "prematurely closed" not in error_log.read_text():
-        time.sleep(0.05)
+    wait_until(lambda: "prematurely closed" in error_log.read_text(), 5, "nginx did not log the workers' deaths")
     errors = error_log.read_text(errors="replace")
     # The kill did reach nginx's error log: the cookie streams' lines are there, with their request line.
     assert re.search(r'upstream prematurely closed connection.*request: "GET /messages\?room=private&n=\d '

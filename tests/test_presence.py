@@ -14,6 +14,7 @@ import pytest
 from app.delivery.hub import Hub
 from app.delivery.presence import Presence, busiest_rooms
 from app.stores.base import PresenceReport, StoreUnavailable
+from tests.support.waiting import quiet_period, wait_until
 
 
 class RecordingStore:
@@ -72,6 +73,12 @@ def presence(store, hub):
     presence.stop()
 
 
+def written(store: RecordingStore, calls: int = 1) -> None:
+    """Wait until the presence loop has made ``calls`` store calls in all."""
+    wait_until(lambda: len(store.calls) >= calls, 5, f"the presence loop made fewer than {calls} store calls",
+               interval=0.01, sleep=gevent.sleep)
+
+
 def test_worker_id_names_host_and_pid_and_differs_per_start(store, hub):
     import os
     import socket
@@ -82,7 +89,7 @@ def test_worker_id_names_host_and_pid_and_differs_per_start(store, hub):
 
 def test_an_idle_worker_writes_nothing(presence, store):
     presence.start()
-    gevent.sleep(0.3)
+    quiet_period(0.3, sleep=gevent.sleep)
     assert store.calls == []
 
 
@@ -105,9 +112,9 @@ def test_an_entry_gone_from_the_store_is_written_whole_at_the_next_refresh(prese
     """Swept after the worker stalled, or the store emptied: a refresh finds nothing to move on."""
     presence.start()
     hub.subscribe(("lobby",))
-    gevent.sleep(0.05)
+    written(store)
     store.held = False
-    gevent.sleep(0.25)
+    written(store, 3)
     assert store.calls[:3] == [("publish", {"lobby": 1}, 0.6), ("refresh", 0.6), ("publish", {"lobby": 1}, 0.6)]
 
 
@@ -133,7 +140,7 @@ def test_a_worker_names_its_busiest_rooms_and_counts_the_rest(store, hub):
     hub.subscribe(("lobby", "made-up-3"))
     presence.start()
     try:
-        gevent.sleep(0.05)
+        written(store)
         # Named: lobby 3, dev 2; counted: three rooms, one stream each.
         assert store.calls[0] == ("publish", {"lobby": 3, "dev": 2}, presence.ttl, 3, 3)
     finally:
@@ -147,12 +154,12 @@ def test_the_rooms_are_worked_out_again_only_when_a_stream_joined_or_left(presen
     monkeypatch.setattr(hub, "room_counts", lambda: worked_out.append(1) or room_counts())
     hub.subscribe(("lobby",))
     presence.start()
-    gevent.sleep(0.3)  # 30 looks, refreshes, and readers: nothing changed after the first
+    quiet_period(0.3, sleep=gevent.sleep)  # 30 looks, refreshes, and readers: nothing changed after the first
     for _ in range(10):
         presence.report()
     assert len(worked_out) == 1
     hub.subscribe(("dev",))
-    gevent.sleep(0.1)
+    wait_until(lambda: len(worked_out) >= 2, 5, "the rooms were not worked out again", sleep=gevent.sleep)
     assert len(worked_out) == 2 and presence.report() == PresenceReport({"lobby": 1, "dev": 1})
 
 
@@ -185,28 +192,29 @@ def test_a_hostile_worker_entry_stays_bounded(store, hub):
 def test_the_last_stream_ending_withdraws_the_entry_once(presence, store, hub):
     presence.start()
     subscription = hub.subscribe(("lobby",))
-    gevent.sleep(0.05)
+    written(store)
     hub.unsubscribe(subscription)
-    gevent.sleep(0.5)
+    written(store, 2)
+    quiet_period(0.3, sleep=gevent.sleep)  # a second withdraw would come now
     assert store.calls == [("publish", {"lobby": 1}, 0.6), ("withdraw",)]
 
 
 def test_stop_withdraws_and_writes_no_more(presence, store, hub):
     presence.start()
     hub.subscribe(("lobby",))
-    gevent.sleep(0.05)
+    written(store)
     presence.stop()
     assert store.calls[-1] == ("withdraw",)
-    written = len(store.calls)
-    gevent.sleep(0.3)
-    assert len(store.calls) == written
+    writes = len(store.calls)
+    quiet_period(0.3, sleep=gevent.sleep)
+    assert len(store.calls) == writes
 
 
 def test_two_stops_at_once_both_finish_and_withdraw(presence, store, hub):
     """Regression: a worker SIGTERMed twice (the process group's signal) ran two stops; one crashed on None.kill."""
     presence.start()
     hub.subscribe(("lobby",))
-    gevent.sleep(0.05)
+    written(store)
     stops = [gevent.spawn(presence.stop) for _ in range(2)]
     gevent.joinall(stops, raise_error=True)
     assert all(stop.successful() for stop in stops)
@@ -367,11 +375,8 @@ def test_concurrent_readers_share_one_store_read(presence, store):
 
 def until_the_window_holds(client, room, count):
     """Let this worker's tailer read what was just posted (its window is a few ms behind the store)."""
-    for _ in range(200):
-        if client.get(f"/rooms/{room}").get_json()["messages"] >= count:
-            return
-        gevent.sleep(0.01)
-    raise AssertionError(f"the window did not get {count} messages of {room}")
+    wait_until(lambda: client.get(f"/rooms/{room}").get_json()["messages"] >= count, 3,
+               f"the window did not get {count} messages of {room}", interval=0.01, sleep=gevent.sleep)
 
 
 def test_room_presence_of_an_unknown_room_is_zero(client):

@@ -25,6 +25,7 @@ from pymongo import MongoClient
 
 from tests.support.live import LiveServer
 from tests.support.sse_client import StreamReader
+from tests.support.waiting import wait_until
 from tests.test_live import worker_of
 
 pytestmark = pytest.mark.slow
@@ -82,13 +83,10 @@ def pin_every_worker(server: LiveServer, tries: int = 60) -> dict[int, Pinned]:
 
 def time_until(predicate, timeout: float, poll: float = 0.01) -> float | None:
     """Return the seconds until ``predicate()`` held (polled), or None if it did not within ``timeout``."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(poll)
+    try:
+        return wait_until(predicate, timeout, interval=poll)
+    except AssertionError:
+        return None  # the caller says what did not happen
 
 
 def lags_until_counted(clients: list[Pinned], want: int, timeout: float, what: str) -> list[float]:

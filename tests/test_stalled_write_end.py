@@ -11,7 +11,8 @@ import socket
 import pytest
 import requests
 
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,14 +1,11 @@
-"""Regression: a message committed between a stream's backlog read and its tailer's start was lost.
+"""A message committed while a worker's tailer starts reaches the stream whose join started it.
 
-A worker's tailer starts lazily, at its first stream, and followed the
-store from the newest message *at the moment its greenlet ran*. The joining
-stream read its backlog before that, so a message another worker committed
-in between was neither in the backlog nor in the live feed. It showed up as
-about one run in four of the MongoDB live test losing its first message.
-(Main fixed it in e52e619 by fixing the start point in ensure_running();
-today the tailer warms the worker's window from the oldest message and joins
-wait for it, and this test still pins the behaviour with a write that lands
-just as the tailer's feed starts.)
+A worker's tailer starts lazily, at its first stream: the tailer warms the
+worker's window from the oldest message and joins wait for it. This test
+lands a write just as the tailer's feed starts. (Once, the tailer followed
+the store from the newest message at the moment its greenlet ran, so a message
+committed between the join's backlog read and that moment was lost: about one
+run in four of the MongoDB live test lost its first message.)
 """
 from __future__ import annotations
 

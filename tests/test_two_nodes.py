@@ -24,6 +24,7 @@ import requests
 
 from tests.support.live import LiveServer
 from tests.support.sse_client import StreamReader
+from tests.support.waiting import quiet_period
 from tests.test_live import delivery_timeout, one_insert_at_a_time, stored_order, worker_of
 
 pytestmark = pytest.mark.slow
@@ -145,7 +146,7 @@ def test_subscribers_on_both_nodes_see_every_room_in_one_order_once(start_server
             assert reader.wait_for(lambda _, r=reader, room=room: complete(r, room),
                                    timeout=max(0.0, deadline - time.monotonic())), \
                 f"a subscriber of {room} is missing messages 30 s after the last publish"
-        time.sleep(0.5)  # a repeat, if any, arrives now
+        quiet_period(0.5)  # a repeat, if any, arrives now
     finally:
         for _, _, reader in subscribers:
             reader.close()
@@ -214,7 +215,7 @@ def test_a_client_moving_between_nodes_mid_stream_gets_exactly_the_rest(start_se
     reader = StreamReader(nodes[hops % 2].url + f"/messages?room={room}", last_event_id=last_id)
     try:
         reader.wait_for(lambda events: bool(events) and events[-1].id == order[-1], timeout=10)
-        time.sleep(0.5)  # a repeat, if any, arrives now
+        quiet_period(0.5)  # a repeat, if any, arrives now
     finally:
         reader.close()
     received.extend(e.id for e in reader.messages)
@@ -248,7 +249,7 @@ def test_resume_on_a_node_that_has_not_read_the_last_id_yet(start_server, tmp_pa
         three = node_a.publish("lag", "three")
         assert reader.wait_for(lambda events: any(e.id == three["id"] for e in events), timeout=5)
         took = time.monotonic() - started
-        time.sleep(0.3)  # a repeat, if any, arrives now
+        quiet_period(0.3)  # a repeat, if any, arrives now
     finally:
         reader.close()
     assert [(e.event, e.id) for e in reader.events] == [("message", three["id"])], \

@@ -224,7 +224,7 @@ class Connection(asyncio.Protocol):
                 # an empty one (our reset event) clears it.
                 stream.last_id = event_id or None
             elif self.owner.resume == "centrifugo":
-                _follow_centrifugo_position(stream, event)
+                follow_centrifugo_position(stream, event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.established.done():
@@ -248,7 +248,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _follow_centrifugo_position(stream: ResumingStream, event: bytes) -> None:
+def follow_centrifugo_position(stream: ResumingStream, event: bytes) -> None:
     """Keep the epoch and the highest offset a Centrifugo event carries.
 
     Each stream follows one channel, so every offset in an event (a
@@ -291,7 +291,7 @@ class ResumingClients:
         self.resume = "last-event-id"
         self.tasks: set[asyncio.Task] = set()
 
-    def _request(self, stream: ResumingStream) -> bytes:
+    def request_for(self, stream: ResumingStream) -> bytes:
         path = stream.path
         if self.resume == "centrifugo" and stream.epoch:
             path = centrifugo_resume_path(path, stream.epoch, stream.offset)
@@ -299,7 +299,7 @@ class ResumingClients:
         return sse_request(self.host, self.port, path, {"Last-Event-ID": resume_from} if resume_from else None)
 
     async def _connect(self, stream: ResumingStream, reconnect: bool, timeout: float) -> str:
-        request = self._request(stream)
+        request = self.request_for(stream)
         connection = Connection(self, stream, request, reconnect)
         sent_ns = time.monotonic_ns()
         try:

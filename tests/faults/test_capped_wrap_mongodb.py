@@ -46,7 +46,7 @@ from pymongo import MongoClient
 
 from tests.conftest import prefill_capped
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
 from tests.support.stores import (
     FILLER_ROOM,
     FerretDBWorkarounds,
@@ -54,6 +54,7 @@ from tests.support.stores import (
     mongo_stored_ids,
     server_connections,
 )
+from tests.support.waiting import wait_until
 
 CAPPED = 200
 SEEN, FRESH = "wrap-seen", "wrap-fresh"  # streams of SEEN get messages before the burst, FRESH none
@@ -176,7 +177,7 @@ def test_burst_overwriting_a_frozen_workers_place_resets_exactly_the_streams_who
                     f"still lack the live message the other worker's streams got at once") from None
             raise
         seen["settled_after"] = time.monotonic() - thawed_at
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)

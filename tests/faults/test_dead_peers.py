@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
+from tests.support.waiting import wait_until
 
 HEARTBEAT = 1.0
 STREAMS = 100

@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import Publisher, metric, stored_ids, wait_until
+from tests.support.faults import Publisher, metric, stored_ids
+from tests.support.waiting import wait_until
 
 STREAMS = 1000
 ROOMS = [f"shutdown-{n}" for n in range(10)]

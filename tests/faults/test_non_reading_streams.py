@@ -24,7 +24,8 @@ import pytest
 import requests
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
+from tests.support.waiting import wait_until
 
 ROOM = "big"
 TEXT = "\x01" * 4096  # 4 KB stored, 24 KB as JSON (\u0001 each)

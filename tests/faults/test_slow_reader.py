@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from tests.support.eventsource import EventSourceClient, EventStreamParser
-from tests.support.faults import metric, stored_ids, wait_until
+from tests.support.faults import metric, stored_ids
+from tests.support.waiting import wait_until
 
 ROOM = "slow"
 MESSAGES = 500
@@ -115,7 +116,7 @@ def test_stalled_reader_is_cut_and_resumes_without_slowing_others(start_server, 
         task = asyncio.ensure_future(resumed.run())
         expected = len(stored_ids(sqlite_path, ROOM)) if expect_reset else MESSAGES - len(before_cut)
         await asyncio.to_thread(wait_until, lambda: len(resumed.messages) >= expected, WRITE_TIMEOUT + 10)
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+        await asyncio.sleep(0.3)  # a quiet period: anything extra (a duplicate) would arrive now
         resumed.stop()
         await task
 

@@ -23,7 +23,6 @@ import requests
 
 from tests.conftest import prefill_capped
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import wait_until
 from tests.support.mongo_live import stored_ids as fake_stored_ids
 from tests.support.stores import (
     FerretDBWorkarounds,
@@ -32,6 +31,7 @@ from tests.support.stores import (
     mongo_stored_ids,
     mongo_stored_texts,
 )
+from tests.support.waiting import wait_until
 from tests.support.wire_capped import FakeCappedCollection, Fault
 
 ROOMS = ["outage-a", "outage-b"]
@@ -89,7 +89,7 @@ def test_database_killed_and_restarted_answers_503_then_delivers_every_acknowled
         stored = {room: mongo_stored_ids(database.uri, DATABASE, room) for room in ROOMS}
         await asyncio.to_thread(
             wait_until, lambda: all(len(c.messages) >= len(stored[c.room]) for c in clients), 20)
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import stored_ids, wait_until
+from tests.support.faults import stored_ids
+from tests.support.waiting import wait_until
 
 ROOM = "outage"
 STREAMS = 20
@@ -74,7 +75,7 @@ def test_locked_sqlite_store_answers_503_quickly_and_loses_nothing(start_server,
             assert server.publish(ROOM, f"after {number}")
         expected = stored_ids(sqlite_path, ROOM)
         await asyncio.to_thread(wait_until, lambda: all(len(c.messages) >= len(expected) for c in clients), 15)
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)

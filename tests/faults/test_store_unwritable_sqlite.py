@@ -36,7 +36,8 @@ import requests
 
 from app.stores.sqlite import SQLiteStore
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import stored_ids, wait_until
+from tests.support.faults import stored_ids
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
+from tests.support.waiting import wait_until
 
 LIMIT = 50
 ATTEMPTS = 80

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
 from tests.support.stores import FerretDBWorkarounds, RecordingPublisher, history_ids, stored_ids_reader
+from tests.support.waiting import wait_until
 
 STREAMS = 200
 ROOMS = [f"kill-{n}" for n in range(4)]
@@ -44,7 +45,7 @@ def test_clients_of_a_killed_worker_reconnect_and_get_every_message_once_in_orde
         tasks = [asyncio.ensure_future(client.run()) for client in clients]
         await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in clients)), 60)
         publisher.start()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # publishing runs a while before the kill
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         # The master forks a replacement; the victim's clients come back after `retry`.
@@ -55,7 +56,7 @@ def test_clients_of_a_killed_worker_reconnect_and_get_every_message_once_in_orde
         await asyncio.to_thread(
             wait_until, lambda: all(len(c.messages) >= len(stored[c.room]) for c in clients), 30)
         timings["caught_up_after_kill"] = time.monotonic() - killed_at
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         # The dead worker's live gauges were dropped (child_exit): the open streams add up.
         await asyncio.to_thread(wait_until, lambda: metric(server.url, "sse_open_streams") == STREAMS, 10)
         for client in clients:

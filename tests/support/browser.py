@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import struct
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.support.waiting import wait_until
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -35,8 +34,6 @@ window.EventSource = class extends window.EventSource {
 };
 """
 
-T = TypeVar("T")
-
 
 def start_chromium(profile_dir: Path, width: int = 1000, height: int = 760) -> WebDriver:
     """Start one headless Chromium with a fresh profile."""
@@ -53,18 +50,6 @@ def start_chromium(profile_dir: Path, width: int = 1000, height: int = 760) -> W
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _TRACK_EVENT_SOURCES})
     return driver
-
-
-def wait_for(condition: Callable[[], T], timeout: float, message: str, interval: float = 0.02) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``message`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} (waited {timeout:g} s; last value {value!r})")
-        time.sleep(interval)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -94,7 +79,7 @@ class DemoPage:
         return self.driver.find_element(By.ID, "state").text
 
     def wait_until_live(self, timeout: float = 10.0) -> None:
-        wait_for(lambda: self.state() == "live", timeout, "the page did not become live")
+        wait_until(lambda: self.state() == "live", timeout, "the page did not become live")
 
     def texts(self) -> list[str]:
         return self.driver.execute_script(

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from app.stores.base import UNKNOWN_ID_REASON
 from tests.support.eventsource import EventSourceClient, EventStreamParser
-from tests.support.faults import wait_until
 from tests.support.live import LiveServer
+from tests.support.waiting import wait_until
 
 ROOM = "wrap"
 
@@ -41,7 +41,7 @@ def resume_after_wrap(server: LiveServer, capped_max: int,
         await asyncio.to_thread(wait_until, lambda: len(client.messages) >= len(window), 10)
         live = await asyncio.to_thread(server.publish, ROOM, "live after the reset")
         await asyncio.to_thread(wait_until, lambda: len(client.messages) >= len(window) + 1, 10)
-        await asyncio.sleep(0.3)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.3)  # a quiet period: a duplicate, if any, would arrive now
         client.stop()
         await task
         return live["id"]

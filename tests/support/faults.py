@@ -1,9 +1,8 @@
-"""Helpers shared by the fault tests: metrics, waiting, publishing, reading the store."""
+"""Helpers shared by the fault tests: metrics, publishing, reading the store (waiting: tests/support/waiting.py)."""
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -25,16 +24,6 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def metric(url: str, name: str, **labels: str) -> float:
     """Return one sample's value (0 when it has not been written yet)."""
     return scrape(url).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> float:
-    """Wait for ``condition``; return the seconds it took, or fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def stored_ids(sqlite_path: str, room: str) -> list[str]:

@@ -18,6 +18,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from tests.support.live import ROOT, free_port
+from tests.support.waiting import wait_until
 
 BUILD_SCRIPT = ROOT / ".ci" / "ferretdb-build"
 # Capped collections are trimmed by a background ticker (default 1m) or by `compact`;
@@ -102,22 +103,26 @@ class FerretDB:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
         client = MongoClient(self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250, directConnection=True)
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ferretdb exited with {self.process.returncode}: {self.log()}")
+            try:
+                client.admin.command("ping")
+            except PyMongoError:
+                return False
+            return True
+
         try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"ferretdb exited with {self.process.returncode}: {self.log()}")
-                try:
-                    client.admin.command("ping")
-                    self._port_chosen = False  # from now on the port is ours, restarts keep it
-                    return self
-                except PyMongoError:
-                    time.sleep(0.05)
+            wait_until(answers, timeout)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(f"ferretdb did not answer a ping within {timeout} s: {self.log()}") from None
         finally:
             client.close()
-        self.kill()
-        raise RuntimeError(f"ferretdb did not answer a ping within {timeout} s: {self.log()}")
+        self._port_chosen = False  # from now on the port is ours, restarts keep it
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the process with SIGTERM (SIGKILL if it does not exit in time)."""

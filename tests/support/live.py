@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
@@ -47,19 +49,22 @@ class LiveServer:
             [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log()}")
-            try:
-                # 401: private rooms are on (AUTH_JWT_*) and "ready" is one of them; the app answers all the same.
-                if requests.get(self.url + "/messages/history?room=ready", timeout=1).status_code in (200, 401):
-                    if self._every_worker_booted():
-                        return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not become ready: {self.log()}")
+        try:
+            wait_until(self._ready, timeout, interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"gunicorn did not become ready: {self.log()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        """Say whether the app answers and every worker has booted; fail at once if gunicorn exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log()}")
+        try:
+            # 401: private rooms are on (AUTH_JWT_*) and "ready" is one of them; the app answers all the same.
+            answered = requests.get(self.url + "/messages/history?room=ready", timeout=1).status_code in (200, 401)
+        except requests.RequestException:
+            return False
+        return answered and self._every_worker_booted()
 
     def _every_worker_booted(self) -> bool:
         """Say whether each worker has made its app: one answering is not enough (the other may be booting)."""

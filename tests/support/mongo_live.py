@@ -5,8 +5,8 @@ import asyncio
 from collections.abc import Callable
 
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import wait_until
 from tests.support.live import LiveServer
+from tests.support.waiting import wait_until
 from tests.support.wire_capped import FakeCappedCollection
 
 
@@ -32,7 +32,7 @@ def follow_while(server: LiveServer, rooms: list[str], streams: int,
         await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in clients)), 20)
         await asyncio.to_thread(action, clients)
         await asyncio.to_thread(wait_until, lambda: all(done(client) for client in clients), 20)
-        await asyncio.sleep(settle)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(settle)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)

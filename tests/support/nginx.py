@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.support.live import ROOT, free_port
+from tests.support.waiting import wait_until
 
 NGINX = Path(os.environ.get("NGINX", "/usr/sbin/nginx"))
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -113,16 +113,21 @@ class LiveNginx:
             raise RuntimeError(f"nginx -t rejected the rendered config:\n{check.stderr}")
         self.process = subprocess.Popen(self._command("-g", "daemon off;"), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not listen on {self.port}: {self.log()}")
+        try:
+            wait_until(self._listening, timeout)
+        except AssertionError:
+            raise RuntimeError(f"nginx did not listen on {self.port}: {self.log()}") from None
+        return self
+
+    def _listening(self) -> bool:
+        """Say whether nginx accepts connections; fail at once if it exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop at once (SIGTERM is nginx's fast shutdown; open streams are not waited for)."""

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import requests
 import sseclient
 
+from tests.support.waiting import wait_until
+
 
 class StreamReader:
     """Follow one SSE stream in a background thread, collecting parsed events."""
@@ -48,12 +50,12 @@ class StreamReader:
         return ids[-1] if ids else None
 
     def wait_for(self, predicate: Callable[[list[sseclient.Event]], bool], timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.events):
-                return True
-            time.sleep(0.01)
-        return predicate(self.events)
+        """Wait until ``predicate(events)`` holds; return whether it did (the caller asserts)."""
+        try:
+            wait_until(lambda: predicate(self.events), timeout, interval=0.01)
+        except AssertionError:
+            return False
+        return True
 
     def close(self) -> None:
         """Drop the connection abruptly, as a browser tab that goes away would."""

@@ -1,10 +1,10 @@
-"""Regression: writers queued behind a locked SQLite file waited their turn for the busy timeout each.
+"""Writers queued behind a SQLite file another process has locked each fail within two busy timeouts.
 
 With the file locked by another process, every write waits out the 2 s
-busy timeout, and this worker's writes take turns (one writer thread): the
-n-th concurrent publisher got its 503 only after n x 2 s (over 30 s with 16
-publishers in the live outage test). A write now gives up when it has
-waited the busy timeout for its turn, so each answers within about twice it.
+busy timeout, and this worker's writes take turns (one writer thread), so a
+write gives up once it has waited the busy timeout for its turn: each answers
+within about twice it. (Before, the n-th concurrent publisher got its 503
+after n x 2 s: over 30 s with 16 publishers in the live outage test.)
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The SQLite store when its file cannot take a write: the error says why, and nothing is stored.
 
 Live, with a real full disk, a read-only file and a lock held by another
-process: tests/faults/test_store_unwritable_sqlite.py.
+process: test_store_unwritable_sqlite.py beside it.
 """
 from __future__ import annotations
 

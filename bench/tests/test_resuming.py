@@ -2,25 +2,21 @@
 
 bench/ssebench counts a peer's lost messages in the reconnect storm only if its
 client resumes the way that peer's protocol says; for Centrifugo (no SSE `id:`)
-that is the epoch and offset in `cf_connect`. Only the standard library is
-imported from the bench here (resuming.py and sserequest.py need no bench package).
+that is the epoch and offset in `cf_connect`. resuming.py and sserequest.py need
+only the standard library, so these run in the server's venv too (`make test`).
 """
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from ssebench.resuming import (  # noqa: E402
+from ssebench.resuming import (
     ResumingClients,
     ResumingStream,
-    _follow_centrifugo_position,
     centrifugo_resume_path,
+    follow_centrifugo_position,
 )
-from ssebench.sserequest import sse_request  # noqa: E402
+from ssebench.sserequest import sse_request
 
 FIRST_PATH = "/connection/uni_sse?cf_connect=%7B%22subs%22%3A%7B%22room-1%22%3A%7B%7D%7D%7D"
 
@@ -31,11 +27,11 @@ def _connect_request(path: str) -> dict:
 
 def test_position_follows_publications_and_recovered_batches():
     stream = ResumingStream(0, FIRST_PATH)
-    _follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"recoverable":true,"epoch":"E1"}}}}')
+    follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"recoverable":true,"epoch":"E1"}}}}')
     assert (stream.epoch, stream.offset) == ("E1", 0)
-    _follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"data":{},"offset":7}}')
+    follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"data":{},"offset":7}}')
     # A reconnect's reply carries the recovered publications: the highest offset wins.
-    _follow_centrifugo_position(
+    follow_centrifugo_position(
         stream,
         b'data: {"connect":{"subs":{"room-1":{"epoch":"E1","recovered":true,'
         b'"publications":[{"offset":8},{"offset":9}],"offset":9}}}}',
@@ -45,8 +41,8 @@ def test_position_follows_publications_and_recovered_batches():
 
 def test_a_new_epoch_starts_the_count_again():
     stream = ResumingStream(0, FIRST_PATH)
-    _follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"offset":40,"epoch":"E1"}}')
-    _follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"epoch":"E2","offset":3}}}}')
+    follow_centrifugo_position(stream, b'data: {"channel":"room-1","pub":{"offset":40,"epoch":"E1"}}')
+    follow_centrifugo_position(stream, b'data: {"connect":{"subs":{"room-1":{"epoch":"E2","offset":3}}}}')
     assert (stream.epoch, stream.offset) == ("E2", 3)
 
 
@@ -69,14 +65,14 @@ def _resuming_clients(resume: str) -> ResumingClients:
 def test_a_stream_sends_last_event_id_once_it_has_an_id_and_only_in_that_style():
     stream = ResumingStream(0, "/messages?room=r")
     clients = _resuming_clients("last-event-id")
-    assert b"Last-Event-ID" not in clients._request(stream)
+    assert b"Last-Event-ID" not in clients.request_for(stream)
     stream.last_id = "7-12"
-    assert clients._request(stream) == (
+    assert clients.request_for(stream) == (
         b"GET /messages?room=r HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept: text/event-stream\r\n"
         b"Cache-Control: no-cache\r\nLast-Event-ID: 7-12\r\n\r\n"
     )
     # Centrifugo's position goes in cf_connect, never in a header.
-    assert b"Last-Event-ID" not in _resuming_clients("centrifugo")._request(stream)
+    assert b"Last-Event-ID" not in _resuming_clients("centrifugo").request_for(stream)
 
 
 def test_the_hostile_readers_request_carries_the_headers_it_is_given():

@@ -1,12 +1,10 @@
-"""Regression: the MongoDB tailer crashed on every start, so MongoDB streams never got live messages.
+"""Streams on the MongoDB store get live messages from the tailer, which never crashes or restarts.
 
-``collection.find(..., max_await_time_ms=...)`` is not a PyMongo argument
-(TypeError), and after that, ``Cursor.try_next()`` does not exist on a
-PyMongo cursor (AttributeError; only change streams have it). The tailer
-caught both as crashes and restarted for ever, with backoff: streams on the
-MongoDB store got their backlog and heartbeats, and nothing live. (Found
-here and, independently, on main in db66aa4, whose fix is the one kept;
-this test drives it through live gunicorn.)
+Real gunicorn and real PyMongo against a capped collection served by MockupDB
+(tests/support/wire_capped.py). Once, the tailer crashed on every start
+(``find(..., max_await_time_ms=...)`` is no PyMongo argument, and a PyMongo
+cursor has no ``try_next()``) and restarted for ever: MongoDB streams got
+their backlog and heartbeats, and nothing live.
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ from bson import ObjectId
 
 from tests.support.capped_wrap import assert_reset_then_window, resume_after_wrap
 from tests.support.eventsource import EventSourceClient
-from tests.support.faults import metric, wait_until
+from tests.support.faults import metric
 from tests.support.mongo_live import follow_while, has_everything_stored, stored_ids
+from tests.support.waiting import wait_until
 from tests.support.wire_capped import NOT_WRITABLE_PRIMARY, FakeCappedCollection, Fault
 
 ROOMS = ["mongo-a", "mongo-b"]
@@ -144,7 +145,7 @@ def test_insert_during_failover_is_stored_once_or_answered_503(start_server, fak
                                         json={"room": ROOMS[0], "text": text}, timeout=15)
         if stored:
             await asyncio.to_thread(wait_until, lambda: all(client.messages for client in clients), 10)
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.gather(*tasks)
@@ -185,7 +186,7 @@ def test_mongodb_outage_answers_503_keeps_heartbeats_and_resumes_without_loss(st
         observed["posts"] = await asyncio.to_thread(_timed_posts, server.url, 4)
         observed["ready"] = await asyncio.to_thread(requests.get, server.url + "/readyz", timeout=10)
         observed["health"] = await asyncio.to_thread(requests.get, server.url + "/healthz", timeout=10)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the outage lasts a second: heartbeats must go on (counted next)
         observed["heartbeats"] = [client.parser.comments - before
                                   for client, before in zip(clients, heartbeats, strict=True)]
         fake_mongo.start(port)  # back, same address, same data
@@ -195,7 +196,7 @@ def test_mongodb_outage_answers_503_keeps_heartbeats_and_resumes_without_loss(st
             await asyncio.to_thread(server.publish, ROOMS[number % 2], f"after {number}")
         await asyncio.to_thread(
             wait_until, lambda: all(len(c.messages) >= len(stored_ids(fake_mongo, c.room)) for c in clients), 20)
-        await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
+        await asyncio.sleep(0.5)  # a quiet period: a duplicate, if any, would arrive now
         for client in clients:
             client.stop()
         await asyncio.gather(*tasks)
