@@ -223,8 +223,8 @@ def test_a_read_only_file_is_not_ready_and_publishing_resumes_once_writable(
         store.append(ROOM, text, "message")
     store.close()
     server = start_server(HEARTBEAT_SECONDS="0.5", RETRY_MS="300")
-    # Both workers must have opened the store first: one that boots on a read-only file fails to start
-    # (its schema check is a write), and gunicorn then stops altogether.
+    # Both workers have made their app (start_server waits for that) before the file turns read-only:
+    # the outage is met by running workers, not by a boot.
     wait_until(lambda: server.log_path.read_text().count("started with sqlite store") >= 2, 15)
     seen = _run_outage(server, sqlite_path, make_unwritable=lambda: os.chmod(sqlite_path, 0o444),
                        make_writable=lambda: os.chmod(sqlite_path, 0o644), before=before)
