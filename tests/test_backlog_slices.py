@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import gevent
 import pytest
 
+from app.delivery.ending import EndReason
 from app.delivery.hub import Hub, ReaderStalled
 from app.delivery.streaming import BACKLOG_CONTINUE_RETRY_MS, StreamSettings, message_stream
 from app.delivery.window import BacklogEvicted, Window
@@ -263,7 +264,7 @@ def test_the_sweeper_resets_a_backlog_write_still_blocked_at_the_backlog_deadlin
         try:
             gevent.sleep(5)
         except ReaderStalled as exc:
-            caught.append((subscription.stalled, str(exc)))
+            caught.append((subscription.ended_by is EndReason.STALLED, str(exc)))
 
     writer = gevent.spawn(blocked_writer)
     gevent.sleep(0)
