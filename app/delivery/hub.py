@@ -21,6 +21,10 @@ A subscription's queue is bounded: a reader that falls ``queue_limit`` events
 behind ends (``EndReason.SLOW``). It loses nothing -- the
 client reconnects with Last-Event-ID and resumes from the store -- and it
 cannot make the worker's memory grow without bound.
+
+The hub asks a stream to end only through its subscription's methods
+(``end``, ``reset``); how each way of ending plays out is said once, in
+``app/delivery/ending.py``.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
     __slots__ = ("rooms", "limit", "_items", "_waiter", "ended_by", "heartbeat_due", "last_sent", "writing_since",
-                 "backlog_until", "greenlet", "expires_at")
+                 "backlog_until", "events", "_greenlet", "expires_at")
 
     def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None) -> None:
         self.rooms = rooms
@@ -62,7 +66,8 @@ class Subscription:
         self.last_sent = time.monotonic()
         self.writing_since: float | None = None
         self.backlog_until: float | None = None  # while its backlog is written: the time it must be done by
-        self.greenlet = gevent.getcurrent()
+        self.events = 0  # written to the client by its stream; the sweeper adds them up into the metrics
+        self._greenlet = gevent.getcurrent()  # the stream's: where a reset is raised
         self.expires_at = expires_at  # time.monotonic() when the stream's authorization ends
 
     def end(self, reason: EndReason) -> None:
@@ -70,6 +75,21 @@ class Subscription:
         if self.ended_by is None:
             self.ended_by = reason
             self.wake()
+
+    def reset(self, timeout: float) -> None:
+        """End the stream by resetting its connection: its blocked write raises ``ReaderStalled``.
+
+        The reset overrides any earlier reason: the client did not get that end.
+        """
+        self.ended_by = EndReason.STALLED
+        STREAMS_DROPPED.labels(DROP_STALLED).inc()
+        # Scheduled through the hub, so the caller (the sweeper) carries on.
+        gevent.kill(self._greenlet, ReaderStalled(errno.ECONNRESET, f"write not done within {timeout:g}s"))
+
+    def ask_for_heartbeat(self) -> None:
+        """Wake the stream to write a heartbeat if it has nothing else to write."""
+        self.heartbeat_due = True
+        self.wake()
 
     def offer(self, event: Entry) -> Waiter | None:
         """Queue an event; return the waiter to wake if the stream is parked."""
@@ -145,7 +165,10 @@ class Hub:
         self._rooms: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
         self._sweeper: gevent.Greenlet | None = None
-        self.delivered = 0  # events written to clients since the last sweep
+        # Events written by streams that left, and the total the metrics have: the
+        # sweeper adds up each subscription's own count rather than streams adding to the hub's.
+        self._events_of_left = 0
+        self._events_counted = 0
         self.closed = False  # close_all() was called: the worker is shutting down
         # Bumped whenever a stream joins or leaves: presence works out the rooms
         # again only when they may have changed (O(rooms) each time).
@@ -181,6 +204,7 @@ class Hub:
         if subscription not in self._subscriptions:
             return
         self._subscriptions.discard(subscription)
+        self._events_of_left += subscription.events
         self.changes += 1
         SUBSCRIPTIONS.dec()
         for room in subscription.rooms:
@@ -223,7 +247,9 @@ class Hub:
 
     def sweep(self, now: float) -> None:
         """Wake silent streams for a heartbeat, reset stalled writers, end expired ones, flush delivery counts."""
+        events = self._events_of_left
         for subscription in list(self._subscriptions):
+            events += subscription.events
             if subscription.expires_at is not None and now >= subscription.expires_at:
                 # Ends after its current write, if any: the write deadline still guards that.
                 subscription.end(EndReason.TOKEN_EXPIRED)
@@ -232,19 +258,12 @@ class Hub:
                 if subscription.backlog_until is not None:
                     cut_at = min(cut_at, subscription.backlog_until)
                 if now > cut_at and subscription.ended_by is not EndReason.STALLED:
-                    # Whatever else ended it, the client did not get the end: the reset is its end.
-                    subscription.ended_by = EndReason.STALLED
-                    STREAMS_DROPPED.labels(DROP_STALLED).inc()
-                    # Raised inside the blocked write; scheduled through the hub
-                    # so this greenlet carries on with the sweep.
-                    gevent.kill(subscription.greenlet, ReaderStalled(
-                        errno.ECONNRESET, f"write not done within {self.write_timeout_seconds:g}s"))
+                    subscription.reset(self.write_timeout_seconds)
             elif now - subscription.last_sent >= self.heartbeat_seconds:
-                subscription.heartbeat_due = True
-                subscription.wake()
-        if self.delivered:
-            EVENTS_DELIVERED.inc(self.delivered)
-            self.delivered = 0
+                subscription.ask_for_heartbeat()
+        if events > self._events_counted:
+            EVENTS_DELIVERED.inc(events - self._events_counted)
+            self._events_counted = events
 
     def _sweep_forever(self) -> None:
         while True:

@@ -45,8 +45,12 @@ When the server can see the client's socket, it also watches it: a client
 that closes its end (FIN) releases its stream at once, not at the next write.
 
 A stream read with a token that expires (``expires_at``, the JWT's ``exp``)
-ends then: the hub's sweeper flags it, so delivery costs nothing more. The
-client's EventSource reconnects and is answered 401 until it has a new token.
+ends then: the hub's sweeper ends its subscription, so delivery costs nothing
+more. The client's EventSource reconnects and is answered 401 until it has a
+new token.
+
+Every way a stream ends, where it is decided and what the client gets:
+``app/delivery/ending.py``.
 """
 from __future__ import annotations
 
@@ -92,13 +96,6 @@ class StreamSettings:
     backlog_max_bytes: int = 8 * 2**20  # backlog bytes one response sends before it ends for a resume
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What the end-of-stream log line counts."""
-
-    events: int = 0
-
-
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageStore,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
                    expires_at: float | None = None) -> Iterator[bytes]:
@@ -109,7 +106,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
     started = time.monotonic()
     # On the monotonic clock from here on, as the hub's sweeper reads it.
     deadline = None if expires_at is None else started + (expires_at - time.time())
-    outcome = _Outcome()
+    events = 0  # written, over the stream's subscriptions
     ended_by = EndReason.CLIENT_GONE  # unless something else ends it first
     try:
         yield retry_line(settings.retry_ms)
@@ -126,7 +123,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
             watcher = _watch_for_close(client_socket, subscription)
             try:
                 # The last id sent: where a resync joins again.
-                last_id = yield from _send_backlog(backlog, subscription, hub, outcome, settings)
+                last_id = yield from _send_backlog(backlog, subscription, hub.write_timeout_seconds, settings)
                 del backlog  # a parked stream keeps no cursor alive
                 chunk, count, chunk_bytes = b"", 0, settings.chunk_bytes
                 # The live loop is written out here, not in helper generators:
@@ -136,12 +133,12 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                     if chunk:
                         subscription.writing_since = time.monotonic()
                         yield chunk
-                        _written(subscription, count, hub, outcome)
+                        _written(subscription, count)
                     # A parked stream keeps no bytes alive (a backlog can be large).
                     chunk = None
                     chunk, count, last_id = _next_chunk(subscription, last_id, chunk_bytes)  # last_id: as above
                 if subscription.ended_by is not EndReason.RESYNC:
-                    yield from _say_why(subscription, hub, outcome, settings)
+                    yield from _say_why(subscription, settings)
                     return
             finally:
                 if subscription.ended_by is not EndReason.RESYNC:
@@ -150,9 +147,10 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                 if watcher is not None:
                     watcher.close()
                 hub.unsubscribe(subscription)
+                events += subscription.events
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
-                 ",".join(rooms), time.monotonic() - started, outcome.events, ended_by)
+                 ",".join(rooms), time.monotonic() - started, events, ended_by)
 
 
 def _wait_to_join(last_id: str | None, window: Window, store: MessageStore, heartbeat_seconds: float,
@@ -178,20 +176,20 @@ def _wait_to_join(last_id: str | None, window: Window, store: MessageStore, hear
         # The tailer lost its place meanwhile: wait for the window again.
 
 
-def _say_why(subscription: Subscription, hub: Hub, outcome: _Outcome, settings: StreamSettings) -> Iterator[bytes]:
+def _say_why(subscription: Subscription, settings: StreamSettings) -> Iterator[bytes]:
     """Write what the client is told when its subscription ended for ``ended_by`` (nothing, for some)."""
     reason = subscription.ended_by
     if reason is EndReason.SHUTDOWN:
         # Spread the reconnects of a shutting-down worker's clients.
         yield retry_line(int(settings.retry_ms * (1 + random.random())))
     elif reason is EndReason.TOKEN_EXPIRED:
-        yield from _send(TOKEN_EXPIRED_COMMENT, 0, subscription, hub, outcome)  # under the write deadline
+        yield from _send(TOKEN_EXPIRED_COMMENT, 0, subscription)  # under the write deadline
     elif reason is EndReason.BACKLOG_BOUND:
         # EventSource resumes from the last id it got: the rest of the backlog, at once.
-        yield from _send(retry_line(BACKLOG_CONTINUE_RETRY_MS), 0, subscription, hub, outcome)
+        yield from _send(retry_line(BACKLOG_CONTINUE_RETRY_MS), 0, subscription)
     elif reason in (EndReason.BACKLOG_TOO_SLOW, EndReason.BACKLOG_EVICTED):
         # It resumes from the last id it got: the rest, or ``reset`` if the window let go of that id.
-        yield from _send(retry_line(settings.retry_ms), 0, subscription, hub, outcome)
+        yield from _send(retry_line(settings.retry_ms), 0, subscription)
     elif reason is EndReason.SLOW:
         # Overflowed: the client resumes from its Last-Event-ID on reconnect.
         STREAMS_DROPPED.labels(DROP_SLOW).inc()
@@ -225,7 +223,7 @@ def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) 
         yield HEARTBEAT
 
 
-def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcome: _Outcome) -> Iterator[bytes]:
+def _send(chunk: bytes, count: int, subscription: Subscription) -> Iterator[bytes]:
     """Yield one chunk with the write deadline armed; count what it delivered.
 
     The generator stays suspended here while the WSGI server writes the chunk,
@@ -234,16 +232,14 @@ def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcom
     """
     subscription.writing_since = time.monotonic()
     yield chunk
-    _written(subscription, count, hub, outcome)
+    _written(subscription, count)
 
 
-def _written(subscription: Subscription, count: int, hub: Hub, outcome: _Outcome) -> None:
+def _written(subscription: Subscription, count: int) -> None:
     """Disarm the write deadline and count the events the chunk delivered."""
     subscription.writing_since = None
     subscription.last_sent = time.monotonic()
-    if count:
-        outcome.events += count
-        hub.delivered += count  # into the metrics at the next sweep, not per chunk
+    subscription.events += count  # into the metrics at the next sweep, not per chunk
 
 
 def _watch_for_close(client_socket: socket.socket | None, subscription: Subscription):
@@ -275,7 +271,7 @@ def _watch_for_close(client_socket: socket.socket | None, subscription: Subscrip
     return watcher
 
 
-def _send_backlog(backlog: BacklogCursor, subscription: Subscription, hub: Hub, outcome: _Outcome,
+def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_timeout_seconds: float,
                   settings: StreamSettings) -> Generator[bytes, None, str | None]:
     """Write the backlog from the window, a slice at a time; return the id of the last entry sent.
 
@@ -284,8 +280,8 @@ def _send_backlog(backlog: BacklogCursor, subscription: Subscription, hub: Hub, 
     """
     if backlog.reset_reason is not None:
         RESETS_SENT.inc()
-        yield from _send(reset_event(backlog.reset_reason), 0, subscription, hub, outcome)
-    subscription.backlog_until = time.monotonic() + hub.write_timeout_seconds
+        yield from _send(reset_event(backlog.reset_reason), 0, subscription)
+    subscription.backlog_until = time.monotonic() + write_timeout_seconds
     sent = 0
     try:
         while subscription.ended_by is None:
@@ -305,7 +301,7 @@ def _send_backlog(backlog: BacklogCursor, subscription: Subscription, hub: Hub, 
                 # One event: the window's own bytes object, not a copy.
                 chunk = entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
                 sent += len(chunk)
-                yield from _send(chunk, len(entries), subscription, hub, outcome)
+                yield from _send(chunk, len(entries), subscription)
         return backlog.last_id
     finally:
         subscription.backlog_until = None
