@@ -64,19 +64,12 @@ from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from ..operations.metrics import (
-    DROP_SLOW,
-    DROP_STALLED,
-    QUERY_RESUME,
-    RESETS_SENT,
-    STORE_ERRORS,
-    STORE_QUERIES,
-    STREAMS_DROPPED,
-)
+from ..operations.metrics import DROP_SLOW, DROP_STALLED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
 from ..stores.base import MessageStore, StoreUnavailable
 from .ending import EndReason
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
+from .reading import wait_for_tailer, wait_for_window
 from .window import BacklogCursor, BacklogEvicted, Window
 
 log = logging.getLogger(__name__)
@@ -160,14 +153,14 @@ def _wait_to_join(last_id: str | None, window: Window, store: MessageStore, hear
         if deadline is not None and time.monotonic() >= deadline:
             return EndReason.TOKEN_EXPIRED
         if not window.ready.is_set():
-            yield from _wait_for_window(window, heartbeat_seconds, settings.window_wait_seconds)
+            yield from wait_for_window(window, heartbeat_seconds, settings.window_wait_seconds)
             if not window.ready.is_set():
                 STORE_ERRORS.labels("stream").inc()
                 return EndReason.STORE_UNAVAILABLE
         if last_id is None or window.holds(last_id):
             return None
         try:
-            yield from _wait_for_tailer(last_id, window, store, heartbeat_seconds, settings.window_wait_seconds)
+            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, settings.window_wait_seconds)
         except StoreUnavailable:
             STORE_ERRORS.labels("stream").inc()
             return EndReason.STORE_UNAVAILABLE
@@ -193,34 +186,6 @@ def _say_why(subscription: Subscription, settings: StreamSettings) -> Iterator[b
     elif reason is EndReason.SLOW:
         # Overflowed: the client resumes from its Last-Event-ID on reconnect.
         STREAMS_DROPPED.labels(DROP_SLOW).inc()
-
-
-def _wait_for_tailer(last_id: str, window: Window, store: MessageStore, heartbeat_seconds: float,
-                     patience: float) -> Iterator[bytes]:
-    """Wait while the store holds ``last_id`` but this worker's tailer has not read it yet.
-
-    A client that read a message through another worker or node may be ahead
-    of this worker's window by a few milliseconds; without this wait its id
-    would look unknown and it would get ``reset`` and the whole room again.
-    An id the store does not hold either is evicted or foreign: no wait.
-    """
-    STORE_QUERIES.labels(QUERY_RESUME).inc()
-    if not store.contains(last_id):
-        return
-    deadline = time.monotonic() + patience
-    while not window.wait_to_hold(last_id, min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
-        if not window.ready.is_set() or time.monotonic() >= deadline:
-            return
-        yield HEARTBEAT
-
-
-def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
-    """Wait up to ``patience`` seconds for the window to be warm, sending heartbeats meanwhile."""
-    deadline = time.monotonic() + patience
-    while not window.ready.wait(min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            return
-        yield HEARTBEAT
 
 
 def _send(chunk: bytes, count: int, subscription: Subscription) -> Iterator[bytes]:
