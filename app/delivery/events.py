@@ -23,10 +23,15 @@ def to_json_text(value: object) -> str:
 
 def message_event(message: Message) -> bytes:
     """Encode a stored message once; the bytes are shared by every subscriber."""
+    return message_json_event(message.to_json())
+
+
+def message_json_event(body: dict[str, str]) -> bytes:
+    """Encode a message from its public JSON (``Message.to_json()``, which the caller keeps parts of)."""
     return ServerSentEvent(
-        id=message.id,
-        event=None if message.event == DEFAULT_EVENT else message.event,
-        data=to_json_text(message.to_json()),
+        id=body["id"],
+        event=None if body["event"] == DEFAULT_EVENT else body["event"],
+        data=to_json_text(body),
     ).encode()
 
 

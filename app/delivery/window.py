@@ -50,7 +50,7 @@ import gevent
 import gevent.event
 
 from ..stores.base import UNKNOWN_ID_REASON, Message, stored_size
-from .events import message_event
+from .events import message_json_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,8 @@ class Entry:
     """A message as the tailer read it: its position in store order and its SSE bytes, encoded once.
 
     Only the bytes keep the text: the window's memory is about one copy of
-    what it holds, not two.
+    what it holds, not two. The small fields a reader needs without the text
+    are kept beside them: ``created_at`` is the JSON's ``createdAt`` as sent.
     """
 
     position: int
@@ -66,9 +67,10 @@ class Entry:
     room: str
     payload: bytes
     size: int
+    created_at: str
 
     def to_json(self) -> dict[str, str]:
-        """Return the message's public JSON (for history), read back from its event's data line."""
+        """Return the message's public JSON (for history, which sends the text), read back from its data line."""
         # One data line: JSON escapes every line break the text may hold.
         data = next(line for line in self.payload.split(b"\n") if line.startswith(b"data: "))
         return json.loads(data[len(b"data: "):])
@@ -220,8 +222,9 @@ class Window:
                 # Natural order never repeats a document, but a store may re-send
                 # one (FerretDB 1.24 does, see docs/testing.md): never deliver it twice.
                 continue
-            entry = Entry(position, message.id, message.room, message_event(message),
-                          stored_size(message.room, message.text, message.event))
+            body = message.to_json()
+            entry = Entry(position, message.id, message.room, message_json_event(body),
+                          stored_size(message.room, message.text, message.event), body["createdAt"])
             self._entries.append(entry)
             self._by_id[message.id] = entry
             room = self._rooms.get(message.room)
