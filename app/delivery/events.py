@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from ..stores.base import Message
 from .sse import ServerSentEvent
 
 DEFAULT_EVENT = "message"
@@ -21,13 +20,8 @@ def to_json_text(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def message_event(message: Message) -> bytes:
-    """Encode a stored message once; the bytes are shared by every subscriber."""
-    return message_json_event(message.to_json())
-
-
-def message_json_event(body: dict[str, str]) -> bytes:
-    """Encode a message from its public JSON (``Message.to_json()``, which the caller keeps parts of)."""
+def message_event(body: dict[str, str]) -> bytes:
+    """Encode a stored message once, from its public JSON (``Message.to_json()``); every subscriber shares the bytes."""
     return ServerSentEvent(
         id=body["id"],
         event=None if body["event"] == DEFAULT_EVENT else body["event"],

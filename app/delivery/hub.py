@@ -19,7 +19,7 @@ Cost per delivery is what makes broadcast fast, so the hot path is lean:
 
 A subscription's queue is bounded: a reader that falls ``queue_limit`` events
 behind ends (``EndReason.SLOW``). It loses nothing -- the
-client reconnects with Last-Event-ID and resumes from the store -- and it
+client reconnects with Last-Event-ID and resumes from the window -- and it
 cannot make the worker's memory grow without bound.
 
 The hub asks a stream to end only through its subscription's methods
@@ -173,10 +173,6 @@ class Hub:
         # Bumped whenever a stream joins or leaves: presence works out the rooms
         # again only when they may have changed (O(rooms) each time).
         self.changes = 0
-
-    @property
-    def stream_count(self) -> int:
-        return len(self._subscriptions)
 
     def subscribers(self, room: str) -> int:
         """Return how many of this worker's streams follow ``room``."""

@@ -50,7 +50,7 @@ import gevent
 import gevent.event
 
 from ..stores.base import UNKNOWN_ID_REASON, Message, stored_size
-from .events import message_json_event
+from .events import message_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +125,11 @@ def _position(entry: Entry) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Backlog:
-    """What a join sends first: the room's entries after its resume point, or all with a reason."""
+class WindowBacklog:
+    """The rooms' entries after a resume point, as the window holds them, or all with a reason.
+
+    (Not ``stores.base.Backlog``, the store's answer to the same question.)
+    """
 
     entries: list[Entry]
     reset_reason: str | None = None
@@ -223,7 +226,7 @@ class Window:
                 # one (FerretDB 1.24 does, see docs/testing.md): never deliver it twice.
                 continue
             body = message.to_json()
-            entry = Entry(position, message.id, message.room, message_json_event(body),
+            entry = Entry(position, message.id, message.room, message_event(body),
                           stored_size(message.room, message.text, message.event), body["createdAt"])
             self._entries.append(entry)
             self._by_id[message.id] = entry
@@ -249,14 +252,14 @@ class Window:
             room.forget(entry.position)  # a cursor may hold it: let go of the evicted entries all the same
             del self._rooms[entry.room]
 
-    def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> Backlog:
+    def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> WindowBacklog:
         """Return the rooms' entries after ``after_id`` (None: all) in store order, or all with a reset reason.
 
         One id resumes any set of rooms: positions are one order across rooms.
         Only call once ``ready`` is set: before that a miss proves nothing.
         """
         cursor = self.cursor(rooms, after_id)
-        return Backlog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
+        return WindowBacklog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
 
     def cursor(self, rooms: Sequence[str], after_id: str | None) -> BacklogCursor:
         """Return a cursor over the rooms' entries after ``after_id`` (None: all), or over all with a reset reason.
