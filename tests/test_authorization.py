@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from app import create_app
 from app.config import ConfigError, Settings
+from app.delivery.ending import EndReason
 from app.delivery.hub import Hub
 from app.edge.authorization import MAX_TOKEN_CHARS, Grant
 from tests.support.live import GUNICORN, ROOT
@@ -428,10 +429,10 @@ def test_the_sweeper_flags_and_wakes_a_subscription_at_its_deadline():
                                   hub.subscribe(("r",)))
 
     hub.sweep(9.9)
-    assert not (lasting.interrupted or expiring.interrupted or endless.interrupted)
+    assert lasting.ended_by is expiring.ended_by is endless.ended_by is None
     hub.sweep(10.0)
-    assert expiring.expired and expiring.interrupted
-    assert not (lasting.expired or endless.expired)
+    assert expiring.ended_by is EndReason.TOKEN_EXPIRED
+    assert lasting.ended_by is endless.ended_by is None
     for subscription in (lasting, expiring, endless):
         hub.unsubscribe(subscription)
 

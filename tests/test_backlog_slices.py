@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import gevent
 import pytest
 
+from app.delivery.ending import EndReason
 from app.delivery.hub import Hub, ReaderStalled
 from app.delivery.streaming import BACKLOG_CONTINUE_RETRY_MS, StreamSettings, message_stream
 from app.delivery.window import BacklogEvicted, Window
@@ -200,9 +201,9 @@ def test_a_join_that_sent_its_byte_bound_ends_and_the_resume_gets_the_rest_exact
             assert chunks[-1] == f"retry: {BACKLOG_CONTINUE_RETRY_MS}\n\n".encode()  # come back at once
             with pytest.raises(StopIteration):
                 next(stream)
-            assert hub.stream_count == 0
+            assert hub.room_counts() == {}
         else:
-            assert hub.stream_count == 1  # the last one goes live
+            assert hub.room_counts() == {"r": 1}  # the last one goes live
             stream.close()
     assert received == [m.id for m in sent]
     assert responses == 4  # ~37 KB of backlog, at most ~12 KB a response
@@ -224,7 +225,7 @@ def test_a_stream_whose_unsent_backlog_is_evicted_ends_and_its_resume_gets_reset
     rest = list(stream)
     assert rest == [b"retry: 1000\n\n"]
     assert "ended_by=backlog evicted" in caplog.text
-    assert hub.stream_count == 0
+    assert hub.room_counts() == {}
     resumed = message_stream(("r",), sent[0].id, window=window, hub=hub, store=store,
                              settings=StreamSettings(retry_ms=1000, window_wait_seconds=0.1))
     try:
@@ -263,7 +264,7 @@ def test_the_sweeper_resets_a_backlog_write_still_blocked_at_the_backlog_deadlin
         try:
             gevent.sleep(5)
         except ReaderStalled as exc:
-            caught.append((subscription.stalled, str(exc)))
+            caught.append((subscription.ended_by is EndReason.STALLED, str(exc)))
 
     writer = gevent.spawn(blocked_writer)
     gevent.sleep(0)

@@ -22,6 +22,7 @@ from app.delivery.admission import Admission, Refusal, StreamSlots
 from app.delivery.client_slots import ClientSlots
 from app.edge import messages
 from app.edge.clients import address_key
+from tests.support.client_slots import streams_held
 from tests.support.tokens import SECRET, claims, mint
 
 # -- who the client is -----------------------------------------------------------------------------
@@ -99,10 +100,10 @@ def test_a_closed_stream_gives_its_slot_back(make_app):
     third = _stream(client)
     assert third.status_code == 200
     slots = app.extensions["sse"].admission.client_slots
-    assert slots.held("ip:192.0.2.1") == 2
+    assert streams_held(slots, "ip:192.0.2.1") == 2
     second.close()
     third.close()
-    assert slots.held("ip:192.0.2.1") == 0
+    assert streams_held(slots, "ip:192.0.2.1") == 0
     assert app.extensions["sse"].slots.open == 0
 
 
@@ -162,7 +163,7 @@ def test_a_failure_before_the_response_exists_gives_the_slots_back(make_app, mon
 
     monkeypatch.setattr(messages, "message_stream", broken)
     assert [_stream(client).status_code for _ in range(3)] == [500] * 3
-    assert app.extensions["sse"].admission.client_slots.held("ip:192.0.2.1") == 0
+    assert streams_held(app.extensions["sse"].admission.client_slots, "ip:192.0.2.1") == 0
     assert app.extensions["sse"].slots.open == 0
 
 
@@ -185,7 +186,7 @@ def test_a_stream_that_fails_before_its_first_byte_gives_the_slots_back(make_app
                     pass
         finally:
             body.close()
-    assert app.extensions["sse"].admission.client_slots.held("ip:192.0.2.1") == 0
+    assert streams_held(app.extensions["sse"].admission.client_slots, "ip:192.0.2.1") == 0
     assert app.extensions["sse"].slots.open == 0
 
 
@@ -231,11 +232,11 @@ def test_slots_are_counted_per_client_and_given_back_exactly(tmp_path):
     assert [slots.take("a") for _ in range(4)] == [True, True, True, False]
     assert slots.take("b")
     slots.give_back("a")
-    assert slots.held("a") == 2 and slots.take("a") and not slots.take("a")
+    assert streams_held(slots, "a") == 2 and slots.take("a") and not slots.take("a")
     for _ in range(3):
         slots.give_back("a")
     slots.give_back("b")
-    assert slots.held("a") == slots.held("b") == 0
+    assert streams_held(slots, "a") == streams_held(slots, "b") == 0
     assert slots._connection().execute("SELECT count(*) FROM client_streams").fetchone() == (0,)  # no empty rows
 
 
@@ -246,9 +247,9 @@ def test_a_ticket_gives_its_slots_back_once_however_often_it_is_closed():
 
     for _ in range(3):
         first.give_back()  # closed by the server, then again by someone else: counted once
-    assert admission.client_slots.held("c") == 1 and admission.worker_slots.open == 1
+    assert streams_held(admission.client_slots, "c") == 1 and admission.worker_slots.open == 1
     second.give_back()
-    assert admission.client_slots.held("c") == 0 and admission.worker_slots.open == 0
+    assert streams_held(admission.client_slots, "c") == 0 and admission.worker_slots.open == 0
 
 
 def test_a_stopping_worker_gives_every_client_slot_back_at_once_and_each_only_once(tmp_path):
@@ -259,12 +260,13 @@ def test_a_stopping_worker_gives_every_client_slot_back_at_once_and_each_only_on
     other_worker._write(client_slots._TAKE, {"client": "a", "worker": os.getpid() + 1, "limit": 5})
 
     admission.close()  # SIGTERM
-    assert admission.client_slots.held("a") == 1 and admission.client_slots.held("b") == 0  # the other's stays
+    # The other's stays.
+    assert streams_held(admission.client_slots, "a") == 1 and streams_held(admission.client_slots, "b") == 0
     late = admission.admit("a")  # in flight as the worker stopped: admitted, not counted
-    assert not isinstance(late, Refusal) and admission.client_slots.held("a") == 1
+    assert not isinstance(late, Refusal) and streams_held(admission.client_slots, "a") == 1
     for ticket in tickets + [late]:
         ticket.give_back()
-    assert admission.client_slots.held("a") == 1  # nothing given back twice
+    assert streams_held(admission.client_slots, "a") == 1  # nothing given back twice
     assert admission.worker_slots.open == 0
 
 
@@ -273,7 +275,7 @@ def test_a_full_worker_is_refused_before_the_client_is_counted():
     ticket = admission.admit("c")
 
     assert admission.admit("d") is Refusal.WORKER_FULL
-    assert admission.client_slots.held("d") == 0
+    assert streams_held(admission.client_slots, "d") == 0
     ticket.give_back()
 
 
@@ -312,11 +314,11 @@ def test_no_two_processes_admit_past_the_limit(tmp_path):
         process.join(10)
 
     assert sum(taken.values()) == 64  # 400 attempts at once, 64 admitted
-    assert ClientSlots(path, 64).held("c") == 64
+    assert streams_held(ClientSlots(path, 64), "c") == 64
     # A dead worker's rows: the master drops them by pid (gunicorn.conf.py's child_exit).
     pid, count = next((pid, count) for pid, count in taken.items() if count)
     assert client_slots.drop_worker(path, pid) == count
-    assert ClientSlots(path, 64).held("c") == 64 - count
+    assert streams_held(ClientSlots(path, 64), "c") == 64 - count
     assert client_slots.drop_worker(path, pid) == 0
 
 

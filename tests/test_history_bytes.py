@@ -17,7 +17,7 @@ TEXT = "\x01" * 1000  # 6,000 bytes as \u0001 in the response
 def client(request, sqlite_path, monkeypatch):
     if request.param == "store":
         # The window is not caught up: history reads the store instead.
-        monkeypatch.setattr("app.edge.messages._window_has_everything", lambda svc: False)
+        monkeypatch.setattr("app.delivery.reading.window_has_everything", lambda window, store: False)
     app = create_app({"SQLITE_PATH": sqlite_path, "HEARTBEAT_SECONDS": "1", "HISTORY_MAX_BYTES": str(PAGE_BYTES)})
     return app.test_client()
 

@@ -235,4 +235,4 @@ def test_a_stream_of_several_rooms_gets_them_live_in_store_order(tmp_path):
         gevent.sleep(0)
         store.close()
     assert [line[4:].decode() for line in received.split(b"\n") if line.startswith(b"id: ")] == wanted
-    assert hub.stream_count == 0 and hub.subscribers("a") == 0
+    assert hub.room_counts() == {} and hub.subscribers("a") == 0

@@ -110,12 +110,6 @@ class ClientSlots:
         """Give back every slot this worker holds, in one statement (it is shutting down)."""
         self._write("DELETE FROM client_streams WHERE worker = :worker", {"worker": os.getpid()})
 
-    def held(self, client: str) -> int:
-        """Return the streams the client holds on this node (every worker's)."""
-        conn = self._connection()
-        return conn.execute("SELECT coalesce(sum(streams), 0) FROM client_streams WHERE client = ?",
-                            (client,)).fetchone()[0]
-
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._conn_pid != os.getpid():
             conn = sqlite3.connect(self.path or ":memory:", isolation_level=None, timeout=0,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from ..stores.base import Message
 from .sse import ServerSentEvent
 
 DEFAULT_EVENT = "message"
@@ -21,12 +20,12 @@ def to_json_text(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def message_event(message: Message) -> bytes:
-    """Encode a stored message once; the bytes are shared by every subscriber."""
+def message_event(body: dict[str, str]) -> bytes:
+    """Encode a stored message once, from its public JSON (``Message.to_json()``); every subscriber shares the bytes."""
     return ServerSentEvent(
-        id=message.id,
-        event=None if message.event == DEFAULT_EVENT else message.event,
-        data=to_json_text(message.to_json()),
+        id=body["id"],
+        event=None if body["event"] == DEFAULT_EVENT else body["event"],
+        data=to_json_text(body),
     ).encode()
 
 

@@ -18,9 +18,13 @@ Cost per delivery is what makes broadcast fast, so the hot path is lean:
   and to add up the deliveries into the metrics once per visit.
 
 A subscription's queue is bounded: a reader that falls ``queue_limit`` events
-behind is marked ``overflowed`` and its stream ends. It loses nothing -- the
-client reconnects with Last-Event-ID and resumes from the store -- and it
+behind ends (``EndReason.SLOW``). It loses nothing -- the
+client reconnects with Last-Event-ID and resumes from the window -- and it
 cannot make the worker's memory grow without bound.
+
+The hub asks a stream to end only through its subscription's methods
+(``end``, ``reset``); how each way of ending plays out is said once, in
+``app/delivery/ending.py``.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import gevent
 from gevent.hub import Waiter, get_hub
 
 from ..operations.metrics import DROP_STALLED, EVENTS_DELIVERED, STREAMS_DROPPED, SUBSCRIPTIONS
+from .ending import EndReason
 from .window import Entry
 
 log = logging.getLogger(__name__)
@@ -48,39 +53,56 @@ class ReaderStalled(ConnectionResetError):
 class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
-    __slots__ = ("rooms", "limit", "_items", "_waiter", "overflowed", "resync", "closing", "gone",
-                 "heartbeat_due", "stalled", "last_sent", "writing_since", "backlog_until", "greenlet",
-                 "expires_at", "expired")
+    __slots__ = ("rooms", "limit", "_items", "_waiter", "ended_by", "heartbeat_due", "last_sent", "writing_since",
+                 "backlog_until", "events", "_greenlet", "expires_at")
 
     def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None) -> None:
         self.rooms = rooms
         self.limit = limit
         self._items: list[Entry] = []
         self._waiter: Waiter | None = None
-        self.overflowed = False  # fell queue_limit events behind
-        self.resync = False  # the tailer lost its place: re-read from the store
-        self.closing = False  # the worker is shutting down
-        self.gone = False  # the client closed its end
+        self.ended_by: EndReason | None = None  # set once, by end() (a reset overrides it: see the sweep)
         self.heartbeat_due = False
-        self.stalled = False  # reset by the sweeper: a write made no progress
         self.last_sent = time.monotonic()
         self.writing_since: float | None = None
         self.backlog_until: float | None = None  # while its backlog is written: the time it must be done by
-        self.greenlet = gevent.getcurrent()
+        self.events = 0  # written to the client by its stream; the sweeper adds them up into the metrics
+        self._greenlet = gevent.getcurrent()  # the stream's: where a reset is raised
         self.expires_at = expires_at  # time.monotonic() when the stream's authorization ends
-        self.expired = False  # set by the sweeper at expires_at
+
+    def end(self, reason: EndReason) -> None:
+        """End the stream for ``reason`` unless something ended it first, and wake it to say so."""
+        if self.ended_by is None:
+            self.ended_by = reason
+            self.wake()
+
+    def reset(self, timeout: float) -> None:
+        """End the stream by resetting its connection: its blocked write raises ``ReaderStalled``.
+
+        The reset overrides any earlier reason: the client did not get that end.
+        """
+        self.ended_by = EndReason.STALLED
+        STREAMS_DROPPED.labels(DROP_STALLED).inc()
+        # Scheduled through the hub, so the caller (the sweeper) carries on.
+        gevent.kill(self._greenlet, ReaderStalled(errno.ECONNRESET, f"write not done within {timeout:g}s"))
+
+    def ask_for_heartbeat(self) -> None:
+        """Wake the stream to write a heartbeat if it has nothing else to write."""
+        self.heartbeat_due = True
+        self.wake()
 
     def offer(self, event: Entry) -> Waiter | None:
         """Queue an event; return the waiter to wake if the stream is parked."""
         if len(self._items) >= self.limit:
-            self.overflowed = True
+            if self.ended_by is None:  # fell queue_limit events behind
+                self.ended_by = EndReason.SLOW
         else:
             self._items.append(event)
         waiter, self._waiter = self._waiter, None
         return waiter
 
     def wake(self) -> None:
-        """Wake the stream from any greenlet (it re-checks its flags)."""
+        """Wake the stream from any greenlet (it re-checks ``ended_by`` and ``heartbeat_due``)."""
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             get_hub().loop.run_callback(waiter.switch, None)
@@ -88,12 +110,12 @@ class Subscription:
     def take(self, max_bytes: int) -> list[Entry]:
         """Return what is queued, up to ``max_bytes`` of payload (at least one event); park until there is some.
 
-        Returns empty when a flag is raised or a heartbeat is due. The rest
+        Returns empty when the stream has ended or a heartbeat is due. The rest
         stays queued for the next chunk: a chunk -- which the stream joins
         into one bytes object and gunicorn copies once more to frame it --
         stays small whatever a slow reader let pile up.
         """
-        if not self._items and not self.interrupted and not self.heartbeat_due:
+        if not self._items and self.ended_by is None and not self.heartbeat_due:
             waiter = self._waiter = Waiter()
             try:
                 waiter.get()
@@ -109,10 +131,6 @@ class Subscription:
                     return items[:count]
         self._items = []
         return items
-
-    @property
-    def interrupted(self) -> bool:
-        return self.overflowed or self.resync or self.closing or self.gone or self.expired
 
 
 # Streams woken per hub callback. gevent checks the clock every 50 callbacks
@@ -147,15 +165,14 @@ class Hub:
         self._rooms: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
         self._sweeper: gevent.Greenlet | None = None
-        self.delivered = 0  # events written to clients since the last sweep
+        # Events written by streams that left, and the total the metrics have: the
+        # sweeper adds up each subscription's own count rather than streams adding to the hub's.
+        self._events_of_left = 0
+        self._events_counted = 0
         self.closed = False  # close_all() was called: the worker is shutting down
         # Bumped whenever a stream joins or leaves: presence works out the rooms
         # again only when they may have changed (O(rooms) each time).
         self.changes = 0
-
-    @property
-    def stream_count(self) -> int:
-        return len(self._subscriptions)
 
     def subscribers(self, room: str) -> int:
         """Return how many of this worker's streams follow ``room``."""
@@ -168,8 +185,8 @@ class Hub:
     def subscribe(self, rooms: tuple[str, ...], expires_at: float | None = None) -> Subscription:
         """Register the calling greenlet's stream for the live events of some rooms, until ``expires_at``."""
         subscription = Subscription(rooms, self.queue_limit, expires_at)
-        # A stream that joins after shutdown began ends as the others did.
-        subscription.closing = self.closed
+        if self.closed:  # a stream that joins after shutdown began ends as the others did
+            subscription.end(EndReason.SHUTDOWN)
         for room in rooms:
             self._rooms.setdefault(room, set()).add(subscription)
         self._subscriptions.add(subscription)
@@ -183,6 +200,7 @@ class Hub:
         if subscription not in self._subscriptions:
             return
         self._subscriptions.discard(subscription)
+        self._events_of_left += subscription.events
         self.changes += 1
         SUBSCRIPTIONS.dec()
         for room in subscription.rooms:
@@ -210,44 +228,38 @@ class Hub:
             loop.run_callback(_switch_all, waiters[start:start + WAKE_BATCH])
         return queued
 
-    def _flag_all(self, flag: str) -> None:
+    def _end_all(self, reason: EndReason) -> None:
         for subscription in self._subscriptions:
-            setattr(subscription, flag, True)
-            subscription.wake()
+            subscription.end(reason)
 
     def resync_all(self) -> None:
-        """Make every stream re-read from the store after its own last event."""
-        self._flag_all("resync")
+        """Make every stream join again once the window is warm, after its own last event."""
+        self._end_all(EndReason.RESYNC)
 
     def close_all(self) -> None:
         """Ask every stream to end, and any that joins later (worker shutdown)."""
         self.closed = True
-        self._flag_all("closing")
+        self._end_all(EndReason.SHUTDOWN)
 
     def sweep(self, now: float) -> None:
         """Wake silent streams for a heartbeat, reset stalled writers, end expired ones, flush delivery counts."""
+        events = self._events_of_left
         for subscription in list(self._subscriptions):
-            if subscription.expires_at is not None and now >= subscription.expires_at and not subscription.expired:
+            events += subscription.events
+            if subscription.expires_at is not None and now >= subscription.expires_at:
                 # Ends after its current write, if any: the write deadline still guards that.
-                subscription.expired = True
-                subscription.wake()
+                subscription.end(EndReason.TOKEN_EXPIRED)
             if subscription.writing_since is not None:
                 cut_at = subscription.writing_since + self.write_timeout_seconds
                 if subscription.backlog_until is not None:
                     cut_at = min(cut_at, subscription.backlog_until)
-                if now > cut_at and not subscription.stalled:
-                    subscription.stalled = True
-                    STREAMS_DROPPED.labels(DROP_STALLED).inc()
-                    # Raised inside the blocked write; scheduled through the hub
-                    # so this greenlet carries on with the sweep.
-                    gevent.kill(subscription.greenlet, ReaderStalled(
-                        errno.ECONNRESET, f"write not done within {self.write_timeout_seconds:g}s"))
+                if now > cut_at and subscription.ended_by is not EndReason.STALLED:
+                    subscription.reset(self.write_timeout_seconds)
             elif now - subscription.last_sent >= self.heartbeat_seconds:
-                subscription.heartbeat_due = True
-                subscription.wake()
-        if self.delivered:
-            EVENTS_DELIVERED.inc(self.delivered)
-            self.delivered = 0
+                subscription.ask_for_heartbeat()
+        if events > self._events_counted:
+            EVENTS_DELIVERED.inc(events - self._events_counted)
+            self._events_counted = events
 
     def _sweep_forever(self) -> None:
         while True:

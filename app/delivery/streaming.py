@@ -45,8 +45,12 @@ When the server can see the client's socket, it also watches it: a client
 that closes its end (FIN) releases its stream at once, not at the next write.
 
 A stream read with a token that expires (``expires_at``, the JWT's ``exp``)
-ends then: the hub's sweeper flags it, so delivery costs nothing more. The
-client's EventSource reconnects and is answered 401 until it has a new token.
+ends then: the hub's sweeper ends its subscription, so delivery costs nothing
+more. The client's EventSource reconnects and is answered 401 until it has a
+new token.
+
+Every way a stream ends, where it is decided and what the client gets:
+``app/delivery/ending.py``.
 """
 from __future__ import annotations
 
@@ -60,18 +64,12 @@ from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from ..operations.metrics import (
-    DROP_SLOW,
-    DROP_STALLED,
-    QUERY_RESUME,
-    RESETS_SENT,
-    STORE_ERRORS,
-    STORE_QUERIES,
-    STREAMS_DROPPED,
-)
+from ..operations.metrics import DROP_SLOW, DROP_STALLED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
 from ..stores.base import MessageLog, StoreUnavailable
+from .ending import EndReason
 from .events import HEARTBEAT, reset_event, retry_line
 from .hub import Hub, Subscription
+from .reading import wait_for_tailer, wait_for_window
 from .window import BacklogCursor, BacklogEvicted, Window
 
 log = logging.getLogger(__name__)
@@ -82,11 +80,6 @@ TOKEN_EXPIRED_COMMENT = b": token expired\n\n"
 # the client comes back for the rest at once, not after RETRY_MS.
 BACKLOG_CONTINUE_RETRY_MS = 100
 
-# Why a backlog stopped before its end (the stream's end-of-stream log line says it).
-BACKLOG_BOUND = "backlog bound"  # sent backlog_max_bytes: the client resumes for the rest
-BACKLOG_TOO_SLOW = "backlog too slow"  # not taken within the write timeout
-BACKLOG_EVICTED = "backlog evicted"  # the window dropped entries it had still to send
-
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
@@ -96,67 +89,35 @@ class StreamSettings:
     backlog_max_bytes: int = 8 * 2**20  # backlog bytes one response sends before it ends for a resume
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What the end-of-stream log line reports."""
-
-    events: int = 0
-    ended_by: str = "client gone"
-
-
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageLog,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
                    expires_at: float | None = None) -> Iterator[bytes]:
     """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
 
-    ``expires_at`` is a Unix time (the token's ``exp``), None for no end.
+    ``expires_at`` is a Unix time (the token's exp), None for no end.
     """
     started = time.monotonic()
     # On the monotonic clock from here on, as the hub's sweeper reads it.
     deadline = None if expires_at is None else started + (expires_at - time.time())
-    outcome = _Outcome()
+    events = 0  # written, over the stream's subscriptions
+    ended_by = EndReason.CLIENT_GONE  # unless something else ends it first
     try:
         yield retry_line(settings.retry_ms)
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                outcome.ended_by = "token expired"
-                yield TOKEN_EXPIRED_COMMENT
+            refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline)
+            if refused is not None:
+                ended_by = refused
+                # A 200 stream that ends makes EventSource retry; an error status would make it give up for good.
+                yield TOKEN_EXPIRED_COMMENT if refused is EndReason.TOKEN_EXPIRED else STORE_UNAVAILABLE_COMMENT
                 return
-            if not window.ready.is_set():
-                yield from _wait_for_window(window, hub.heartbeat_seconds, settings.window_wait_seconds)
-                if not window.ready.is_set():
-                    STORE_ERRORS.labels("stream").inc()
-                    outcome.ended_by = "store unavailable"
-                    # A 200 stream that ends makes EventSource retry; an error
-                    # status would make it give up for good.
-                    yield STORE_UNAVAILABLE_COMMENT
-                    return
-            if last_id is not None and not window.holds(last_id):
-                try:
-                    yield from _wait_for_tailer(last_id, window, store, hub.heartbeat_seconds,
-                                                settings.window_wait_seconds)
-                except StoreUnavailable:
-                    STORE_ERRORS.labels("stream").inc()
-                    outcome.ended_by = "store unavailable"
-                    yield STORE_UNAVAILABLE_COMMENT
-                    return
-                if not window.ready.is_set():
-                    continue  # the tailer lost its place meanwhile: wait for the window again
             # No yield between these two lines: the exact hand-over.
             backlog = window.cursor(rooms, last_id)
             subscription = hub.subscribe(rooms, deadline)
             watcher = _watch_for_close(client_socket, subscription)
             try:
-                stopped = yield from _send_backlog(backlog, subscription, hub, outcome, settings)
-                last_id = backlog.last_id  # where a resync re-joins
-                del backlog
-                if stopped is not None:
-                    outcome.ended_by = stopped
-                    # EventSource resumes from the last id it got: the rest of
-                    # the backlog, or ``reset`` if the window let go of that id.
-                    yield from _send(retry_line(BACKLOG_CONTINUE_RETRY_MS if stopped == BACKLOG_BOUND
-                                                else settings.retry_ms), 0, subscription, hub, outcome)
-                    return
+                # The last id sent: where a resync joins again.
+                last_id = yield from _send_backlog(backlog, subscription, hub.write_timeout_seconds, settings)
+                del backlog  # a parked stream keeps no cursor alive
                 chunk, count, chunk_bytes = b"", 0, settings.chunk_bytes
                 # The live loop is written out here, not in helper generators:
                 # each generator level is one more C frame to resume on every
@@ -164,70 +125,70 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                 while chunk is not None:
                     if chunk:
                         subscription.writing_since = time.monotonic()
-                        try:
-                            yield chunk
-                        except GeneratorExit:
-                            if subscription.stalled:
-                                outcome.ended_by = "stalled"
-                            raise
-                        _written(subscription, count, hub, outcome)
+                        yield chunk
+                        _written(subscription, count)
                     # A parked stream keeps no bytes alive (a backlog can be large).
                     chunk = None
                     chunk, count, last_id = _next_chunk(subscription, last_id, chunk_bytes)  # last_id: as above
-                if subscription.gone:
-                    return
-                if subscription.closing:
-                    outcome.ended_by = "shutdown"
-                    # Spread the reconnects of a shutting-down worker's clients.
-                    yield retry_line(int(settings.retry_ms * (1 + random.random())))
-                    return
-                if subscription.expired:
-                    outcome.ended_by = "token expired"
-                    yield from _send(TOKEN_EXPIRED_COMMENT, 0, subscription, hub, outcome)  # under the write deadline
-                    return
-                if not subscription.resync:
-                    # Overflowed: the client resumes from the store on reconnect.
-                    outcome.ended_by = "slow"
-                    STREAMS_DROPPED.labels(DROP_SLOW).inc()
+                if subscription.ended_by is not EndReason.RESYNC:
+                    yield from _say_why(subscription, settings)
                     return
             finally:
+                if subscription.ended_by is not EndReason.RESYNC:
+                    # None: the server closed the response (a write failed) before anything else ended it.
+                    ended_by = subscription.ended_by or EndReason.CLIENT_GONE
                 if watcher is not None:
                     watcher.close()
                 hub.unsubscribe(subscription)
+                events += subscription.events
     finally:
         log.info("stream end room=%s duration=%.3fs events=%d ended_by=%s",
-                 ",".join(rooms), time.monotonic() - started, outcome.events, outcome.ended_by)
+                 ",".join(rooms), time.monotonic() - started, events, ended_by)
 
 
-def _wait_for_tailer(last_id: str, window: Window, store: MessageLog, heartbeat_seconds: float,
-                     patience: float) -> Iterator[bytes]:
-    """Wait while the store holds ``last_id`` but this worker's tailer has not read it yet.
-
-    A client that read a message through another worker or node may be ahead
-    of this worker's window by a few milliseconds; without this wait its id
-    would look unknown and it would get ``reset`` and the whole room again.
-    An id the store does not hold either is evicted or foreign: no wait.
-    """
-    STORE_QUERIES.labels(QUERY_RESUME).inc()
-    if not store.contains(last_id):
-        return
-    deadline = time.monotonic() + patience
-    while not window.wait_to_hold(last_id, min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
-        if not window.ready.is_set() or time.monotonic() >= deadline:
-            return
-        yield HEARTBEAT
-
-
-def _wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
-    """Wait up to ``patience`` seconds for the window to be warm, sending heartbeats meanwhile."""
-    deadline = time.monotonic() + patience
-    while not window.ready.wait(min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            return
-        yield HEARTBEAT
+def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartbeat_seconds: float,
+                  settings: StreamSettings, deadline: float | None) -> Generator[bytes, None, EndReason | None]:
+    """Wait, with heartbeats, until the window can answer a join after ``last_id``; return why not, if it cannot."""
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            return EndReason.TOKEN_EXPIRED
+        if not window.ready.is_set():
+            yield from wait_for_window(window, heartbeat_seconds, settings.window_wait_seconds)
+            if not window.ready.is_set():
+                STORE_ERRORS.labels("stream").inc()
+                return EndReason.STORE_UNAVAILABLE
+        if last_id is None or window.holds(last_id):
+            return None
+        try:
+            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, settings.window_wait_seconds)
+        except StoreUnavailable:
+            STORE_ERRORS.labels("stream").inc()
+            return EndReason.STORE_UNAVAILABLE
+        if window.ready.is_set():
+            return None
+        # The tailer lost its place meanwhile: wait for the window again.
 
 
-def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcome: _Outcome) -> Iterator[bytes]:
+def _say_why(subscription: Subscription, settings: StreamSettings) -> Iterator[bytes]:
+    """Write what the client is told when its subscription ended for ``ended_by`` (nothing, for some)."""
+    reason = subscription.ended_by
+    if reason is EndReason.SHUTDOWN:
+        # Spread the reconnects of a shutting-down worker's clients.
+        yield retry_line(int(settings.retry_ms * (1 + random.random())))
+    elif reason is EndReason.TOKEN_EXPIRED:
+        yield from _send(TOKEN_EXPIRED_COMMENT, 0, subscription)  # under the write deadline
+    elif reason is EndReason.BACKLOG_BOUND:
+        # EventSource resumes from the last id it got: the rest of the backlog, at once.
+        yield from _send(retry_line(BACKLOG_CONTINUE_RETRY_MS), 0, subscription)
+    elif reason in (EndReason.BACKLOG_TOO_SLOW, EndReason.BACKLOG_EVICTED):
+        # It resumes from the last id it got: the rest, or ``reset`` if the window let go of that id.
+        yield from _send(retry_line(settings.retry_ms), 0, subscription)
+    elif reason is EndReason.SLOW:
+        # Overflowed: the client resumes from its Last-Event-ID on reconnect.
+        STREAMS_DROPPED.labels(DROP_SLOW).inc()
+
+
+def _send(chunk: bytes, count: int, subscription: Subscription) -> Iterator[bytes]:
     """Yield one chunk with the write deadline armed; count what it delivered.
 
     The generator stays suspended here while the WSGI server writes the chunk,
@@ -235,22 +196,15 @@ def _send(chunk: bytes, count: int, subscription: Subscription, hub: Hub, outcom
     a stalled write, the server closes this generator right here.
     """
     subscription.writing_since = time.monotonic()
-    try:
-        yield chunk
-    except GeneratorExit:
-        if subscription.stalled:
-            outcome.ended_by = "stalled"
-        raise
-    _written(subscription, count, hub, outcome)
+    yield chunk
+    _written(subscription, count)
 
 
-def _written(subscription: Subscription, count: int, hub: Hub, outcome: _Outcome) -> None:
+def _written(subscription: Subscription, count: int) -> None:
     """Disarm the write deadline and count the events the chunk delivered."""
     subscription.writing_since = None
     subscription.last_sent = time.monotonic()
-    if count:
-        outcome.events += count
-        hub.delivered += count  # into the metrics at the next sweep, not per chunk
+    subscription.events += count  # into the metrics at the next sweep, not per chunk
 
 
 def _watch_for_close(client_socket: socket.socket | None, subscription: Subscription):
@@ -276,57 +230,58 @@ def _watch_for_close(client_socket: socket.socket | None, subscription: Subscrip
             probe.detach()
         watcher.stop()
         if not data:  # EOF: the client is gone. (If it sent bytes, writes will tell.)
-            subscription.gone = True
-            subscription.wake()
+            subscription.end(EndReason.CLIENT_GONE)
 
     watcher.start(readable)
     return watcher
 
 
-def _send_backlog(backlog: BacklogCursor, subscription: Subscription, hub: Hub, outcome: _Outcome,
+def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_timeout_seconds: float,
                   settings: StreamSettings) -> Generator[bytes, None, str | None]:
-    """Write the backlog from the window, a slice at a time; return why it stopped early, or None once all is sent.
+    """Write the backlog from the window, a slice at a time; return the id of the last entry sent.
 
-    It also stops, with None, when a flag of the subscription is raised: the
-    caller's checks after the live loop answer those.
+    If it cannot send it all, it ends the subscription and says why; it also
+    stops when something else ended the subscription meanwhile.
     """
     if backlog.reset_reason is not None:
         RESETS_SENT.inc()
-        yield from _send(reset_event(backlog.reset_reason), 0, subscription, hub, outcome)
-    subscription.backlog_until = time.monotonic() + hub.write_timeout_seconds
+        yield from _send(reset_event(backlog.reset_reason), 0, subscription)
+    subscription.backlog_until = time.monotonic() + write_timeout_seconds
     sent = 0
     try:
-        while not subscription.interrupted:
+        while subscription.ended_by is None:
             if sent >= settings.backlog_max_bytes:
-                return BACKLOG_BOUND
-            if time.monotonic() >= subscription.backlog_until:
+                subscription.end(EndReason.BACKLOG_BOUND)
+            elif time.monotonic() >= subscription.backlog_until:
                 STREAMS_DROPPED.labels(DROP_STALLED).inc()
-                return BACKLOG_TOO_SLOW
-            try:
-                entries = backlog.take(settings.chunk_bytes)
-            except BacklogEvicted:
-                return BACKLOG_EVICTED
-            if not entries:
-                return None
-            # One event: the window's own bytes object, not a copy.
-            chunk = entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
-            sent += len(chunk)
-            yield from _send(chunk, len(entries), subscription, hub, outcome)
-        return None
+                subscription.end(EndReason.BACKLOG_TOO_SLOW)
+            else:
+                try:
+                    entries = backlog.take(settings.chunk_bytes)
+                except BacklogEvicted:
+                    subscription.end(EndReason.BACKLOG_EVICTED)
+                    break
+                if not entries:
+                    break
+                # One event: the window's own bytes object, not a copy.
+                chunk = entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
+                sent += len(chunk)
+                yield from _send(chunk, len(entries), subscription)
+        return backlog.last_id
     finally:
         subscription.backlog_until = None
 
 
 def _next_chunk(subscription: Subscription, last_id: str | None,
                 max_bytes: int) -> tuple[bytes | None, int, str | None]:
-    """Park until there is something to write: (bytes, events, last id); None bytes once interrupted.
+    """Park until there is something to write: (bytes, events, last id); None bytes once the subscription ended.
 
     The bytes are the queued events in one chunk of at most ``max_bytes`` (or
     one larger event), or a heartbeat in silence (or empty after a wake-up
     with nothing to say).
     """
     entries = subscription.take(max_bytes)
-    if subscription.interrupted:
+    if subscription.ended_by is not None:
         return None, 0, last_id
     if entries:
         subscription.heartbeat_due = False

@@ -72,7 +72,7 @@ class Tailer:
                         self.window.ready.set()  # nothing stored yet
                 for batch in self.store.follow(self.last_id, self.wakeup):
                     delay = self.backoff_initial
-                    self._take(batch)
+                    self._deliver(batch)
             except PositionLost as exc:
                 log.warning("tailer lost its place (%s); warming the window again", exc)
                 self._count_restart()
@@ -95,7 +95,7 @@ class Tailer:
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
 
-    def _take(self, batch: list) -> None:
+    def _deliver(self, batch: list) -> None:
         """Put one batch into the window and, once it is warm, to the hub -- without yielding."""
         if batch:
             self.last_id = batch[-1][1].id

@@ -58,7 +58,8 @@ class Entry:
     """A message as the tailer read it: its position in store order and its SSE bytes, encoded once.
 
     Only the bytes keep the text: the window's memory is about one copy of
-    what it holds, not two.
+    what it holds, not two. The small fields a reader needs without the text
+    are kept beside them: ``created_at`` is the JSON's ``createdAt`` as sent.
     """
 
     position: int
@@ -66,9 +67,10 @@ class Entry:
     room: str
     payload: bytes
     size: int
+    created_at: str
 
     def to_json(self) -> dict[str, str]:
-        """Return the message's public JSON (for history), read back from its event's data line."""
+        """Return the message's public JSON (for history, which sends the text), read back from its data line."""
         # One data line: JSON escapes every line break the text may hold.
         data = next(line for line in self.payload.split(b"\n") if line.startswith(b"data: "))
         return json.loads(data[len(b"data: "):])
@@ -123,8 +125,11 @@ def _position(entry: Entry) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Backlog:
-    """What a join sends first: the room's entries after its resume point, or all with a reason."""
+class WindowBacklog:
+    """The rooms' entries after a resume point, as the window holds them, or all with a reason.
+
+    (Not ``stores.base.Backlog``, the store's answer to the same question.)
+    """
 
     entries: list[Entry]
     reset_reason: str | None = None
@@ -220,8 +225,9 @@ class Window:
                 # Natural order never repeats a document, but a store may re-send
                 # one (FerretDB 1.24 does, see docs/testing.md): never deliver it twice.
                 continue
-            entry = Entry(position, message.id, message.room, message_event(message),
-                          stored_size(message.room, message.text, message.event))
+            body = message.to_json()
+            entry = Entry(position, message.id, message.room, message_event(body),
+                          stored_size(message.room, message.text, message.event), body["createdAt"])
             self._entries.append(entry)
             self._by_id[message.id] = entry
             room = self._rooms.get(message.room)
@@ -246,14 +252,14 @@ class Window:
             room.forget(entry.position)  # a cursor may hold it: let go of the evicted entries all the same
             del self._rooms[entry.room]
 
-    def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> Backlog:
+    def backlog(self, rooms: Sequence[str], after_id: str | None, limit: int | None = None) -> WindowBacklog:
         """Return the rooms' entries after ``after_id`` (None: all) in store order, or all with a reset reason.
 
         One id resumes any set of rooms: positions are one order across rooms.
         Only call once ``ready`` is set: before that a miss proves nothing.
         """
         cursor = self.cursor(rooms, after_id)
-        return Backlog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
+        return WindowBacklog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
 
     def cursor(self, rooms: Sequence[str], after_id: str | None) -> BacklogCursor:
         """Return a cursor over the rooms' entries after ``after_id`` (None: all), or over all with a reset reason.

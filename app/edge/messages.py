@@ -6,14 +6,15 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from ..delivery.admission import Refusal
+from ..delivery.reading import read_history
 from ..delivery.streaming import StreamSettings, message_stream
-from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, QUERY_HISTORY, STORE_ERRORS, STORE_QUERIES
+from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, STORE_ERRORS
 from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
 from .authorization import authorize_publishing, authorize_reading, reading_grant
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 MAX_LAST_EVENT_ID = 256
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
-HISTORY_TAILER_WAIT_SECONDS = 2.0  # then read the store instead
 
 
 def _store_unavailable(exc: StoreUnavailable, operation: str) -> ApiError:
@@ -183,19 +183,6 @@ class StreamBody:
             self._on_close()
 
 
-def _window_has_everything(svc) -> bool:
-    """Say whether this worker's window holds every message committed so far, waiting briefly for its tailer.
-
-    Read-your-writes: a client that just published (through any worker or
-    node) must find its message in the history. One cheap query -- the
-    store's newest id -- instead of a read of the room from the store.
-    """
-    if not svc.window.ready.is_set():
-        return False
-    newest = svc.store.newest_id()
-    return newest is None or svc.window.wait_to_hold(newest, HISTORY_TAILER_WAIT_SECONDS)
-
-
 @bp.get("/messages/history")
 def history() -> Response:
     svc = services()
@@ -210,27 +197,22 @@ def history() -> Response:
     if after is not None and len(after) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"after must be at most {MAX_LAST_EVENT_ID} characters", {"after": ["too long"]})
     svc.tailer.ensure_running()
-    STORE_QUERIES.labels(QUERY_HISTORY).inc()
     try:
-        if _window_has_everything(svc):
-            backlog = svc.window.backlog(rooms, after, limit + 1)
-            found, reset_reason = backlog.entries, backlog.reset_reason
-        else:
-            stored = svc.store.read_rooms(rooms, after_id=after, limit=limit + 1)
-            found, reset_reason = stored.messages, stored.reset_reason
+        # One more than a page: whether there are more.
+        found = read_history(rooms, after, limit + 1, window=svc.window, store=svc.store)
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "history") from None
-    messages = _page(found, limit, svc.settings.history_max_bytes)
+    messages = _page(found.messages, limit, svc.settings.history_max_bytes)
     return jsonify({
         "room": rooms[0],  # the first asked for (the only one, usually)
         "rooms": list(rooms),
         "messages": messages,
-        "reset": reset_reason,
-        "hasMore": len(found) > len(messages),
+        "reset": found.reset_reason,
+        "hasMore": len(found.messages) > len(messages),
     })
 
 
-def _page(found: list, limit: int, max_bytes: int) -> list[dict]:
+def _page(found: Sequence, limit: int, max_bytes: int) -> list[dict]:
     """Return the public JSON of the first messages found: at most ``limit``, and ``max_bytes`` as sent (at least one).
 
     Each message is measured as the response will write it (ASCII-escaped

@@ -83,7 +83,7 @@ def _describe(room: str, subscribers: int, window: Window) -> dict[str, object]:
         "room": room,
         "subscribers": subscribers,
         "messages": messages,
-        "lastMessageAt": None if newest is None else newest.to_json()["createdAt"],
+        "lastMessageAt": None if newest is None else newest.created_at,
     }
 
 

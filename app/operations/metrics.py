@@ -70,7 +70,7 @@ PUBLISH_LATENCY = Histogram(
 
 # Reasons for STREAMS_DROPPED, one word each.
 DROP_SLOW = "slow"  # its bounded queue overflowed
-DROP_STALLED = "stalled"  # a write to it made no progress for STREAM_STALL_SECONDS
+DROP_STALLED = "stalled"  # a write made no progress, or its backlog was not taken, in STREAM_WRITE_TIMEOUT_SECONDS
 DROP_LIMIT = "limit"  # refused: the worker holds MAX_STREAMS_PER_WORKER streams
 DROP_CLIENT_LIMIT = "client_limit"  # refused: the client holds MAX_STREAMS_PER_CLIENT streams on this node
 DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT, DROP_CLIENT_LIMIT)

@@ -1,0 +1,86 @@
+"""Where a read is answered from: this worker's window, or the store -- decided here only.
+
+The window answers once it holds what the read needs: a join or a resume is
+always answered from it (``app/delivery/window.py`` says why), after waiting
+for it to warm and, when the store already holds the client's id, for the
+tailer to read that far; the history view asks for the window too, and reads
+the store only when the window has not caught up with the store's newest
+message in time. The callers (the stream, the history view) never look at the
+store themselves: they get entries, or a reset reason, or ``StoreUnavailable``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ..operations.metrics import QUERY_HISTORY, QUERY_RESUME, STORE_QUERIES
+from ..stores.base import Message, MessageLog
+from .events import HEARTBEAT
+from .window import Entry, Window
+
+HISTORY_TAILER_WAIT_SECONDS = 2.0  # then read the store instead
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The messages a history read found (each with ``to_json``), or all with a reset reason."""
+
+    messages: Sequence[Entry] | Sequence[Message]
+    reset_reason: str | None = None
+
+
+def read_history(rooms: Sequence[str], after_id: str | None, limit: int, *, window: Window,
+                 store: MessageLog) -> History:
+    """Return up to ``limit`` messages of the rooms after ``after_id`` (None: from the oldest), in store order.
+
+    From the window when it holds every message committed so far, else from
+    the store. Raises ``StoreUnavailable``.
+    """
+    STORE_QUERIES.labels(QUERY_HISTORY).inc()
+    if window_has_everything(window, store):
+        backlog = window.backlog(rooms, after_id, limit)
+        return History(backlog.entries, backlog.reset_reason)
+    stored = store.read_rooms(rooms, after_id=after_id, limit=limit)
+    return History(stored.messages, stored.reset_reason)
+
+
+def window_has_everything(window: Window, store: MessageLog) -> bool:
+    """Say whether the window holds every message committed so far, waiting briefly for its tailer.
+
+    Read-your-writes: a client that just published (through any worker or
+    node) must find its message in the history. One cheap query -- the
+    store's newest id -- instead of a read of the room from the store.
+    """
+    if not window.ready.is_set():
+        return False
+    newest = store.newest_id()
+    return newest is None or window.wait_to_hold(newest, HISTORY_TAILER_WAIT_SECONDS)
+
+
+def wait_for_tailer(last_id: str, window: Window, store: MessageLog, heartbeat_seconds: float,
+                    patience: float) -> Iterator[bytes]:
+    """Wait while the store holds ``last_id`` but this worker's tailer has not read it yet.
+
+    A client that read a message through another worker or node may be ahead
+    of this worker's window by a few milliseconds; without this wait its id
+    would look unknown and it would get ``reset`` and the whole room again.
+    An id the store does not hold either is evicted or foreign: no wait.
+    """
+    STORE_QUERIES.labels(QUERY_RESUME).inc()
+    if not store.contains(last_id):
+        return
+    deadline = time.monotonic() + patience
+    while not window.wait_to_hold(last_id, min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
+        if not window.ready.is_set() or time.monotonic() >= deadline:
+            return
+        yield HEARTBEAT
+
+
+def wait_for_window(window: Window, heartbeat_seconds: float, patience: float) -> Iterator[bytes]:
+    """Wait up to ``patience`` seconds for the window to be warm, sending heartbeats meanwhile."""
+    deadline = time.monotonic() + patience
+    while not window.ready.wait(min(heartbeat_seconds, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            return
+        yield HEARTBEAT
