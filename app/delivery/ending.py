@@ -21,8 +21,9 @@ the client gets:
 client gone         the close watcher sees EOF; or the server      nothing (it is gone)
                     closed the response, a write having failed
 slow                ``Subscription.offer``: queue_limit behind     the end; resumes from Last-Event-ID
-stalled             the sweeper: a write made no progress for      a reset connection (``ReaderStalled``);
-                    write_timeout, or past ``backlog_until``       resumes from its Last-Event-ID
+stalled             the sweeper: a write made no progress for      its connection closed under the stuck
+                    write_timeout, or past ``backlog_until``       write (``ReaderStalled``): an ordinary
+                                                                   end of stream; resumes from its id
 resync              ``Hub.resync_all``: the tailer lost its place  no end: the stream joins again
 token expired       the sweeper at ``expires_at``, or the join     ``: token expired``; 401 until renewed
 shutdown            ``Hub.close_all`` (and joins after it)         a retry line spread over 1-2x RETRY_MS
@@ -42,7 +43,7 @@ class EndReason(StrEnum):
 
     CLIENT_GONE = "client gone"  # it closed its end, or a write to it failed: nothing more is said
     SLOW = "slow"  # its queue overflowed: it resumes from its Last-Event-ID on reconnect
-    STALLED = "stalled"  # a write made no progress in time: the sweeper reset the connection
+    STALLED = "stalled"  # a write made no progress in time: the sweeper closed the connection under it
     RESYNC = "resync"  # the tailer lost its place: the stream joins again, in the same response
     TOKEN_EXPIRED = "token expired"  # its token's exp passed: a comment says so
     SHUTDOWN = "shutdown"  # the worker is stopping: a spread-out retry line
