@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 
 import gevent
@@ -142,6 +143,30 @@ def test_a_join_gives_up_when_the_window_never_warms(tmp_path):
                             settings=StreamSettings(retry_ms=1000, window_wait_seconds=0.3))
     chunks = list(stream)
     assert chunks[-1].startswith(b": store unavailable")
+
+
+def test_a_join_that_waits_past_its_tokens_expiry_sends_no_message(tmp_path):
+    """The store down at the join: the window warms after the token's exp, and the stream ends at exp.
+
+    It used to wait the whole window_wait_seconds, then send the backlog the
+    token no longer allowed before the sweeper ended it (issue 19's hostile pass).
+    """
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**6, max_messages=10)
+    sent = [store.append("r", f"m{n}", "message") for n in range(3)]
+    window, hub = Window(10, 10**6), Hub(queue_limit=10, heartbeat_seconds=0.1)
+    gevent.spawn_later(0.6, lambda: (window.extend([(n + 1, m) for n, m in enumerate(sent)]), window.ready.set()))
+    started = time.monotonic()
+    stream = message_stream(("r",), None, window=window, hub=hub, store=store, expires_at=time.time() + 0.3,
+                            settings=StreamSettings(retry_ms=1000, window_wait_seconds=5))
+    try:
+        with gevent.Timeout(5):
+            received = b"".join(stream)
+    finally:
+        stream.close()
+        store.close()
+    assert b"id: " not in received
+    assert received.endswith(b": token expired\n\n")
+    assert time.monotonic() - started < 0.6  # at exp, not after the window_wait_seconds
 
 
 def test_a_resume_ahead_of_this_workers_window_waits_for_its_tailer_instead_of_resetting(tmp_path):

@@ -148,25 +148,43 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
 
 def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartbeat_seconds: float,
                   settings: StreamSettings, deadline: float | None) -> Generator[bytes, None, EndReason | None]:
-    """Wait, with heartbeats, until the window can answer a join after ``last_id``; return why not, if it cannot."""
+    """Wait, with heartbeats, until the window can answer a join after ``last_id``; return why not, if it cannot.
+
+    The token's ``deadline`` bounds every wait and is checked after each: a
+    join that waited past it (the store down, the window warming) must not
+    send a single message the token no longer allows.
+    """
     while True:
-        if deadline is not None and time.monotonic() >= deadline:
+        if _expired(deadline):
             return EndReason.TOKEN_EXPIRED
         if not window.ready.is_set():
-            yield from wait_for_window(window, heartbeat_seconds, settings.window_wait_seconds)
+            yield from wait_for_window(window, heartbeat_seconds, _patience(settings, deadline))
+            if _expired(deadline):
+                return EndReason.TOKEN_EXPIRED
             if not window.ready.is_set():
                 STORE_ERRORS.labels("stream").inc()
                 return EndReason.STORE_UNAVAILABLE
         if last_id is None or window.holds(last_id):
             return None
         try:
-            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, settings.window_wait_seconds)
+            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, _patience(settings, deadline))
         except StoreUnavailable:
             STORE_ERRORS.labels("stream").inc()
             return EndReason.STORE_UNAVAILABLE
         if window.ready.is_set():
-            return None
+            return EndReason.TOKEN_EXPIRED if _expired(deadline) else None
         # The tailer lost its place meanwhile: wait for the window again.
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _patience(settings: StreamSettings, deadline: float | None) -> float:
+    """How long a join may wait for the window or the tailer: never past the token's deadline."""
+    if deadline is None:
+        return settings.window_wait_seconds
+    return max(0.0, min(settings.window_wait_seconds, deadline - time.monotonic()))
 
 
 def _say_why(subscription: Subscription, settings: StreamSettings) -> Iterator[bytes]:
