@@ -11,10 +11,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import sqlite3
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,22 +47,12 @@ class Attempt:
         self.connection.close()
 
 
-def worker_holding(server: LiveServer, local_port: int) -> int:
-    """Return the pid of the worker that holds the connection from ``local_port``."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
-                         capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if re.search(rf":{local_port}\s", line + " "):
-            return int(re.search(r"pid=(\d+)", line).group(1))
-    raise AssertionError(f"no server socket for client port {local_port}:\n{out}")
-
-
 def open_stream(server: LiveServer, source: str, room: str = "slots") -> Attempt:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10, source_address=(source, 0))
     connection.request("GET", f"/messages?room={room}", headers={"Accept": "text/event-stream"})
     local_port = connection.sock.getsockname()[1]  # before the response: a stream's lets go of the connection
     response = connection.getresponse()
-    attempt = Attempt(connection, response, worker_holding(server, local_port))
+    attempt = Attempt(connection, response, server.worker_holding(local_port))
     if response.status != 200:
         attempt.body = response.read()
     return attempt

@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import re
 import socket
 import statistics
-import subprocess
 import threading
 import time
 
@@ -68,13 +66,7 @@ def one_insert_at_a_time(kind: str):
 
 def worker_of(server, reader: StreamReader) -> int:
     """Return the pid of the worker process that holds this client's connection."""
-    local_port = reader.sock.getsockname()[1]
-    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
-                         capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if re.search(rf":{local_port}\s", line + " "):
-            return int(re.search(r"pid=(\d+)", line).group(1))
-    raise AssertionError(f"no server socket for client port {local_port}:\n{out}")
+    return server.worker_holding(reader.sock.getsockname()[1])
 
 
 # -- the tests -----------------------------------------------------------------------------------

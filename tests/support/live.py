@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,6 +74,15 @@ class LiveServer:
             return False
         log = self.log_path.read_text(errors="replace")
         return all(f"[{pid}] [INFO] started with " in log for pid in pids)
+
+    def worker_holding(self, local_port: int) -> int:
+        """Return the pid of the worker that holds the connection from the client's ``local_port`` (``ss``)."""
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{self.port} )"],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if re.search(rf":{local_port}\s", line + " "):
+                return int(re.search(r"pid=(\d+)", line).group(1))
+        raise AssertionError(f"no server socket for client port {local_port}:\n{out}")
 
     def worker_pids(self) -> list[int]:
         if self.process is None:
