@@ -37,15 +37,15 @@ if _own_metrics_dir:
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 # -- Streams per client across workers (MAX_STREAMS_PER_CLIENT) ------------------
-# The workers count each client's streams in one small SQLite file on this
+# The workers count each client's streams in one small LMDB file on this
 # node (app/delivery/client_slots.py). Like the metrics directory it belongs to
 # this master: set here, before the workers fork, so they inherit the path.
 # Left unset, a file in a fresh temporary directory is used. Keep it on a
-# local disk (SQLite's locks are not reliable on network file systems).
+# local disk (memory-mapped files and their locks do not work on network file systems).
 _own_slots_dir = None
 if not os.environ.get("CLIENT_SLOTS_PATH"):
     _own_slots_dir = tempfile.mkdtemp(prefix="sse-slots-")
-    os.environ["CLIENT_SLOTS_PATH"] = os.path.join(_own_slots_dir, "client-slots.sqlite3")
+    os.environ["CLIENT_SLOTS_PATH"] = os.path.join(_own_slots_dir, "client-slots.lmdb")
 _slots_path = os.environ["CLIENT_SLOTS_PATH"]
 
 # Where to listen. Behind nginx keep the default loopback address.

@@ -82,7 +82,7 @@ def live_cost(directory: str, opens: int) -> tuple[float, float]:
     from tests.support.live import LiveServer
 
     server = LiveServer({"SQLITE_PATH": os.path.join(directory, "live.sqlite3"), "WEB_CONCURRENCY": "1",
-                         "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "warning", "MONGODB_URI": ""},
+                         "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "info", "MONGODB_URI": ""},
                         Path(directory) / f"gunicorn-{time.monotonic_ns()}.log").start()
     try:
         [pid] = server.worker_pids()

@@ -9,6 +9,8 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import signal
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +24,7 @@ from app.delivery.admission import Admission, Refusal, StreamSlots
 from app.delivery.client_slots import ClientSlots
 from app.edge import messages
 from app.edge.clients import address_key
-from tests.support.client_slots import streams_held
+from tests.support.client_slots import records, streams_held, streams_held_in_file, take_as_another_worker
 from tests.support.tokens import SECRET, claims, mint
 
 # -- who the client is -----------------------------------------------------------------------------
@@ -227,7 +229,7 @@ def test_the_publish_rate_limit_counts_an_ipv6_64_as_one_client(sqlite_path):
 # -- the slots file, shared by processes ----------------------------------------------------------
 
 def test_slots_are_counted_per_client_and_given_back_exactly(tmp_path):
-    slots = ClientSlots(str(tmp_path / "slots.sqlite3"), limit=3)
+    slots = ClientSlots(str(tmp_path / "slots.lmdb"), limit=3)
 
     assert [slots.take("a") for _ in range(4)] == [True, True, True, False]
     assert slots.take("b")
@@ -237,7 +239,7 @@ def test_slots_are_counted_per_client_and_given_back_exactly(tmp_path):
         slots.give_back("a")
     slots.give_back("b")
     assert streams_held(slots, "a") == streams_held(slots, "b") == 0
-    assert slots._connection().execute("SELECT count(*) FROM client_streams").fetchone() == (0,)  # no empty rows
+    assert records(slots) == 0  # no empty records
 
 
 def test_a_ticket_gives_its_slots_back_once_however_often_it_is_closed():
@@ -253,11 +255,10 @@ def test_a_ticket_gives_its_slots_back_once_however_often_it_is_closed():
 
 
 def test_a_stopping_worker_gives_every_client_slot_back_at_once_and_each_only_once(tmp_path):
-    path = str(tmp_path / "slots.sqlite3")
+    path = str(tmp_path / "slots.lmdb")
     admission = Admission(StreamSlots(10), ClientSlots(path, limit=5))
     tickets = [admission.admit(client) for client in ("a", "a", "b")]
-    other_worker = ClientSlots(path, limit=5)
-    other_worker._write(client_slots._TAKE, {"client": "a", "worker": os.getpid() + 1, "limit": 5})
+    take_as_another_worker(admission.client_slots, "a", os.getpid() + 1)
 
     admission.close()  # SIGTERM
     # The other's stays.
@@ -280,7 +281,7 @@ def test_a_full_worker_is_refused_before_the_client_is_counted():
 
 
 def test_an_unusable_slots_file_admits_uncounted_and_says_so_once(tmp_path, caplog):
-    admission = Admission(StreamSlots(10), ClientSlots(str(tmp_path / "missing" / "slots.sqlite3"), limit=1))
+    admission = Admission(StreamSlots(10), ClientSlots(str(tmp_path / "missing" / "slots.lmdb"), limit=1))
     with caplog.at_level(logging.WARNING, logger="app.delivery.client_slots"):
         tickets = [admission.admit("c") for _ in range(3)]
     assert not any(isinstance(ticket, Refusal) for ticket in tickets)  # fail open: the worker's limit still holds
@@ -293,7 +294,7 @@ def test_an_unusable_slots_file_admits_uncounted_and_says_so_once(tmp_path, capl
 
 def _take_from_own_process(path: str, limit: int, attempts: int, start, results) -> None:
     slots = ClientSlots(path, limit)
-    slots.take("warm-up")  # opened and in WAL before the race starts
+    slots.take("warm-up")  # opened before the race starts
     slots.give_back("warm-up")
     start.wait(30)
     results.put((os.getpid(), sum(slots.take("c") for _ in range(attempts))))
@@ -301,7 +302,7 @@ def _take_from_own_process(path: str, limit: int, attempts: int, start, results)
 
 def test_no_two_processes_admit_past_the_limit(tmp_path):
     """The issue: the check and the take must be atomic across workers (no two both admitting the 65th)."""
-    path = str(tmp_path / "slots.sqlite3")
+    path = str(tmp_path / "slots.lmdb")
     context = multiprocessing.get_context("spawn")  # fork would copy gevent's hub threads mid-state
     start, results = context.Event(), context.Queue()
     processes = [context.Process(target=_take_from_own_process, args=(path, 64, 100, start, results))
@@ -320,6 +321,47 @@ def test_no_two_processes_admit_past_the_limit(tmp_path):
     assert client_slots.drop_worker(path, pid) == count
     assert streams_held(ClientSlots(path, 64), "c") == 64 - count
     assert client_slots.drop_worker(path, pid) == 0
+
+
+def _die_inside_a_write(path: str, inside) -> None:
+    slots = ClientSlots(path, limit=5)
+    slots.take("c")
+    txn = slots._environment().begin(write=True)  # holds the node's write lock...
+    txn.put(b"half-done", b"x")
+    inside.set()
+    time.sleep(60)  # ...until it is killed
+
+
+def _take_once(path: str, results) -> None:
+    results.put(ClientSlots(path, limit=5).take("c"))
+
+
+def test_a_worker_killed_inside_a_write_does_not_stop_the_others(tmp_path):
+    """LMDB's write lock is a robust mutex: the next writer gets it, and the dead one's half-done write is not there."""
+    path = str(tmp_path / "slots.lmdb")
+    context = multiprocessing.get_context("spawn")
+    inside, results = context.Event(), context.Queue()
+    dying = context.Process(target=_die_inside_a_write, args=(path, inside))
+    dying.start()
+    assert inside.wait(30)
+    os.kill(dying.pid, signal.SIGKILL)
+    dying.join(10)
+
+    taker = context.Process(target=_take_once, args=(path, results))  # another worker, after the death
+    taker.start()
+    taker.join(20)
+    alive = taker.is_alive()
+    if alive:
+        taker.kill()
+    assert not alive, "a take waited for the dead worker's lock"
+    assert results.get(timeout=5) is True
+    assert streams_held_in_file(path, "c") == 2  # the dead worker's committed take and the new one
+    assert client_slots.drop_worker(path, dying.pid) == 1  # the master gives the dead one's back
+    assert streams_held_in_file(path, "c") == 1
+    env = client_slots.open_file(path)
+    with env.begin() as txn:
+        assert txn.get(b"half-done") is None
+    env.close()
 
 
 # -- the setting -------------------------------------------------------------------------------------

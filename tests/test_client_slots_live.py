@@ -12,12 +12,12 @@ import http.client
 import json
 import os
 import signal
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 
+from tests.support.client_slots import streams_held_in_file
 from tests.support.faults import metric
 from tests.support.live import LiveServer
 from tests.support.waiting import wait_until
@@ -65,14 +65,7 @@ def burst(server: LiveServer, source: str, count: int) -> list[Attempt]:
 
 def held(server: LiveServer, source: str) -> int:
     """Return the streams the node counts for this client, from its slots file."""
-    path = server.env["CLIENT_SLOTS_PATH"]
-    if not os.path.exists(path):
-        return 0
-    with sqlite3.connect(path, timeout=5) as conn:
-        (count,) = conn.execute("SELECT coalesce(sum(streams), 0) FROM client_streams WHERE client = ?",
-                                (f"ip:{source}",)).fetchone()
-    conn.close()
-    return count
+    return streams_held_in_file(server.env["CLIENT_SLOTS_PATH"], f"ip:{source}")
 
 
 def admitted_on_both_workers(server: LiveServer, source: str, tries: int = 10) -> list[Attempt]:

@@ -2,96 +2,106 @@
 
 A worker alone cannot count them: a client's streams land on whichever
 worker accepts each connection. So every worker keeps its share in one small
-SQLite file on the node (CLIENT_SLOTS_PATH, made by gunicorn.conf.py for
-each master), one row per (client, worker) holding that worker's streams
-of that client. The store is not used: it is shared by every node, and
-this bound is per node, on the node's own memory and slots.
+memory-mapped LMDB file on the node (CLIENT_SLOTS_PATH, made by
+gunicorn.conf.py for each master), one record per (client, worker) holding
+that worker's streams of that client. The store is not used: it is shared by
+every node, and this bound is per node, on the node's own memory and slots.
 
-* **Check and take are one statement.** The conditional UPSERT below counts
-  the client's rows and adds one only while the sum is under the limit, and
-  SQLite runs a write statement under the file's write lock from its first
-  read to its commit: two workers can never both admit the last slot.
-* **Giving back** decrements this worker's row in one statement, whose
-  trigger deletes it at zero: the table holds the clients that hold streams now.
+Why LMDB: every stream open takes a slot and every close gives one back, so
+this is on the open path of every stream. A write transaction of LMDB is a
+robust process-shared mutex and a few page writes in a shared mapping: a take
+and a give-back cost ~10 µs together, against ~50 µs (~170 µs within a whole
+open and close) for the SQLite file this replaced (bench/results/
+2026-12-05-open-profile.md).
+
+* **Check and take are one transaction.** LMDB admits one writer at a time
+  on the whole file, across processes: the client's records are summed and
+  this worker's incremented inside one write transaction, so two workers can
+  never both admit the last slot.
+* **Giving back** decrements this worker's record and deletes it at zero:
+  the file holds the clients that hold streams now.
 * **A worker that stops** (SIGTERM) gives back all of its slots in one
-  statement as it starts ending its streams, instead of one write per
-  stream: its clients reconnect to the other workers at once, and find
-  their slots free.
+  transaction as it starts ending its streams: its clients reconnect to the
+  other workers at once, and find their slots free.
 * **A worker that dies** (kill -9, OOM) cannot give anything back: the
-  master's ``child_exit`` hook (gunicorn.conf.py) deletes its rows by pid.
-  The master's ``on_starting`` removes the file: nobody holds its rows.
-* **Cost.** WAL and ``synchronous = OFF`` (the counts die with the node
-  anyway, and a crash of the whole machine ends every stream): a take or a
-  give-back is a few microseconds of in-process work, no fsync. The busy
-  timeout is zero and a busy file is retried here, with ``gevent.sleep``,
-  so a worker waiting for the other's few-microsecond write lets its other
-  streams run instead of sleeping the whole process in SQLite's busy handler.
+  master's ``child_exit`` hook (gunicorn.conf.py) deletes its records by pid.
+  If it died inside a transaction, LMDB's robust mutex hands the lock to the
+  next writer and the half-done transaction is simply not there (copy-on-write).
+  The master's ``on_starting`` removes the file: nobody holds its records.
+* **No durability is asked for** (``sync=False``): the counts die with the
+  node anyway, and a crash of the whole machine ends every stream.
+* **Waiting.** The write lock is held for microseconds and is waited for in
+  the OS, not in gevent: a wait blocks the worker for about as long as the
+  other's write takes, which is cheaper than any cooperative retry.
 * **Fail open.** If the file cannot be used, streams are admitted uncounted
   (each worker's own MAX_STREAMS_PER_WORKER still holds) and the failure is
   logged once until it recovers: the per-client bound must not become a way
   to refuse every client.
 
-Without a path (the app outside gunicorn: one process) the rows live in an
-in-memory SQLite database of this process, which then is the whole node.
+Without a path (the app outside gunicorn: one process) the counts live in a
+dict of this process, which then is the whole node.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import sqlite3
-import time
+from collections import Counter
+from collections.abc import Iterator
 
-import gevent
+import lmdb
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS client_streams (
-    client  TEXT    NOT NULL,
-    worker  INTEGER NOT NULL,
-    streams INTEGER NOT NULL,
-    PRIMARY KEY (client, worker)
-) WITHOUT ROWID
-"""
-# One statement: the sum is read under the write lock the insert takes, so
-# the check and the take cannot be split by another worker. (The WHERE on
-# the SELECT also keeps SQLite's parser from reading ON CONFLICT as a join.)
-_TAKE = """
-INSERT INTO client_streams (client, worker, streams)
-SELECT :client, :worker, 1
-WHERE (SELECT coalesce(sum(streams), 0) FROM client_streams WHERE client = :client) < :limit
-ON CONFLICT (client, worker) DO UPDATE SET streams = streams + 1
-"""
-# A row that reaches zero is deleted by the same statement that decremented
-# it (a trigger runs inside its statement): one call to give a slot back.
-_DROP_EMPTY_ROWS = """
-CREATE TRIGGER IF NOT EXISTS drop_empty_rows AFTER UPDATE OF streams ON client_streams
-WHEN NEW.streams <= 0
-BEGIN
-    DELETE FROM client_streams WHERE client = NEW.client AND worker = NEW.worker;
-END
-"""
-_GIVE_BACK = "UPDATE client_streams SET streams = streams - 1 WHERE client = :client AND worker = :worker"
-
-# A busy file is retried for this long (another worker holds the write lock
-# for microseconds; only a stuck process holds it longer), backing off from
-# the first pause to the last.
-BUSY_PATIENCE_SECONDS = 2.0
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.01
+# Address space only: the file grows with what is written (a record per
+# client and worker holding streams: ~40,000 records at the default limits,
+# a few MB). Full, the file fails open like any other error.
+MAP_SIZE = 256 << 20
+_PID_BYTES = 4
 
 
 class ClientSlotsUnavailable(Exception):
     """The slots file could not be used; the stream is admitted uncounted."""
 
 
+def client_prefix(client: str) -> bytes:
+    """The first part of a client's records' keys: fixed size, whatever the client key (LMDB keys are short)."""
+    return hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _record_key(client: str, pid: int) -> bytes:
+    return client_prefix(client) + pid.to_bytes(_PID_BYTES, "big")
+
+
+def count_of(value: bytes | None) -> int:
+    return int.from_bytes(value, "big") if value else 0
+
+
+def client_records(txn: lmdb.Transaction, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    cursor = txn.cursor()
+    if not cursor.set_range(prefix):
+        return
+    for key, value in cursor:
+        if not key.startswith(prefix):
+            return
+        yield key, value
+
+
+def open_file(path: str) -> lmdb.Environment:
+    """Open (creating) the node's slots file: ``path`` and LMDB's ``path-lock`` beside it."""
+    return lmdb.open(path, subdir=False, map_size=MAP_SIZE, max_dbs=0, sync=False, metasync=False, writemap=True,
+                     readahead=False, max_readers=64)
+
+
 class ClientSlots:
-    """This node's streams per client, shared by its workers through one SQLite file."""
+    """This node's streams per client, shared by its workers through one LMDB file."""
 
     def __init__(self, path: str | None, limit: int) -> None:
         self.path = path
         self.limit = limit
-        self._conn: sqlite3.Connection | None = None
-        self._conn_pid = 0  # the process the connection was opened in: never used across a fork
+        self._env: lmdb.Environment | None = None
+        self._env_pid = 0  # the process the file was opened in: LMDB handles are never used across a fork
+        self._local: Counter[str] = Counter()  # without a path: this process is the node
         self._failing = False
 
     def take(self, client: str) -> bool:
@@ -99,82 +109,119 @@ class ClientSlots:
 
         Raises ClientSlotsUnavailable when the file cannot be used.
         """
-        cursor = self._write(_TAKE, {"client": client, "worker": os.getpid(), "limit": self.limit})
-        return cursor.rowcount == 1
+        if self.path is None:
+            if self._local[client] >= self.limit:
+                return False
+            self._local[client] += 1
+            return True
+        with self._writing() as txn:
+            prefix = client_prefix(client)
+            if sum(count_of(value) for _, value in client_records(txn, prefix)) >= self.limit:
+                return False
+            key = prefix + os.getpid().to_bytes(_PID_BYTES, "big")
+            txn.put(key, (count_of(txn.get(key)) + 1).to_bytes(4, "big"))
+            return True
 
     def give_back(self, client: str) -> None:
         """Give one of the client's slots back (its stream ended)."""
-        self._write(_GIVE_BACK, {"client": client, "worker": os.getpid()})
+        if self.path is None:
+            self._local[client] -= 1
+            if self._local[client] <= 0:
+                del self._local[client]
+            return
+        with self._writing() as txn:
+            key = _record_key(client, os.getpid())
+            left = count_of(txn.get(key)) - 1
+            if left > 0:
+                txn.put(key, left.to_bytes(4, "big"))
+            else:
+                txn.delete(key)
 
     def drop_this_worker(self) -> None:
-        """Give back every slot this worker holds, in one statement (it is shutting down)."""
-        self._write("DELETE FROM client_streams WHERE worker = :worker", {"worker": os.getpid()})
+        """Give back every slot this worker holds, in one transaction (it is shutting down)."""
+        if self.path is None:
+            self._local.clear()
+            return
+        with self._writing() as txn:
+            _drop_records_of(txn, os.getpid())
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._conn_pid != os.getpid():
-            conn = sqlite3.connect(self.path or ":memory:", isolation_level=None, timeout=0,
-                                   check_same_thread=False)
-            if self.path:
-                from ..stores.sqlite import use_wal
+    def _environment(self) -> lmdb.Environment:
+        if self._env is None or self._env_pid != os.getpid():
+            self._env, self._env_pid = open_file(self.path), os.getpid()
+        return self._env
 
-                conn.execute("PRAGMA busy_timeout = 2000")  # once, while the workers set the file up together
-                use_wal(conn)
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute(_SCHEMA)
-            conn.execute(_DROP_EMPTY_ROWS)
-            conn.execute("PRAGMA busy_timeout = 0")  # from here on a busy file is retried in _write
-            self._conn, self._conn_pid = conn, os.getpid()
-        return self._conn
+    def _writing(self) -> _Writing:
+        return _Writing(self)
 
-    def _write(self, sql: str, params: dict) -> sqlite3.Cursor:
-        """Run one write statement (its own transaction), retrying while the file is busy."""
-        deadline = time.monotonic() + BUSY_PATIENCE_SECONDS
-        pause = _FIRST_PAUSE
-        while True:
-            try:
-                cursor = self._connection().execute(sql, params)
-            except sqlite3.OperationalError as exc:
-                if _busy(exc) and time.monotonic() < deadline:
-                    gevent.sleep(pause)  # the other worker's write takes microseconds: let this one's streams run
-                    pause = min(pause * 2, _LONGEST_PAUSE)
-                    continue
-                self._failed(exc)
-            except sqlite3.Error as exc:
-                self._failed(exc)
-            if self._failing:
-                self._failing = False
-                log.warning("client slots file %s works again: streams per client are counted again", self.path)
-            return cursor
-
-    def _failed(self, exc: sqlite3.Error) -> None:
+    def _failed(self, exc: Exception) -> None:
         if not self._failing:
             self._failing = True
             log.warning("client slots file %s cannot be used (%s): streams are admitted without the "
                         "per-client limit until it works again", self.path, exc)
+        if self._env_pid == os.getpid() and self._env is not None:
+            self._env.close()  # opened afresh next time: the file may have been replaced or fixed
+        self._env = None
         raise ClientSlotsUnavailable(str(exc)) from None
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    message = str(exc)
-    return "locked" in message or "busy" in message
+class _Writing:
+    """One write transaction on the slots file: committed on success, errors turned into ClientSlotsUnavailable."""
+
+    __slots__ = ("_slots", "_txn")
+
+    def __init__(self, slots: ClientSlots) -> None:
+        self._slots = slots
+
+    def __enter__(self) -> lmdb.Transaction:
+        try:
+            self._txn = self._slots._environment().begin(write=True)
+        except lmdb.Error as exc:
+            self._slots._failed(exc)
+        return self._txn
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        slots = self._slots
+        if kind is not None:
+            self._txn.abort()
+            if issubclass(kind, lmdb.Error):
+                slots._failed(exc)
+            return False
+        try:
+            self._txn.commit()
+        except lmdb.Error as error:
+            slots._failed(error)
+        if slots._failing:
+            slots._failing = False
+            log.warning("client slots file %s works again: streams per client are counted again", slots.path)
+        return False
 
 
-def drop_worker(path: str, pid: int) -> int:
-    """Delete a dead worker's rows (gunicorn's master, in ``child_exit``); return how many streams they held."""
-    if not os.path.exists(path):
-        return 0
-    with sqlite3.connect(path, timeout=2.0) as conn:
-        conn.execute(_SCHEMA)
-        (held,) = conn.execute("SELECT coalesce(sum(streams), 0) FROM client_streams WHERE worker = ?",
-                               (pid,)).fetchone()
-        conn.execute("DELETE FROM client_streams WHERE worker = ?", (pid,))
-    conn.close()
+def _drop_records_of(txn: lmdb.Transaction, pid: int) -> int:
+    """Delete every record of worker ``pid``; return how many streams they held."""
+    suffix, held = pid.to_bytes(_PID_BYTES, "big"), 0
+    cursor = txn.cursor()
+    doomed = [(key, value) for key, value in cursor if key.endswith(suffix)]
+    for key, value in doomed:
+        held += count_of(value)
+        txn.delete(key)
     return held
 
 
+def drop_worker(path: str, pid: int) -> int:
+    """Delete a dead worker's records (gunicorn's master, in ``child_exit``); return how many streams they held."""
+    if not os.path.exists(path):
+        return 0
+    env = open_file(path)
+    try:
+        with env.begin(write=True) as txn:
+            return _drop_records_of(txn, pid)
+    finally:
+        env.close()
+
+
 def remove(path: str) -> None:
-    """Remove the slots file and its WAL companions (the master, before any worker starts)."""
-    for suffix in ("", "-wal", "-shm"):
+    """Remove the slots file and its lock file (the master, before any worker starts)."""
+    for suffix in ("", "-lock"):
         try:
             os.remove(path + suffix)
         except FileNotFoundError:

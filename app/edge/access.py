@@ -44,6 +44,10 @@ CORS_PREFLIGHT_MAX_AGE = 600
 PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 
 
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 def exact_origin_pattern(origin: str) -> re.Pattern[str]:
     """Return a pattern that matches this one origin and nothing longer."""
     return re.compile(re.escape(origin) + r"\Z", re.IGNORECASE)
@@ -110,7 +114,9 @@ def warn_once_about_an_untrusted_proxy(app: Flask) -> None:
         nonlocal warned
         if warned:
             return
-        header = next((name for name in PROXY_HEADERS if name in request.headers), None)
+        # The WSGI names, looked up in the environ: werkzeug's headers object pays for
+        # an exception per header that is absent, and this runs on every request.
+        header = next((name for name in PROXY_HEADERS if _environ_key(name) in request.environ), None)
         if header is not None:
             warned = True
             # The header's value is the client's to choose: only its name and the socket's peer are logged.

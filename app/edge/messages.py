@@ -102,7 +102,8 @@ def stream() -> Response:
     grant = reading_grant(rooms)
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
-    header, query = request.headers.get("Last-Event-ID"), request.args.get("lastEventId")
+    # From the environ: werkzeug's headers object raises (and builds) an exception for an absent header.
+    header, query = request.environ.get("HTTP_LAST_EVENT_ID"), request.args.get("lastEventId")
     # Both are checked: an invalid parameter is an error even when the header wins.
     if any(value is not None and len(value) > MAX_LAST_EVENT_ID for value in (header, query)):
         raise ApiError(400, f"Last-Event-ID (header or lastEventId parameter) must be at most "

@@ -10,7 +10,10 @@ sites listed in CORS_ORIGINS connect *to* us under their own CSP, not ours.
 """
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, request
 
 from .errors import ApiError
 
@@ -32,17 +35,31 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+_SECURITY_HEADER_ITEMS = tuple((name.lower(), (name, value)) for name, value in SECURITY_HEADERS.items())
 # Our query strings are a room, a limit and an id: a few hundred bytes at
 # most. Longer ones get a JSON 414 from us; beyond gunicorn's request-line
 # limit (4094 bytes) gunicorn itself answers 400 before the app sees it.
 MAX_QUERY_STRING_BYTES = 2048
 
 
-def add_security_headers(response: Response) -> Response:
-    """Set the security headers on a response (kept if a view set its own)."""
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
+def send_security_headers(app: Flask) -> None:
+    """Add the security headers to every response's header list as it starts (kept if a view set its own).
+
+    At the WSGI level, on the plain list the server gets, rather than in an
+    ``after_request`` hook on werkzeug's ``Headers``: a quarter as much work on
+    every request, stream opens included, and responses that never reach the
+    hooks get them too.
+    """
+    wsgi_app = app.wsgi_app
+
+    def secured_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers.extend(item for lowered, item in _SECURITY_HEADER_ITEMS if lowered not in present)
+            return start_response(status, headers, exc_info)
+        return wsgi_app(environ, start)
+
+    app.wsgi_app = secured_wsgi_app
 
 
 def reject_huge_query_string() -> None:
@@ -52,6 +69,6 @@ def reject_huge_query_string() -> None:
 
 
 def init_security(app: Flask) -> None:
-    """Register the query guard and the headers hook on the app."""
+    """Register the query guard and the security headers on the app."""
     app.before_request(reject_huge_query_string)
-    app.after_request(add_security_headers)
+    send_security_headers(app)

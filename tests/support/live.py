@@ -36,7 +36,7 @@ class LiveServer:
         metrics_dir.mkdir(exist_ok=True)
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
         # The same for the node's client slots (gunicorn.conf.py would make a temp dir).
-        self.env.setdefault("CLIENT_SLOTS_PATH", str(log_path.with_name(log_path.stem + "-client-slots.sqlite3")))
+        self.env.setdefault("CLIENT_SLOTS_PATH", str(log_path.with_name(log_path.stem + "-client-slots.lmdb")))
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
