@@ -5,6 +5,9 @@
 * ``view``: the stream view in-process (Flask's test client, no socket): the
   request is parsed, the stream admitted, its first chunk (``retry:``) read,
   and the response closed, which gives its slots back. Median of rounds.
+* ``wsgi``: the same through the WSGI app called directly with a built environ,
+  as gunicorn calls it (no test client, whose own request building costs
+  more than the app): the app's share of an open and a close.
 * ``live``: real gunicorn with one gevent worker on loopback: a client opens a
   stream, reads its first line and closes it, one after another; wall time
   per open, and the worker's CPU time per open (utime + stime from
@@ -48,7 +51,7 @@ def view_cost(directory: str, opens: int) -> tuple[float, float]:
     from app import create_app
 
     env = {"SQLITE_PATH": os.path.join(directory, "messages.sqlite3"),
-           "CLIENT_SLOTS_PATH": os.path.join(directory, "client-slots.sqlite3"),
+           "CLIENT_SLOTS_PATH": os.path.join(directory, f"client-slots-view-{time.monotonic_ns()}"),
            "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "error"}
     client = create_app(env).test_client()
 
@@ -59,6 +62,37 @@ def view_cost(directory: str, opens: int) -> tuple[float, float]:
             reply.close()
 
     run(100)  # warm: the window, the code paths
+    return _timed(run, opens)
+
+
+def wsgi_cost(directory: str, opens: int) -> tuple[float, float]:
+    import io
+
+    from app import create_app
+
+    env = {"SQLITE_PATH": os.path.join(directory, "messages-wsgi.sqlite3"),
+           "CLIENT_SLOTS_PATH": os.path.join(directory, f"client-slots-{time.monotonic_ns()}"),
+           "MAX_STREAMS_PER_CLIENT": "100000", "LOG_LEVEL": "error"}
+    app = create_app(env)
+
+    def start_response(status, headers, exc_info=None):
+        return lambda data: None
+
+    def environ(n: int) -> dict:
+        return {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/messages",
+                "QUERY_STRING": f"room=r{n % 50}", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
+                "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": f"127.0.0.{2 + n % 50}", "REMOTE_PORT": "5555",
+                "HTTP_HOST": "127.0.0.1:8000", "HTTP_ACCEPT": "text/event-stream", "wsgi.input": io.BytesIO(),
+                "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http", "wsgi.version": (1, 0),
+                "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False}
+
+    def run(count: int) -> None:
+        for n in range(count):
+            body = app(environ(n), start_response)
+            next(iter(body))
+            body.close()
+
+    run(300)
     return _timed(run, opens)
 
 
@@ -135,11 +169,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sse-open-cost-") as directory:
         view = [view_cost(directory, args.opens) for _ in range(args.rounds)]
         print(f"view (open, first chunk, close): {_summary(view)}")
+        wsgi = [wsgi_cost(directory, args.opens) for _ in range(args.rounds)]
+        print(f"wsgi (the app called as gunicorn calls it): {_summary(wsgi)}")
         live = [live_cost(directory, args.opens) for _ in range(args.rounds)]
         print(f"live (gunicorn, 1 worker; CPU is the worker's): {_summary(live)}")
         if not has_slots:
             return
-        path = os.path.join(directory, "slots-bench.sqlite3")
+        path = os.path.join(directory, "slots-bench")
         alone = [slots_cost(path, args.opens) for _ in range(args.rounds)]
         print(f"slots (take + give back): {_summary(alone)}")
         context = multiprocessing.get_context("spawn")
