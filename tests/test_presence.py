@@ -286,7 +286,8 @@ def test_one_failed_write_costs_about_a_check_not_a_refresh_interval(store, hub)
     try:
         written(store)
         assert store.calls == [("publish", {"lobby": 1}, 6.0)]
-        assert tries[1] - tries[0] <= 0.05 + 0.1, f"retried {tries[1] - tries[0]:.2f} s after one failure"
+        # A check (0.05 s) and room for a loaded machine; the refresh interval is 2 s.
+        assert tries[1] - tries[0] < 0.5, f"retried {tries[1] - tries[0]:.2f} s after one failure"
     finally:
         presence.stop()
 
