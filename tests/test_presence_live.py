@@ -67,15 +67,22 @@ class Pinned:
         self.connection.close()
 
 
-def pin_every_worker(server: LiveServer, tries: int = 60) -> dict[int, Pinned]:
-    """Return a pinned connection per worker of ``server`` (the kernel picks who accepts: try until each has one)."""
+def pin_every_worker(server: LiveServer, tries: int = 15, burst: int = 4) -> dict[int, Pinned]:
+    """Return a pinned connection per worker of ``server`` (the kernel picks who accepts: try until each has one).
+
+    A few connections at once, as ``open_stream`` does: one at a time, the
+    worker back in accept() first takes nearly all of them on a loaded
+    machine (in one run 49 of 50 went to one worker and the test gave up).
+    """
     pinned: dict[int, Pinned] = {}
     for _ in range(tries):
-        client = Pinned(server)
-        if client.worker in pinned:
-            client.close()
-        else:
-            pinned[client.worker] = client
+        with ThreadPoolExecutor(burst) as pool:
+            clients = list(pool.map(lambda _: Pinned(server), range(burst)))
+        for client in clients:
+            if client.worker in pinned:
+                client.close()
+            else:
+                pinned[client.worker] = client
         if set(pinned) == set(server.worker_pids()):
             return pinned
     raise AssertionError(f"could not reach every worker of {server.url}: {sorted(pinned)}")

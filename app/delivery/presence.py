@@ -23,9 +23,15 @@ or refreshed, and keeps it from a greenlet:
 * a worker with no streams writes nothing; it withdraws its entry once,
   when its last stream ends.
 
-A write that fails is logged as one line when the failures start, then at
-most once a minute while they go on, and once when writing works again --
-never a traceback a second.
+A write that fails is tried again a check later, then less and less often
+while the failures go on, down to once per ``refresh_interval``: one failed
+write (FerretDB refuses one now and then; any store can drop a connection)
+must not hold a change back past the 2 s promised, and a store that is down
+is not hammered. The waits are jittered, so workers that failed together (on
+FerretDB, two upserts at once: "database is locked") do not collide again.
+It is logged as one line when the failures start, then at most once a minute
+while they go on, and once when writing works again -- never a traceback a
+second.
 
 A worker that stops cleanly withdraws its entry (SIGTERM, see
 ``app/operations/lifecycle.py``); a killed one's expires ``ttl`` after its
@@ -44,6 +50,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import random
 import secrets
 import socket
 import time
@@ -126,7 +133,7 @@ class FailureLog:
             self._logged_at = now
             # A store that is down is expected now and then; anything else is a bug worth an error.
             level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
-            log.log(level, "presence: %s failed (%d in a row; retrying every %gs, logged at most every %gs): %s",
+            log.log(level, "presence: %s failed (%d in a row; retrying within %gs, logged at most every %gs): %s",
                     self.what, self.failures, retry_seconds, self.every, _one_line(exc))
 
     def succeeded(self) -> None:
@@ -206,27 +213,37 @@ class Presence:
         written: PresenceReport | None = PresenceReport()  # what the store holds for this worker; None: unknown
         written_at = float("-inf")  # the last whole write
         refresh_at = 0.0  # move the expiry on then, though nothing changed
-        retry_at = 0.0  # after a failed write, none before then
         while not self._stopping.is_set():
             # No sooner than it could be written: under churn, once per write_interval.
             report = self.own_report(max_age=self.write_interval)
             now = time.monotonic()
-            if now >= retry_at:
-                try:
-                    if report != written and now - written_at >= self.write_interval:
-                        self._write(report)
-                        written, written_at, refresh_at = report, now, now + self.refresh_interval
-                    elif report and report == written and now >= refresh_at:
-                        if not self.store.refresh_presence(self.worker_id, self.ttl):
-                            self._write(report)  # gone from the store: write it whole again
-                            written_at = now
-                        refresh_at = now + self.refresh_interval
-                    self.writes.succeeded()
-                except Exception as exc:  # the loop must outlive any failure
-                    STORE_ERRORS.labels("presence").inc()
-                    written, retry_at = None, now + self.refresh_interval
-                    self.writes.failed(exc, self.refresh_interval)
-            self._stopping.wait(self.check_interval)
+            wait = self.check_interval
+            try:
+                if report != written and now - written_at >= self.write_interval:
+                    self._write(report)
+                    written, written_at, refresh_at = report, now, now + self.refresh_interval
+                elif report and report == written and now >= refresh_at:
+                    if not self.store.refresh_presence(self.worker_id, self.ttl):
+                        self._write(report)  # gone from the store: write it whole again
+                        written_at = now
+                    refresh_at = now + self.refresh_interval
+                self.writes.succeeded()
+            except Exception as exc:  # the loop must outlive any failure
+                STORE_ERRORS.labels("presence").inc()
+                written = None
+                self.writes.failed(exc, self.refresh_interval)
+                wait = self.retry_delay(self.writes.failures)
+            self._stopping.wait(wait)
+
+    def retry_delay(self, failures: int) -> float:
+        """Return how long to wait after the ``failures``-th failed write in a row before trying again.
+
+        A check interval after the first (so one failure costs about that, not
+        a refresh interval), doubling up to ``refresh_interval``; jittered
+        between half and all of it.
+        """
+        ceiling = min(self.refresh_interval, self.check_interval * 2 ** min(failures - 1, 30))
+        return random.uniform(ceiling / 2, ceiling)
 
     def _write(self, report: PresenceReport) -> None:
         if report:
