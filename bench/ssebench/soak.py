@@ -170,17 +170,20 @@ class Soak:
 
     async def _sample(self, label: str) -> None:
         """The workers' RSS, both cores' busy time, the load generator's CPU, the churn counts."""
-        rss = {}
+        rss, anon = {}, {}
         for pid in self.system.worker_pids():
             try:
                 rss[str(pid)] = psutil.Process(pid).memory_info().rss
-            except psutil.NoSuchProcess:
+                anon[str(pid)] = anonymous_rss(pid)
+            except (psutil.NoSuchProcess, OSError):
                 continue
         cores = psutil.cpu_times(percpu=True)
         sample = {
             "label": label,
             "t_s": round((time.monotonic_ns() - self.began_ns) / 1e9, 1),
             "worker_rss": rss,
+            # The heap's share (RssAnon): file-backed pages (code, SQLite files) are apart.
+            "worker_anon": anon,
             "cores": [c.user + c.nice + c.system + c.irq + c.softirq + c.steal for c in cores],
             "loadgen_cpu_s": self.pool.cpu_seconds() + own_cpu_seconds(),
             "churn": await self.pool.churn_status(),
@@ -237,6 +240,7 @@ def rss_figures(samples: list[dict[str, Any]], target_bytes: int) -> dict[str, A
         "rss_after_warmup": sum(after["worker_rss"].values()),
         "rss_end": sum(end["worker_rss"].values()),
         "rss_growth": growth,
+        "anon_growth": sum(end.get("worker_anon", {}).values()) - sum(after.get("worker_anon", {}).values()),
         "target_met": abs(growth) <= target_bytes,
         "same_workers": set(after["worker_rss"]) == set(end["worker_rss"]),
         "opened_measured": opened,
@@ -246,6 +250,15 @@ def rss_figures(samples: list[dict[str, Any]], target_bytes: int) -> dict[str, A
     }
     result["client_bound"] = client_bound(core_pct[-1] if len(core_pct) > 1 else None)
     return result
+
+
+def anonymous_rss(pid: int) -> int:
+    """RssAnon of /proc/<pid>/status in bytes: the heap and stacks, not mapped files."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _mb(value: int) -> str:
