@@ -92,6 +92,7 @@ def scaled(plan: Plan, scale: float) -> Plan:
         storm_fill=max(2000, int(plan.storm_fill * scale)),
         # The fill stays: it is what makes the backlog big.
         hostile_streams=shrink(plan.hostile_streams),
+        soak_clients=shrink(plan.soak_clients),
     )
 
 
