@@ -75,7 +75,7 @@ class Soak:
     async def run(self) -> dict[str, Any]:
         plan, result = self.plan, self.result
         result.update(
-            clients=plan.soak_clients, rooms=plan.soak_rooms, kept=plan.soak_kept, rate=plan.soak_rate,
+            clients=plan.soak_clients, rooms=plan.soak_rooms, kept_streams=plan.soak_kept, rate=plan.soak_rate,
             read_seconds=list(plan.soak_read_seconds), window=plan.soak_fill,
             warmup_seconds=plan.soak_warmup_seconds, measure_seconds=measure_seconds(plan),
             target_bytes=plan.soak_target_bytes, server_cpus=SERVER_CPUS, loadgen_cpus=sorted(LOADGEN_CPUS),
@@ -214,17 +214,20 @@ class Soak:
 
 def kept_exactness(records: list[dict[str, Any]], truth: dict[int, list[int]]) -> dict[str, Any]:
     """How many kept streams hold exactly their room's truth; lost and duplicated messages over all."""
-    exact = lost = duplicated = drops = 0
+    exact = lost = duplicated = drops = behind = 0
     for record in records:
         seqs = array("i")
         seqs.frombytes(record["seqs"])
         owed = truth.get(record["room"], [])
         exact += list(seqs) == owed
         lost += len(set(owed) - set(seqs))
+        # Lost messages that all come after the last one received: the stream is behind, not skipping.
+        behind += bool(owed) and list(seqs) == owed[:len(seqs)] and len(seqs) < len(owed)
         duplicated += len(seqs) - len(set(seqs))
         drops += record["drops"] + record["drops_before_mark"]
     return {"streams": len(records), "exact": exact, "lost": lost, "duplicated": duplicated,
-            "messages_owed": sum(len(seqs) for seqs in truth.values()), "drops": drops}
+            "messages_owed": sum(len(seqs) for seqs in truth.values()), "drops": drops,
+            "behind_not_skipping": behind}
 
 
 def rss_figures(samples: list[dict[str, Any]], target_bytes: int) -> dict[str, Any]:

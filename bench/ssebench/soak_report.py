@@ -23,15 +23,15 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
         f"A full window of other rooms' messages ({first['window']:,}) first; then {first['clients']} clients,"
         f" each opening a stream on one of {first['rooms']} rooms, reading for"
         f" {first['read_seconds'][0]}-{first['read_seconds'][1]} s, dropping it and opening the next at once;"
-        f" {first['kept']} streams kept throughout (checked exact); {first['rate']:.0f} messages/s round the"
+        f" {first['kept_streams']} streams kept throughout (checked exact); {first['rate']:.0f} messages/s round the"
         f" rooms. {first['warmup_seconds'] / 60:.1f} min warm-up, then {first['measure_seconds'] / 60:.1f} min"
         " measured (BENCH_SOAK_MINUTES). **Server processes on core 0, load generator on core 1** (`taskset`)."
         f" Target: the workers' RSS at the end within {first['target_bytes'] / 2**20:.0f} MB of their RSS"
         " after the warm-up.",
         "",
         "| System | Streams opened / closed | Errors | Kept streams exact (lost / dup) | Workers' RSS after warm-up"
-        " | At the end | Growth | Per stream opened (measured part) | Target | Core 0 | Core 1 (load gen) |",
-        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        " | At the end | Growth | Per stream opened (measured part) | Target | Core 0 | Core 1 | Load gen's own CPU |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     notes: list[str] = []
     for name, soak in soaks.items():
@@ -47,8 +47,13 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
             f" | {_mb(soak['rss_after_warmup'])} | {_mb(soak['rss_end'])} | {soak['rss_growth'] / 2**20:+.1f} MB"
             f" | {'n/a' if per_open is None else f'{per_open:,.0f} B'}"
             f" | {'met' if soak['target_met'] else '**not met**'}"
-            f" | {_pct(cores[0] if cores else None)} | {_pct(cores[-1] if len(cores) > 1 else None)}{bound} |"
+            f" | {_pct(cores[0] if cores else None)} | {_pct(cores[-1] if len(cores) > 1 else None)}{bound}"
+            f" | {_pct(soak['loadgen_pct'])} |"
         )
+        if kept["lost"]:
+            notes.append(f"{name}: kept streams lost {kept['lost']:,} of {kept['messages_owed']:,} owed messages"
+                         f" after the drain; {kept['behind_not_skipping']} of {kept['streams']} only behind"
+                         " (what they got is a prefix of their room's messages)")
         if churn["errors"]:
             notes.append(f"{name}: errors by reason: {churn['errors']}")
         if not soak["same_workers"]:
@@ -61,8 +66,9 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
         "",
         "How to read it: RSS is the sum over the 2 gunicorn workers (not the master, not FerretDB), read"
         " from /proc. *Per stream opened* is the growth over the measured part divided by the streams"
-        " opened in it. A load-generator core at >= 95% marks the run **client-bound**: the churn was"
-        " slower than planned.",
+        " opened in it. Core % is each core's busy time over the soak from /proc/stat (other jobs on this"
+        " shared machine included); *load gen's own CPU* is the subscriber processes' and the orchestrator's,"
+        " in % of one core. A load-generator core at >= 95% marks the run **client-bound**.",
         "",
     ]
     if notes:
