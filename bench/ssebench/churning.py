@@ -19,6 +19,7 @@ from typing import Any
 from .sserequest import sse_request
 
 HEAD_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 class ChurnConnection(asyncio.Protocol):
@@ -123,6 +124,7 @@ class ChurningClients:
         """End every client loop (its open stream is closed in its `finally`)."""
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Bounded: the orchestrator's call must be answered even if a client is wedged.
+        _, pending = await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT_SECONDS) if self.tasks else (set(), set())
         self.tasks = []
-        return self.status()
+        return {**self.status(), "not_stopped": len(pending)}

@@ -208,10 +208,10 @@ class ClientPool:
 
     async def churn_status(self, stop: bool = False) -> dict[str, Any]:
         """Opened, closed, bytes and errors summed over processes (`stop`: end the clients first)."""
-        total: dict[str, Any] = {"opened": 0, "closed": 0, "received_bytes": 0, "errors": {}}
+        total: dict[str, Any] = {"opened": 0, "closed": 0, "received_bytes": 0, "errors": {}, "not_stopped": 0}
         for reply in await self.call_all(("churn_stop" if stop else "churn_status",)):
-            for key in ("opened", "closed", "received_bytes"):
-                total[key] += reply[key]
+            for key in ("opened", "closed", "received_bytes", "not_stopped"):
+                total[key] += reply.get(key, 0)
             for reason, number in reply["errors"].items():
                 total["errors"][reason] = total["errors"].get(reason, 0) + number
         return total

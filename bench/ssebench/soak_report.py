@@ -54,6 +54,8 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
             notes.append(f"{name}: kept streams lost {kept['lost']:,} of {kept['messages_owed']:,} owed messages"
                          f" after the drain; {kept['behind_not_skipping']} of {kept['streams']} only behind"
                          " (what they got is a prefix of their room's messages)")
+        if churn.get("not_stopped"):
+            notes.append(f"{name}: {churn['not_stopped']} churning clients did not stop within 10 s of being told")
         if churn["errors"]:
             notes.append(f"{name}: errors by reason: {churn['errors']}")
         if not soak["same_workers"]:
