@@ -18,7 +18,11 @@ from typing import Any
 
 from .sserequest import sse_request
 
-HEAD_TIMEOUT_SECONDS = 10.0
+# As patient as EventSource, which has no head timeout of its own: with 10 s,
+# a crowded server core fell behind, its accept queue filled with connections
+# whose clients had given up, each still cost a whole open, and no open
+# succeeded any more (a collapse of the client's making, not a leak).
+HEAD_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
