@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, client_bound, pin_load_
 from .measure import own_cpu_seconds
 from .plan import Plan
 from .publisher import RoomsPublisher, Sent
+from .soakcheck import kept_exactness, rss_figures
 from .systems import System
 
 SOAK_TAG = 7
@@ -155,6 +155,8 @@ class Soak:
             await asyncio.sleep(POLL_SECONDS)
         result["kept"] = kept_exactness(await self.pool.storm_collect(), truth)
         result.update(rss_figures(result["samples"], plan.soak_target_bytes))
+        cores = result["core_pct"]
+        result["client_bound"] = client_bound(cores[-1] if len(cores) > 1 else None)
         self._log_figures()
 
     async def _sample_until(self, at_seconds: float, phase: str) -> None:
@@ -210,49 +212,6 @@ class Soak:
             f" {r['churn']['closed']:,} closed, errors {r['churn']['errors']};"
             f" kept {r['kept']['exact']}/{r['kept']['streams']} exact; core 1 {r['core_pct'][-1]:.0f}%"
         )
-
-
-def kept_exactness(records: list[dict[str, Any]], truth: dict[int, list[int]]) -> dict[str, Any]:
-    """How many kept streams hold exactly their room's truth; lost and duplicated messages over all."""
-    exact = lost = duplicated = drops = behind = 0
-    for record in records:
-        seqs = array("i")
-        seqs.frombytes(record["seqs"])
-        owed = truth.get(record["room"], [])
-        exact += list(seqs) == owed
-        lost += len(set(owed) - set(seqs))
-        # Lost messages that all come after the last one received: the stream is behind, not skipping.
-        behind += bool(owed) and list(seqs) == owed[:len(seqs)] and len(seqs) < len(owed)
-        duplicated += len(seqs) - len(set(seqs))
-        drops += record["drops"] + record["drops_before_mark"]
-    return {"streams": len(records), "exact": exact, "lost": lost, "duplicated": duplicated,
-            "messages_owed": sum(len(seqs) for seqs in truth.values()), "drops": drops,
-            "behind_not_skipping": behind}
-
-
-def rss_figures(samples: list[dict[str, Any]], target_bytes: int) -> dict[str, Any]:
-    """RSS after the warm-up and at the end, growth, per-core busy % and the load generator's CPU % over the soak."""
-    after = next(s for s in samples if s["label"] == "after warm-up")
-    first, end = samples[0], samples[-1]
-    growth = sum(end["worker_rss"].values()) - sum(after["worker_rss"].values())
-    wall = end["t_s"] - first["t_s"]
-    core_pct = [100 * (b - a) / wall for a, b in zip(first["cores"], end["cores"], strict=True)] if wall else []
-    loadgen_pct = 100 * (end["loadgen_cpu_s"] - first["loadgen_cpu_s"]) / wall if wall else None
-    opened = end["churn"]["opened"] - after["churn"]["opened"]
-    result = {
-        "rss_after_warmup": sum(after["worker_rss"].values()),
-        "rss_end": sum(end["worker_rss"].values()),
-        "rss_growth": growth,
-        "anon_growth": sum(end.get("worker_anon", {}).values()) - sum(after.get("worker_anon", {}).values()),
-        "target_met": abs(growth) <= target_bytes,
-        "same_workers": set(after["worker_rss"]) == set(end["worker_rss"]),
-        "opened_measured": opened,
-        "bytes_per_open": growth / opened if opened else None,
-        "core_pct": core_pct,
-        "loadgen_pct": loadgen_pct,
-    }
-    result["client_bound"] = client_bound(core_pct[-1] if len(core_pct) > 1 else None)
-    return result
 
 
 def anonymous_rss(pid: int) -> int:
