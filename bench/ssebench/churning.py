@@ -74,6 +74,9 @@ class ChurningClients:
     def start(self, host: str, port: int, source_ip: str, paths: list[str], clients: int,
               read_seconds: tuple[float, float], seed: int) -> dict[str, Any]:
         """Start `clients` loops over `paths`; each reads for a uniform time in `read_seconds`."""
+        # Counts start at zero for each system: a soak's figures are its own.
+        self.opened = self.closed = self.received_bytes = 0
+        self.errors = {}
         requests = [sse_request(host, port, path) for path in paths]
         chooser = random.Random(seed)
         for _ in range(clients):
