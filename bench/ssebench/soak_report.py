@@ -53,7 +53,7 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
         if kept["lost"]:
             notes.append(f"{name}: kept streams lost {kept['lost']:,} of {kept['messages_owed']:,} owed messages"
                          f" after the drain; {kept['behind_not_skipping']} of {kept['streams']} only behind"
-                         " (what they got is a prefix of their room's messages)")
+                         f" (what they got is a prefix of their room's messages); {kept.get('resets', 0)} reset events")
         if churn.get("not_stopped"):
             notes.append(f"{name}: {churn['not_stopped']} churning clients did not stop within 10 s of being told")
         if churn["errors"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 def kept_exactness(records: list[dict[str, Any]], truth: dict[int, list[int]]) -> dict[str, Any]:
     """How many kept streams hold exactly their room's truth; lost and duplicated messages over all."""
-    exact = lost = duplicated = drops = behind = 0
+    exact = lost = duplicated = drops = behind = resets = 0
     for record in records:
         seqs = array("i")
         seqs.frombytes(record["seqs"])
@@ -25,9 +25,12 @@ def kept_exactness(records: list[dict[str, Any]], truth: dict[int, list[int]]) -
         behind += bool(owed) and list(seqs) == owed[:len(seqs)] and len(seqs) < len(owed)
         duplicated += len(seqs) - len(set(seqs))
         drops += record["drops"] + record["drops_before_mark"]
+        resets += record.get("resets", 0)
     return {"streams": len(records), "exact": exact, "lost": lost, "duplicated": duplicated,
             "messages_owed": sum(len(seqs) for seqs in truth.values()), "drops": drops,
-            "behind_not_skipping": behind}
+            "behind_not_skipping": behind,
+            # `event: reset`: the server said the stream's place was gone from the window.
+            "resets": resets}
 
 
 def rss_figures(samples: list[dict[str, Any]], target_bytes: int) -> dict[str, Any]:
