@@ -3,8 +3,9 @@
 # scenario, write bench/results/<date>.md with plots, print its path.
 #   BENCH_QUICK=1        small and short instead of full
 #   BENCH_SYSTEMS=...    comma list, default: all eight (see ssebench/__main__.py)
-#   BENCH_SCENARIOS=...  comma list, default classic,storm,hostile (storm: the reconnect storm alone;
-#                        hostile: non-reading streams on a big backlog, alone)
+#   BENCH_SCENARIOS=...  comma list, default classic,storm,hostile,soak (storm: the reconnect storm alone;
+#                        hostile: non-reading streams on a big backlog, alone; soak: clients that come and go, ours only)
+#   BENCH_SOAK_MINUTES=M measured minutes of the soak per store (full: 6, quick: 0.7)
 #   BENCH_ROOT=/path     repo whose server is measured (default: this repo)
 #   BENCH_SCALE=0.05     shrink every stream count (development runs)
 #   BENCH_REPETITION_BUDGET=S  seconds one system's repetition may take (full: 120)
@@ -39,7 +40,7 @@ fi
 
 args=(--root "$server_root"
       --systems "${BENCH_SYSTEMS:-ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse}"
-      --scenarios "${BENCH_SCENARIOS:-classic,storm,hostile}")
+      --scenarios "${BENCH_SCENARIOS:-classic,storm,hostile,soak}")
 [[ "${BENCH_QUICK:-0}" == 1 ]] && args+=(--quick)
 [[ -n "${BENCH_SCALE:-}" ]] && args+=(--scale "$BENCH_SCALE")
 [[ -n "${BENCH_REPEATS:-}" ]] && args+=(--repeats "$BENCH_REPEATS")

@@ -2,7 +2,7 @@
 
 Usage (bench/run.sh does this for `make bench`):
   python -m ssebench [--quick] [--systems ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse]
-                     [--scenarios classic,storm,hostile] [--root REPO] [--repeats N] [--scale F]
+                     [--scenarios classic,storm,hostile,soak] [--root REPO] [--repeats N] [--scale F]
                      [--budget-minutes M]
 """
 
@@ -27,6 +27,7 @@ from .machine import describe_machine
 from .plan import Plan, choose_plan
 from .report import write_report
 from .scenarios import Repetition
+from .soak import Soak
 from .storm import Storm
 from .subscriber import raise_fd_limit
 from .systems import BENCH_DIR, all_systems
@@ -35,14 +36,17 @@ LOG_DIR = BENCH_DIR / "out" / "logs"
 # The environment settings of run.sh, quoted in the report as the command that made it.
 RUN_SETTINGS = (
     "BENCH_QUICK", "BENCH_ROOT", "BENCH_SYSTEMS", "BENCH_SCENARIOS", "BENCH_SCALE", "BENCH_REPEATS",
-    "BENCH_SNAPSHOT", "BENCH_REPETITION_BUDGET", "BENCH_BUDGET_MINUTES",
+    "BENCH_SNAPSHOT", "BENCH_REPETITION_BUDGET", "BENCH_BUDGET_MINUTES", "BENCH_SOAK_MINUTES",
 )
 DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse"
 # classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
 # storm: the reconnect storm (storm.py), for the systems that can resume;
 # hostile: streams that ask for a big backlog and never read (hostile.py),
-# for the systems that keep history.
-SCENARIOS = ("classic", "storm", "hostile")
+# for the systems that keep history;
+# soak: clients that come and go for minutes, the workers' RSS (soak.py), ours only.
+SCENARIOS = ("classic", "storm", "hostile", "soak")
+# The soak measures what our server keeps per stream opened; the peers are not its subject.
+SOAK_SYSTEMS = ("ours", "ours-mongodb")
 # Minutes of classic scenarios per system and repetition, for the default budget.
 CLASSIC_MINUTES = {"full": 2.0, "quick": 0.75}
 
@@ -52,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small and short: ~3-4 minutes")
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm, hostile")
+                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm, hostile, soak")
     parser.add_argument("--root", type=Path, default=BENCH_DIR.parent,
                         help="repo whose server is 'ours' (default: this repo)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -88,6 +92,7 @@ def scaled(plan: Plan, scale: float) -> Plan:
         storm_fill=max(2000, int(plan.storm_fill * scale)),
         # The fill stays: it is what makes the backlog big.
         hostile_streams=shrink(plan.hostile_streams),
+        soak_clients=shrink(plan.soak_clients),
     )
 
 
@@ -100,7 +105,8 @@ def wanted_scenarios(text: str) -> list[str]:
 
 
 Outcome = tuple[
-    dict[str, list], dict[str, dict], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]]
+    dict[str, list], dict[str, dict], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]],
+    dict[str, dict],
 ]
 
 
@@ -123,9 +129,12 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     results: dict[str, list[dict[str, Any]]] = {}
     storms: dict[str, dict[str, Any]] = {}
     hostile: dict[str, dict[str, Any]] = {}
+    soaks: dict[str, dict[str, Any]] = {}
     sizes = [plan.storm_streams] if "storm" in scenarios else []
     if "hostile" in scenarios:
         sizes.append(1)  # its fresh reader; the hostile sockets are the orchestrator's own
+    if "soak" in scenarios:
+        sizes.append(plan.soak_clients + plan.soak_kept)
     if "classic" in scenarios:
         sizes += [*plan.idle_steps, *plan.broadcast_sizes, plan.fanout_subscribers]
     pool = ClientPool(max(sizes))
@@ -163,10 +172,18 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
             with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-hostile-") as workdir:
                 hostile[system.name] = await HostileReaders(system, plan, pool, Path(workdir)).run()
                 _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-hostile")
+        # Once per store of ours; each run is bounded by its plan (BENCH_SOAK_MINUTES lengthens it).
+        for system in runnable if "soak" in scenarios else []:
+            if system.name not in SOAK_SYSTEMS:
+                continue
+            print(f"== {system.name}, soak", flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-soak-") as workdir:
+                soaks[system.name] = await Soak(system, plan, pool, Path(workdir)).run()
+                _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-soak")
     finally:
         await asyncio.to_thread(pool.stop)
     described = {s.name: (s.description, s.caveats) for s in runnable}
-    return results, storms, hostile, skipped, described
+    return results, storms, hostile, skipped, described, soaks
 
 
 def _keep_logs(workdir: Path, destination: Path) -> None:
@@ -188,7 +205,7 @@ def render_again(saved: Path) -> int:
     path = write_report(
         data["results"], data.get("storms", {}), data["skipped"], systems, plan, saved.parent, saved.stem,
         meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
-        meta.get("machine"), data.get("hostile", {}),
+        meta.get("machine"), data.get("hostile", {}), data.get("soaks", {}),
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0
@@ -208,7 +225,7 @@ def main(argv: list[str]) -> int:
     # A run of the storm or the hostile readers alone says so in its name.
     stem = args.stem or (
         started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
-        + (f"-{alone[0]}" if alone in (["storm"], ["hostile"]) else "")
+        + (f"-{alone[0]}" if alone in (["storm"], ["hostile"], ["soak"]) else "")
     )
     # Described before anything runs: it names the server commit measured, and
     # the work tree may move on while the bench runs.
@@ -229,7 +246,7 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     try:
-        results, storms, hostile, skipped, described = uvloop.run(guarded())
+        results, storms, hostile, skipped, described, soaks = uvloop.run(guarded())
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
@@ -238,7 +255,7 @@ def main(argv: list[str]) -> int:
     path = write_report(
         results, storms, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
-        machine, hostile,
+        machine, hostile, soaks,
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0

@@ -194,6 +194,28 @@ class ClientPool:
     async def storm_close(self) -> int:
         return sum(reply["closed"] for reply in await self.call_all(("storm_close",)))
 
+    # -- the soak's clients that come and go (churning.py) ------------------------
+    async def churn_start(self, host: str, port: int, paths: list[str], clients: int,
+                          read_seconds: tuple[float, float], seed: int) -> int:
+        """Start `clients` churning clients over `paths`, dealt round the processes."""
+        count = len(self.pipes)
+        replies = await asyncio.gather(*(
+            self.call(i, ("churn_start", host, port, self.source_ips[i], paths, len(range(i, clients, count)),
+                          read_seconds, seed + i))
+            for i in range(count)
+        ))
+        return sum(reply["clients"] for reply in replies)
+
+    async def churn_status(self, stop: bool = False) -> dict[str, Any]:
+        """Opened, closed, bytes and errors summed over processes (`stop`: end the clients first)."""
+        total: dict[str, Any] = {"opened": 0, "closed": 0, "received_bytes": 0, "errors": {}, "not_stopped": 0}
+        for reply in await self.call_all(("churn_stop" if stop else "churn_status",)):
+            for key in ("opened", "closed", "received_bytes", "not_stopped"):
+                total[key] += reply.get(key, 0)
+            for reason, number in reply["errors"].items():
+                total["errors"][reason] = total["errors"].get(reason, 0) + number
+        return total
+
     def pin(self, cpus: set[int] | None) -> None:
         """Run every load-generator process on `cpus` (None: on every core again)."""
         for process in self.processes:

@@ -61,6 +61,23 @@ class Plan:
     hostile_open_timeout_seconds: float = 60.0
     hostile_settle_timeout_seconds: float = 15.0
     hostile_probe_timeout_seconds: float = 15.0
+    # Scenario 7, the soak (soak.py): a full window of other rooms first, then
+    # soak_clients clients that come and go (each opens a stream on one of
+    # soak_rooms rooms, reads for soak_read_seconds, drops it, again),
+    # soak_kept streams held throughout and checked exact, soak_rate
+    # messages/s round the rooms. The workers' RSS after the warm-up and at
+    # the end must be within soak_target_bytes. BENCH_SOAK_MINUTES lengthens
+    # the measured part.
+    soak_clients: int = 300
+    soak_rooms: int = 20
+    soak_kept: int = 5
+    soak_rate: float = 50.0
+    soak_read_seconds: tuple[float, float] = (0.1, 3.0)
+    soak_fill: int = 10000
+    soak_warmup_seconds: float = 120.0
+    soak_measure_seconds: float = 360.0
+    soak_sample_seconds: float = 30.0
+    soak_target_bytes: int = 5 * 2**20
 
 
 FULL = Plan(
@@ -105,6 +122,12 @@ QUICK = Plan(
     storm_timeout_seconds=60.0,
     storm_drain_timeout_seconds=15.0,
     hostile_streams=300,
+    soak_fill=2000,
+    # Not shorter: in a 4-minute quick soak the workers' heap still grew ~1 MB
+    # in the minute after a 20 s warm-up, then stayed flat.
+    soak_warmup_seconds=60.0,
+    soak_measure_seconds=40.0,
+    soak_sample_seconds=10.0,
 )
 
 

@@ -10,6 +10,7 @@ from .cores import LOADGEN_CPUS, SERVER_CPUS, client_bound
 from .hostile_report import TARGET_KB_PER_STREAM, hostile_figure, hostile_lines
 from .machine import describe_machine
 from .measure import median_of
+from .soak_report import soak_lines
 from .storm_report import storm_lines
 from .systems import OURS
 
@@ -364,12 +365,14 @@ def write_report(
     server_root: Path,
     machine: list[str] | None = None,
     hostile: dict[str, dict[str, Any]] | None = None,
+    soaks: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write <stem>.md, <stem>.json and the plots; return the Markdown path."""
     from .plots import draw_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hostile = hostile or {}
+    soaks = soaks or {}
     summary = summarise(results, plan)
     # Described when the run began (or taken from the run's .json when a report is
     # written again), so it names the server commit that was measured.
@@ -385,7 +388,7 @@ def write_report(
     (out_dir / f"{stem}.json").write_text(
         json.dumps(
             {"plan": plan.__dict__, "skipped": skipped, "results": results, "storms": storms,
-             "hostile": hostile, "meta": meta},
+             "hostile": hostile, "soaks": soaks, "meta": meta},
             indent=1,
             default=_json_default,
         )
@@ -401,8 +404,8 @@ def write_report(
                else ").")
             if results
             else f"Mode: **{plan.mode}**, "
-            + " and ".join(name for name, ran in (("the reconnect storm", storms), ("the hostile readers", hostile))
-                           if ran)
+            + " and ".join(name for name, ran in (("the reconnect storm", storms), ("the hostile readers", hostile),
+                                                  ("the soak", soaks)) if ran)
             + " only (once per system)."
         )
         + f" Wall time: {elapsed_s / 60:.1f} min.",
@@ -426,6 +429,7 @@ def write_report(
         lines += _classic_lines(summary, plan, plots, storms, hostile)
     lines += storm_lines(storms, plan)
     lines += hostile_lines(hostile, plan)
+    lines += soak_lines(soaks)
     path = out_dir / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -17,6 +17,7 @@ from array import array
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .churning import ChurningClients
 from .marker import MARKER_PATTERN
 from .resuming import ResumingClients
 from .sserequest import sse_request
@@ -144,6 +145,8 @@ class SubscriberProcess:
         self.records: dict[int, TagRecord] = {}
         # The reconnect storm's streams (resuming.py), apart from the ones above.
         self.resuming = ResumingClients(loop)
+        # The soak's clients that come and go (churning.py).
+        self.churning = ChurningClients(loop)
 
     async def open_streams(
         self,
@@ -303,9 +306,16 @@ class CommandServer:
                 return process.resuming.collect()
             if command == "storm_close":
                 return process.resuming.close()
+            if command == "churn_start":
+                return process.churning.start(*args)
+            if command == "churn_status":
+                return process.churning.status()
+            if command == "churn_stop":
+                return await process.churning.stop()
             if command == "quit":
                 process.close_streams(len(process.streams))
                 process.resuming.close()
+                await process.churning.stop()
                 return {"quit": True}
             return {"error": f"unknown command {command!r}"}
         except Exception as error:  # noqa: BLE001 - the orchestrator must hear of it
