@@ -41,6 +41,7 @@ from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, pin_load_generator, ser
 from .plan import Plan
 from .processes import ServerGroup, streams_held
 from .publisher import RoomsPublisher, Sent
+from .replacement import listen_overflows, watch_replacement
 from .storequeries import parse_exposition, read_counter_files
 from .stormcheck import analyse
 from .systems import System
@@ -49,6 +50,7 @@ SAMPLE_SECONDS = 0.25
 POLL_SECONDS = 0.2
 STORM_TAG = 1
 HISTORY_TIMEOUT_SECONDS = 60.0
+REPLACEMENT_GRACE_SECONDS = 5.0
 
 
 class Storm:
@@ -190,8 +192,14 @@ class Storm:
         result["pre_kill_metrics"] = await self._scrape()
         result["live_at_kill"] = await self.pool.storm_mark()
         before = self._sample()
+        workers_before = set(self.system.worker_pids())
+        overflows_before = listen_overflows()
         result["kill_ns"] = time.monotonic_ns()
         os.kill(victim, signal.SIGKILL)
+        result["replacement"] = replacement = {}
+        watching = asyncio.create_task(watch_replacement(
+            self.system.worker_pids, self.system.metrics_dir, workers_before, result["kill_ns"],
+            plan.storm_timeout_seconds, replacement))
         result["killed_pid"] = victim
         result["pre_kill_sample"] = before
         self.log(f"SIGKILL worker {victim} holding {spread[victim]:,} of {sum(spread.values()):,} streams"
@@ -203,6 +211,18 @@ class Storm:
 
         status = await self._wait_for(all_back, plan.storm_timeout_seconds, None, every=5.0)
         result["status_after_storm"] = status
+        overflows_after = listen_overflows()
+        if overflows_before is not None and overflows_after is not None:
+            # Machine-wide (other jobs' servers count too): a SYN the accept queue had no room
+            # for is dropped and the client retries it a second or more later.
+            result["listen_overflows"] = overflows_after - overflows_before
+        # The survivor may have taken every reconnect: then the replacement
+        # serves its first stream only when one comes; a few seconds more, no longer.
+        await asyncio.wait([watching], timeout=REPLACEMENT_GRACE_SECONDS)
+        watching.cancel()
+        # Who took the reconnects: the survivor's count against its count before the kill.
+        result["streams_per_worker_after"] = {str(pid): held for pid, held in self._streams_per_worker().items()}
+        result["streams_per_worker_before"] = {str(pid): held for pid, held in spread.items()}
         if status["resumed"] < status["dropped"]:
             self.note(f"{status['dropped'] - status['resumed']:,} of {status['dropped']:,} dropped streams"
                       f" had not reconnected {plan.storm_timeout_seconds:.0f}s after the kill")
