@@ -68,6 +68,7 @@ class Storm:
         self.sent: list[Sent] = []
         self.samples: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {"notes": [], "phases": {}}
+        self.window = min(plan.storm_fill, system.storm_window or plan.storm_fill)
 
     def log(self, line: str) -> None:
         print(f"  [{self.system.name} storm] {line}", flush=True)
@@ -79,12 +80,15 @@ class Storm:
     async def run(self) -> dict[str, Any]:
         plan, result = self.plan, self.result
         result.update(
-            streams=plan.storm_streams, rooms=len(self.rooms), window=plan.storm_fill, rate=plan.storm_rate,
+            streams=plan.storm_streams, rooms=len(self.rooms), window=self.window, rate=plan.storm_rate,
             server_cpus=SERVER_CPUS, loadgen_cpus=sorted(LOADGEN_CPUS),
         )
         if not can_split():
             self.note("one core only: server and load generator share it (no split)")
-        env = {"CAPPED_MAX_MESSAGES": str(plan.storm_fill)}
+        if self.window != plan.storm_fill:
+            self.note(f"window {self.window:,} messages, not {plan.storm_fill:,}"
+                      " (a window this store can tail here; see the caveats)")
+        env = {"CAPPED_MAX_MESSAGES": str(self.window)}
         try:
             self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)
         except (RuntimeError, OSError) as error:
@@ -116,7 +120,7 @@ class Storm:
     async def _storm(self, publisher: RoomsPublisher) -> None:
         plan, result = self.plan, self.result
         began = time.monotonic()
-        fill = await publisher.fill(self.other_rooms, plan.storm_fill, plan.storm_fill_timeout_seconds)
+        fill = await publisher.fill(self.other_rooms, self.window, plan.storm_fill_timeout_seconds)
         result["fill"] = fill
         self._phase("fill", began)
         self.log(f"filled the window: {fill['published']:,} messages to other rooms in {fill['seconds']:.1f}s"
@@ -147,7 +151,7 @@ class Storm:
                       f" {plan.storm_join_timeout_seconds:.0f}s after it was published (still joining)")
 
         stop = asyncio.Event()
-        budget = max(len(self.rooms), plan.storm_fill // 2 - len(self.rooms))
+        budget = max(len(self.rooms), self.window // 2 - len(self.rooms))
         steady = asyncio.create_task(publisher.steady(
             STORM_TAG, self.rooms, plan.storm_rate, len(self.rooms), budget, stop, self.sent))
         # Readings go on through the drain: the last clients may catch up late.

@@ -87,6 +87,9 @@ class System:
     # Each worker keeps a copy of the history of its own, which it takes in on
     # its own (ours: the window); False: one copy serves every worker.
     history_per_worker = False
+    # The reconnect storm's window (CAPPED_MAX_MESSAGES and the fill) when this
+    # system cannot tail the plan's; None: the plan's (storm_fill).
+    storm_window: int | None = None
 
     def __init__(self) -> None:
         self.port = 0
@@ -232,6 +235,11 @@ class OurServerOnMongo(OurServer):
         " first new document took 7 s). Live delivery on this row is bound by that, not by our"
         " server's resume path.",
     )
+    # The storm at the plan's 10,000: the tailer's getMores on FerretDB take seconds
+    # each, the streams never got their room's first message within the join's 60 s
+    # and the kill's replacement spent its whole storm warming (2026-12-05, 1956-storm
+    # report). 2,000 is the window FerretDB tails here (the quick mode's).
+    storm_window = 2000
 
     def __init__(self, repo_root: Path) -> None:
         super().__init__(repo_root)
