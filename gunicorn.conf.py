@@ -85,6 +85,11 @@ errorlog = "-"
 
 def on_starting(server):
     """Start from empty metrics and empty client slots: a previous run's would be added in."""
+    # child_exit's import, made now: on the first worker death it cost the master
+    # 0.6-1.7 s on a loaded core before it forked the replacement (tests/test_startup.py
+    # runs child_exit in the master, so it stays clean for the gevent worker).
+    from prometheus_client import multiprocess  # noqa: F401
+
     from app.delivery import client_slots
 
     os.makedirs(_metrics_dir, exist_ok=True)
