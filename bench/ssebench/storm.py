@@ -87,7 +87,7 @@ class Storm:
             self.note("one core only: server and load generator share it (no split)")
         if self.window != plan.storm_fill:
             self.note(f"window {self.window:,} messages, not {plan.storm_fill:,}"
-                      " (a window this store can tail here; see the caveats)")
+                      " (the smaller window this store's row uses; see the caveats)")
         env = {"CAPPED_MAX_MESSAGES": str(self.window)}
         try:
             self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)

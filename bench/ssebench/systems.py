@@ -238,7 +238,9 @@ class OurServerOnMongo(OurServer):
     # The storm at the plan's 10,000: the tailer's getMores on FerretDB take seconds
     # each, the streams never got their room's first message within the join's 60 s
     # and the kill's replacement spent its whole storm warming (2026-12-05, 1956-storm
-    # report). 2,000 is the window FerretDB tails here (the quick mode's).
+    # report). 2,000 is the quick mode's window, which FerretDB tailed in quick runs; on a
+    # crowded machine it did not tail even this (2026-12-05-2032-storm: no first message
+    # within the join's 60 s, and the streams resumed without an id).
     storm_window = 2000
 
     def __init__(self, repo_root: Path) -> None:
