@@ -236,11 +236,11 @@ class OurServerOnMongo(OurServer):
         " server's resume path.",
     )
     # The storm at the plan's 10,000: the tailer's getMores on FerretDB take seconds
-    # each, the streams never got their room's first message within the join's 60 s
-    # and the kill's replacement spent its whole storm warming (2026-12-05, 1956-storm
-    # report). 2,000 is the quick mode's window, which FerretDB tailed in quick runs; on a
-    # crowded machine it did not tail even this (2026-12-05-2032-storm: no first message
-    # within the join's 60 s, and the streams resumed without an id).
+    # each; on the full runs of 2026-12-01 no stream was exact (lost 128,277), and on a
+    # crowded machine (2026-12-05-1956-storm) no stream got its room's first message
+    # within the join's 60 s. 2,000 (the quick mode's window) is a guess at a window it
+    # can tail, NOT yet shown: on the same crowded machine it was not tailed either
+    # (2026-12-05-2032-storm). A quiet full run should confirm it or pick a smaller one.
     storm_window = 2000
 
     def __init__(self, repo_root: Path) -> None:
