@@ -85,6 +85,11 @@ errorlog = "-"
 
 def on_starting(server):
     """Start from empty metrics and empty client slots: a previous run's would be added in."""
+    # child_exit's import, made now: on the first worker death it cost the master
+    # 0.6-1.7 s on a loaded core before it forked the replacement (tests/test_startup.py
+    # runs child_exit in the master, so it stays clean for the gevent worker).
+    from prometheus_client import multiprocess  # noqa: F401
+
     from app.delivery import client_slots
 
     os.makedirs(_metrics_dir, exist_ok=True)
@@ -146,14 +151,15 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """List every metric at zero, warm the window now, start presence, make SIGTERM end open streams at once."""
-    from app.operations.lifecycle import end_streams_on_sigterm, start_presence, start_tailer
+    """Zero every metric, warm the window (then freeze it out of the GC), start presence, SIGTERM ends streams."""
+    from app.operations.lifecycle import end_streams_on_sigterm, freeze_when_warm, start_presence, start_tailer
     from app.operations.metrics import write_zeros_for_this_worker
 
     # The master's metric files were removed by on_starting: without this, a
     # scrape lists nothing until a worker happens to update a metric.
     write_zeros_for_this_worker()
     start_tailer(worker)
+    freeze_when_warm(worker)
     start_presence(worker)
     end_streams_on_sigterm(worker)
 

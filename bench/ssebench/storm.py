@@ -41,6 +41,7 @@ from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, pin_load_generator, ser
 from .plan import Plan
 from .processes import ServerGroup, streams_held
 from .publisher import RoomsPublisher, Sent
+from .replacement import listen_overflows, watch_replacement
 from .storequeries import parse_exposition, read_counter_files
 from .stormcheck import analyse
 from .systems import System
@@ -49,6 +50,7 @@ SAMPLE_SECONDS = 0.25
 POLL_SECONDS = 0.2
 STORM_TAG = 1
 HISTORY_TIMEOUT_SECONDS = 60.0
+REPLACEMENT_GRACE_SECONDS = 5.0
 
 
 class Storm:
@@ -66,6 +68,7 @@ class Storm:
         self.sent: list[Sent] = []
         self.samples: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {"notes": [], "phases": {}}
+        self.window = min(plan.storm_fill, system.storm_window or plan.storm_fill)
 
     def log(self, line: str) -> None:
         print(f"  [{self.system.name} storm] {line}", flush=True)
@@ -77,12 +80,15 @@ class Storm:
     async def run(self) -> dict[str, Any]:
         plan, result = self.plan, self.result
         result.update(
-            streams=plan.storm_streams, rooms=len(self.rooms), window=plan.storm_fill, rate=plan.storm_rate,
+            streams=plan.storm_streams, rooms=len(self.rooms), window=self.window, rate=plan.storm_rate,
             server_cpus=SERVER_CPUS, loadgen_cpus=sorted(LOADGEN_CPUS),
         )
         if not can_split():
             self.note("one core only: server and load generator share it (no split)")
-        env = {"CAPPED_MAX_MESSAGES": str(plan.storm_fill)}
+        if self.window != plan.storm_fill:
+            self.note(f"window {self.window:,} messages, not {plan.storm_fill:,}"
+                      " (the smaller window this store's row uses; see the caveats)")
+        env = {"CAPPED_MAX_MESSAGES": str(self.window)}
         try:
             self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)
         except (RuntimeError, OSError) as error:
@@ -114,7 +120,7 @@ class Storm:
     async def _storm(self, publisher: RoomsPublisher) -> None:
         plan, result = self.plan, self.result
         began = time.monotonic()
-        fill = await publisher.fill(self.other_rooms, plan.storm_fill, plan.storm_fill_timeout_seconds)
+        fill = await publisher.fill(self.other_rooms, self.window, plan.storm_fill_timeout_seconds)
         result["fill"] = fill
         self._phase("fill", began)
         self.log(f"filled the window: {fill['published']:,} messages to other rooms in {fill['seconds']:.1f}s"
@@ -145,7 +151,7 @@ class Storm:
                       f" {plan.storm_join_timeout_seconds:.0f}s after it was published (still joining)")
 
         stop = asyncio.Event()
-        budget = max(len(self.rooms), plan.storm_fill // 2 - len(self.rooms))
+        budget = max(len(self.rooms), self.window // 2 - len(self.rooms))
         steady = asyncio.create_task(publisher.steady(
             STORM_TAG, self.rooms, plan.storm_rate, len(self.rooms), budget, stop, self.sent))
         # Readings go on through the drain: the last clients may catch up late.
@@ -190,8 +196,14 @@ class Storm:
         result["pre_kill_metrics"] = await self._scrape()
         result["live_at_kill"] = await self.pool.storm_mark()
         before = self._sample()
+        workers_before = set(self.system.worker_pids())
+        overflows_before = listen_overflows()
         result["kill_ns"] = time.monotonic_ns()
         os.kill(victim, signal.SIGKILL)
+        result["replacement"] = replacement = {}
+        watching = asyncio.create_task(watch_replacement(
+            self.system.worker_pids, self.system.metrics_dir, workers_before, result["kill_ns"],
+            plan.storm_timeout_seconds, replacement))
         result["killed_pid"] = victim
         result["pre_kill_sample"] = before
         self.log(f"SIGKILL worker {victim} holding {spread[victim]:,} of {sum(spread.values()):,} streams"
@@ -203,6 +215,18 @@ class Storm:
 
         status = await self._wait_for(all_back, plan.storm_timeout_seconds, None, every=5.0)
         result["status_after_storm"] = status
+        overflows_after = listen_overflows()
+        if overflows_before is not None and overflows_after is not None:
+            # Machine-wide (other jobs' servers count too): a SYN the accept queue had no room
+            # for is dropped and the client retries it a second or more later.
+            result["listen_overflows"] = overflows_after - overflows_before
+        # The survivor may have taken every reconnect: then the replacement
+        # serves its first stream only when one comes; a few seconds more, no longer.
+        await asyncio.wait([watching], timeout=REPLACEMENT_GRACE_SECONDS)
+        watching.cancel()
+        # Who took the reconnects: the survivor's count against its count before the kill.
+        result["streams_per_worker_after"] = {str(pid): held for pid, held in self._streams_per_worker().items()}
+        result["streams_per_worker_before"] = {str(pid): held for pid, held in spread.items()}
         if status["resumed"] < status["dropped"]:
             self.note(f"{status['dropped'] - status['resumed']:,} of {status['dropped']:,} dropped streams"
                       f" had not reconnected {plan.storm_timeout_seconds:.0f}s after the kill")

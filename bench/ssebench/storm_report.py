@@ -86,9 +86,46 @@ def storm_lines(storms: dict[str, dict[str, Any]], plan: Any) -> list[str]:
         " divided by the streams that resumed. n/a: the server does not export the counter.",
         "",
     ]
+    lines += _replacement_lines(storms)
     if notes:
         lines += ["Storm details:", "", *[f"- {note}" for note in notes], ""]
     return lines
+
+
+def _replacement_lines(storms: dict[str, dict[str, Any]]) -> list[str]:
+    """The killed worker's replacement, boot to serving, and who took the reconnects (ours, per store)."""
+    rows = []
+    for name, storm in storms.items():
+        replacement = storm.get("replacement") or {}
+        if replacement.get("forked_ms") is None and replacement.get("serving_ms") is None:
+            continue
+        before, after = storm.get("streams_per_worker_before", {}), storm.get("streams_per_worker_after", {})
+        killed, new = str(storm.get("killed_pid")), str(replacement.get("pid"))
+        survivors = [pid for pid in before if pid != killed]
+        took = ", ".join(f"{after.get(pid, 0) - before[pid]:+,} (now {after.get(pid, 0):,})" for pid in survivors)
+        overflows = storm.get("listen_overflows")
+        rows.append(
+            f"| {name} | {_ms(replacement.get('forked_ms'))} | {_ms(replacement.get('serving_ms'))}"
+            f" | {after.get(new, 0):,} | {took or 'n/a'} | {'n/a' if overflows is None else f'{overflows:,}'} |"
+        )
+    if not rows:
+        return []
+    return [
+        "The killed worker's replacement (ours, per store): *forked* is the kill -> a new worker pid"
+        " of the master; *serving* is the kill -> the replacement's first admitted stream"
+        " (`sse_open_streams` > 0 in its own metrics file), both polled every 20 ms from outside."
+        " The last columns count the load generator's streams per worker once all were back"
+        " (the surviving worker's change since the kill: the reconnects it took). *Accept-queue"
+        " overflows*: the machine's TcpExt ListenOverflows from the kill to all back, connection"
+        " attempts dropped because a listen queue was full (each costs its client a SYN retry, 1 s"
+        " or more); machine-wide, so other jobs' servers count too.",
+        "",
+        "| System | Kill -> replacement forked | Kill -> replacement serving | Streams on the replacement"
+        " | Surviving worker took | Accept-queue overflows |",
+        "|---|---:|---:|---:|---|---:|",
+        *rows,
+        "",
+    ]
 
 
 def _details(name: str, storm: dict[str, Any]) -> list[str]:
