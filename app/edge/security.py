@@ -46,7 +46,7 @@ def send_security_headers(app: Flask) -> None:
     """Add the security headers to every response's header list as it starts (kept if a view set its own).
 
     At the WSGI level, on the plain list the server gets, rather than in an
-    ``after_request`` hook on werkzeug's ``Headers``: a quarter as much work on
+    ``after_request`` hook on werkzeug's ``Headers``: a fraction of the work on
     every request, stream opens included, and responses that never reach the
     hooks get them too.
     """
