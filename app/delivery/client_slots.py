@@ -10,9 +10,9 @@ every node, and this bound is per node, on the node's own memory and slots.
 Why LMDB: every stream open takes a slot and every close gives one back, so
 this is on the open path of every stream. A write transaction of LMDB is a
 robust process-shared mutex and a few page writes in a shared mapping: a take
-and a give-back cost ~10 µs together, against ~50 µs (~170 µs within a whole
-open and close) for the SQLite file this replaced (bench/results/
-2026-12-05-open-profile.md).
+and a give-back cost ~20 µs of CPU together (~60 µs in place, within a whole
+open and close), against ~58 µs (~145 µs in place) for the SQLite file this
+replaced (bench/results/2026-12-05-open-profile.md).
 
 * **Check and take are one transaction.** LMDB admits one writer at a time
   on the whole file, across processes: the client's records are summed and
@@ -53,9 +53,10 @@ import lmdb
 
 log = logging.getLogger(__name__)
 
-# Address space only: the file grows with what is written (a record per
-# client and worker holding streams: ~40,000 records at the default limits,
-# a few MB). Full, the file fails open like any other error.
+# The file is made this size but sparse (``writemap``: LMDB writes into the
+# mapping): only the pages written take disk and memory -- a record per client
+# and worker holding streams, ~40,000 at the default limits, a few MB. Full,
+# the file fails open like any other error.
 MAP_SIZE = 256 << 20
 _PID_BYTES = 4
 
