@@ -45,12 +45,12 @@ from typing import Any
 import psutil
 
 from .clients import ClientPool
-from .cores import LOADGEN_CPUS, pin_load_generator, server_cpus
 from .marker import MARKER_PATTERN, make_marker
 from .measure import tcp_buffer_bytes
 from .plan import Plan
 from .processes import ServerGroup, streams_held
 from .publisher import Publisher, RoomsPublisher
+from .running import run_on_started_system
 from .scenarios import CpuWindow
 from .sserequest import sse_request
 from .systems import System
@@ -119,31 +119,18 @@ class HostileReaders:
         plan, result = self.plan, self.result
         result.update(streams=plan.hostile_streams, fill_messages=plan.hostile_fill,
                       text_chars=plan.hostile_text_chars, rss_cap_bytes=plan.hostile_rss_cap_bytes)
-        try:
-            self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus())
-        except (RuntimeError, OSError) as error:
-            self.note(f"did not start: {error}")
-            if self.system.group is not None:
-                await asyncio.to_thread(self.system.group.stop)
-            return result
-        pin_load_generator(self.pool, LOADGEN_CPUS)
-        try:
-            async with RoomsPublisher(self.system) as publisher:
-                await self._hostile(publisher)
-        except Exception as error:  # noqa: BLE001 - one broken system must not end the run
-            self.note(f"aborted: {type(error).__name__}: {error}")
-        finally:
-            self._close_sockets()
-            dead = self.group.dead()
-            if dead:
-                self.note(f"server died: {dead}")
-            await asyncio.to_thread(self.group.stop)
-            try:
-                await self.pool.close_streams(await self.pool.live())
-            except (OSError, EOFError, RuntimeError, TimeoutError) as error:
-                self.log(f"could not close streams: {type(error).__name__}")
-            pin_load_generator(self.pool, None)
+        await run_on_started_system(self, None, self._hostile, self._started,
+                                    before_stop=[self._close_sockets], after_stop=[self._close_streams])
         return result
+
+    def _started(self, group: ServerGroup) -> None:
+        self.group = group
+
+    async def _close_streams(self) -> None:
+        try:
+            await self.pool.close_streams(await self.pool.live())
+        except (OSError, EOFError, RuntimeError, TimeoutError) as error:
+            self.log(f"could not close streams: {type(error).__name__}")
 
     async def _hostile(self, publisher: RoomsPublisher) -> None:
         plan, result = self.plan, self.result

@@ -31,10 +31,11 @@ from typing import Any
 import psutil
 
 from .clients import ClientPool
-from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, client_bound, pin_load_generator, server_cpus
+from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, client_bound
 from .measure import own_cpu_seconds
 from .plan import Plan
 from .publisher import RoomsPublisher, Sent
+from .running import run_on_started_system
 from .soakcheck import kept_exactness, rss_figures
 from .systems import System
 
@@ -83,31 +84,15 @@ class Soak:
         if not can_split():
             self.note("one core only: server and load generator share it (no split)")
         env = {"CAPPED_MAX_MESSAGES": str(plan.soak_fill)}
-        try:
-            group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)
-        except (RuntimeError, OSError) as error:
-            self.note(f"did not start: {error}")
-            if self.system.group is not None:
-                await asyncio.to_thread(self.system.group.stop)
-            return result
-        pin_load_generator(self.pool, LOADGEN_CPUS)
-        try:
-            async with RoomsPublisher(self.system) as publisher:
-                await self._soak(publisher)
-        except Exception as error:  # noqa: BLE001 - one broken system must not end the run
-            self.note(f"aborted: {type(error).__name__}: {error}")
-        finally:
-            dead = group.dead()
-            if dead:
-                self.note(f"server died: {dead}")
-            try:
-                await self.pool.churn_status(stop=True)
-                await self.pool.storm_close()
-            except (OSError, EOFError, RuntimeError, TimeoutError) as error:
-                self.log(f"could not close streams: {type(error).__name__}")
-            await asyncio.to_thread(group.stop)
-            pin_load_generator(self.pool, None)
+        await run_on_started_system(self, env, self._soak, before_stop=[self._close_streams])
         return result
+
+    async def _close_streams(self) -> None:
+        try:
+            await self.pool.churn_status(stop=True)
+            await self.pool.storm_close()
+        except (OSError, EOFError, RuntimeError, TimeoutError) as error:
+            self.log(f"could not close streams: {type(error).__name__}")
 
     async def _soak(self, publisher: RoomsPublisher) -> None:
         plan, result = self.plan, self.result

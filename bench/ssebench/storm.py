@@ -37,11 +37,12 @@ import aiohttp
 import psutil
 
 from .clients import ClientPool
-from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split, pin_load_generator, server_cpus
+from .cores import LOADGEN_CPUS, SERVER_CPUS, can_split
 from .plan import Plan
 from .processes import ServerGroup, streams_held
 from .publisher import RoomsPublisher, Sent
 from .replacement import listen_overflows, watch_replacement
+from .running import run_on_started_system
 from .storequeries import parse_exposition, read_counter_files
 from .stormcheck import analyse
 from .systems import System
@@ -89,30 +90,17 @@ class Storm:
             self.note(f"window {self.window:,} messages, not {plan.storm_fill:,}"
                       " (the smaller window this store's row uses; see the caveats)")
         env = {"CAPPED_MAX_MESSAGES": str(self.window)}
-        try:
-            self.group = await asyncio.to_thread(self.system.start, self.workdir, server_cpus(), env)
-        except (RuntimeError, OSError) as error:
-            self.note(f"did not start: {error}")
-            if self.system.group is not None:
-                await asyncio.to_thread(self.system.group.stop)
-            return result
-        pin_load_generator(self.pool, LOADGEN_CPUS)
-        try:
-            async with RoomsPublisher(self.system) as publisher:
-                await self._storm(publisher)
-        except Exception as error:  # noqa: BLE001 - one broken system must not end the run
-            self.note(f"aborted: {type(error).__name__}: {error}")
-        finally:
-            dead = self.group.dead()
-            if dead:
-                self.note(f"server died: {dead}")
-            await asyncio.to_thread(self.group.stop)
-            try:
-                await self.pool.storm_close()
-            except (OSError, EOFError, RuntimeError, TimeoutError) as error:
-                self.log(f"could not close streams: {type(error).__name__}")
-            pin_load_generator(self.pool, None)
+        await run_on_started_system(self, env, self._storm, self._started, after_stop=[self._close_streams])
         return result
+
+    def _started(self, group: ServerGroup) -> None:
+        self.group = group
+
+    async def _close_streams(self) -> None:
+        try:
+            await self.pool.storm_close()
+        except (OSError, EOFError, RuntimeError, TimeoutError) as error:
+            self.log(f"could not close streams: {type(error).__name__}")
 
     def _phase(self, name: str, started: float) -> None:
         self.result["phases"][name] = round(time.monotonic() - started, 2)
