@@ -31,6 +31,9 @@ class Settings:
     capped_max_messages: int = 10_000
     heartbeat_seconds: float = 15.0
     retry_ms: int = 3000
+    # Each stream's retry: is drawn from RETRY_MS x (1 +- this): the clients of a
+    # worker that died come back spread out, not in one wave (0: all exactly RETRY_MS).
+    retry_jitter: float = 0.25
     max_text_chars: int = 4096
     max_body_bytes: int = 0  # 0: derived from max_text_chars (see __post_init__)
     stream_queue_limit: int = 1000
@@ -195,6 +198,16 @@ def _mongodb_uri(raw: str) -> str:
     return raw
 
 
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")  # not a number: the message below says what is expected
+    if not 0 <= value <= 1:
+        raise ValueError("must be a fraction from 0 to 1, e.g. 0.25 for +-25 % (0: off)")
+    return value
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("must be one of debug, info, warning, error, critical")
@@ -304,6 +317,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "CAPPED_MAX_MESSAGES": _int_in(1, 10**9),
     "HEARTBEAT_SECONDS": _positive_float(3600),
     "RETRY_MS": _int_in(0, 3_600_000),
+    "RETRY_JITTER": _fraction,
     "MAX_TEXT_CHARS": _int_in(1, 1_000_000),
     "MAX_BODY_BYTES": _int_in(1024, 64 * 2**20),
     "STREAM_QUEUE_LIMIT": _int_in(1, 1_000_000),

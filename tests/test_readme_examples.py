@@ -29,6 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from app.config import Settings
+
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -69,6 +71,14 @@ class Example:
     @property
     def shown_retry(self) -> str | None:
         return next((line.strip() for line in self.shown if line.strip().startswith("retry:")), None)
+
+
+def _drawn_around_the_default(line: str) -> bool:
+    """Say whether ``line`` is a ``retry:`` line the defaults can draw: RETRY_MS x (1 +- RETRY_JITTER)."""
+    settings = Settings()
+    match = re.match(r"retry: (\d+)(\s|$)", line.strip())
+    low, high = settings.retry_ms * (1 - settings.retry_jitter), settings.retry_ms * (1 + settings.retry_jitter)
+    return match is not None and low <= int(match[1]) <= high
 
 
 def readme_examples(text: str) -> list[Example]:
@@ -229,8 +239,10 @@ def check(example: Example, answer: Answer, published_id: str | None, ids: dict[
             problems.append(f"the stream never sent its retry: line: {body[:300]!r}")
         elif f"id: {published_id}" not in body:
             problems.append(f"a message published meanwhile ({published_id}) never arrived: {body[-300:]!r}")
-        if example.shown_retry and not body.startswith(example.shown_retry + "\n"):
-            problems.append(f"the stream began {body[:40]!r}, the README shows {example.shown_retry!r}")
+        if example.shown_retry and not (_drawn_around_the_default(example.shown_retry)
+                                        and _drawn_around_the_default(body.split("\n", 1)[0])):
+            problems.append(f"the stream began {body[:40]!r}, the README shows {example.shown_retry!r}"
+                            " (both must be RETRY_MS x (1 +- RETRY_JITTER), the defaults)")
         resumed_after = re.search(r'Last-Event-ID:\s*([^"\']+)', example.command)
         if resumed_after:
             shown_id = resumed_after.group(1).strip()

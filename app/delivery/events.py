@@ -8,6 +8,8 @@ text holds. ``event:`` is left out for the default type so that plain
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 
 from .sse import ServerSentEvent
 
@@ -41,3 +43,13 @@ def reset_event(reason: str) -> bytes:
 def retry_line(milliseconds: int) -> bytes:
     """Tell EventSource how long to wait before reconnecting."""
     return ServerSentEvent(retry=milliseconds).encode()
+
+
+def spread_retry_ms(retry_ms: int, jitter: float, draw: Callable[[], float] = random.random) -> int:
+    """Return a reconnect delay drawn evenly from ``retry_ms`` x (1 - jitter) to x (1 + jitter).
+
+    Every client of a worker that dies loses its stream at the same moment; with
+    one ``retry:`` for all they would all come back in the same instant. ``draw``
+    is [0, 1) as ``random.random`` gives it (a test passes its own).
+    """
+    return round(retry_ms * (1 + jitter * (2 * draw() - 1)))

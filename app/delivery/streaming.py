@@ -67,7 +67,7 @@ from gevent.hub import get_hub
 from ..operations.metrics import DROP_SLOW, DROP_STALLED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
 from ..stores.base import MessageLog, StoreUnavailable
 from .ending import EndReason
-from .events import HEARTBEAT, reset_event, retry_line
+from .events import HEARTBEAT, reset_event, retry_line, spread_retry_ms
 from .hub import Hub, Subscription
 from .reading import wait_for_tailer, wait_for_window
 from .window import BacklogCursor, BacklogEvicted, Window
@@ -84,6 +84,7 @@ BACKLOG_CONTINUE_RETRY_MS = 100
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     retry_ms: int
+    retry_jitter: float = 0.0  # the opening retry: is drawn from retry_ms x (1 +- this)
     window_wait_seconds: float = 10.0  # then the client is told to come back later
     chunk_bytes: int = 16_384  # most event bytes joined into one write (one larger event goes alone)
     backlog_max_bytes: int = 8 * 2**20  # backlog bytes one response sends before it ends for a resume
@@ -102,7 +103,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
     events = 0  # written, over the stream's subscriptions
     ended_by = EndReason.CLIENT_GONE  # unless something else ends it first
     try:
-        yield retry_line(settings.retry_ms)
+        yield retry_line(spread_retry_ms(settings.retry_ms, settings.retry_jitter))
         while True:
             refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline)
             if refused is not None:

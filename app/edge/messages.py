@@ -125,7 +125,8 @@ def stream() -> Response:
         _bound_send_buffer(client_socket, svc.settings.stream_send_buffer_bytes)
         body = message_stream(
             rooms, last_id, window=svc.window, hub=svc.hub, store=svc.store,
-            settings=StreamSettings(retry_ms=svc.settings.retry_ms, chunk_bytes=svc.settings.stream_chunk_bytes,
+            settings=StreamSettings(retry_ms=svc.settings.retry_ms, retry_jitter=svc.settings.retry_jitter,
+                                    chunk_bytes=svc.settings.stream_chunk_bytes,
                                     backlog_max_bytes=svc.settings.stream_backlog_max_bytes),
             client_socket=client_socket,  # to notice a client that leaves
             expires_at=grant.expires_at,  # the token's exp: the stream ends then

@@ -34,7 +34,8 @@ bp = Blueprint("openapi", __name__)
 
 OPENAPI_VERSION = "3.0.3"
 SSE_DESCRIPTION = """\
-An endless `text/event-stream` (Server-Sent Events). It opens with a `retry:` line,
+An endless `text/event-stream` (Server-Sent Events). It opens with a `retry:` line (RETRY_MS,
+drawn for each stream within +-RETRY_JITTER of it so that clients of a worker that died come back spread out),
 then the rooms' stored messages after the resume point, then live ones, all in one store order. Each message
 is one event: `id:` is the message id, `event:` its type (left out for `message`),
 and a single `data:` line holds the message JSON (as in the POST reply). A resume id
