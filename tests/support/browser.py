@@ -35,8 +35,9 @@ window.EventSource = class extends window.EventSource {
 """
 
 
-def start_chromium(profile_dir: Path, width: int = 1000, height: int = 760) -> WebDriver:
-    """Start one headless Chromium with a fresh profile."""
+def start_chromium(profile_dir: Path, width: int = 1000, height: int = 760,
+                   extra_flags: tuple[str, ...] = ()) -> WebDriver:
+    """Start one headless Chromium with a fresh profile (``extra_flags``: e.g. a test certificate to trust)."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver "
@@ -47,6 +48,8 @@ def start_chromium(profile_dir: Path, width: int = 1000, height: int = 760) -> W
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.add_argument(f"--window-size={width},{height}")
+    for flag in extra_flags:
+        options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _TRACK_EVENT_SOURCES})
     return driver

@@ -1,7 +1,8 @@
 """Real nginx (Debian's) on a loopback port, running deploy/nginx.conf in front of a LiveServer.
 
 The server block is rendered from deploy/nginx.conf by replacing only its
-DEPLOY: values -- ports, the static path, the access log's path and, where a
+DEPLOY: values -- ports (plain and HTTPS), the certificate (a self-signed one
+made for each nginx), the static path, the access log's path and, where a
 test asks, the stream's read timeout or a per-client limit too large to reach
 here -- so what is tested is what is deployed. The http {} around it
 is the test's own, with every file nginx writes kept in a temp folder.
@@ -16,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.live import ROOT, free_port
+from tests.support.tls import SelfSigned, make_self_signed
 from tests.support.waiting import wait_until
 
 NGINX = Path(os.environ.get("NGINX", "/usr/sbin/nginx"))
@@ -41,8 +43,8 @@ http {{
 """
 
 
-def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, read_timeout: str = "60s",
-                        tuned: dict[str, str] | None = None) -> str:
+def render_server_block(*, upstream_port: int, listen_port: int, tls_port: int, certificate: SelfSigned,
+                        log_dir: Path, read_timeout: str = "60s", tuned: dict[str, str] | None = None) -> str:
     """Return deploy/nginx.conf with its DEPLOY: values replaced for a loopback test.
 
     ``tuned`` replaces more lines, after those, each of which must be there
@@ -55,6 +57,9 @@ def render_server_block(*, upstream_port: int, listen_port: int, log_dir: Path, 
             f"access_log {log_dir}/sse-rooms.access.log sse_rooms;",
         "server 127.0.0.1:8080;": f"server 127.0.0.1:{upstream_port};",
         "listen 80;": f"listen 127.0.0.1:{listen_port};",
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{tls_port} ssl http2;",
+        "ssl_certificate     /etc/ssl/certs/sse-rooms.pem;": f"ssl_certificate     {certificate.cert_path};",
+        "ssl_certificate_key /etc/ssl/private/sse-rooms.key;": f"ssl_certificate_key {certificate.key_path};",
         "alias /srv/sse-rooms/app/static/;": f"alias {ROOT / 'app' / 'static'}/;",
         "proxy_read_timeout 60s;": f"proxy_read_timeout {read_timeout};",
         **(tuned or {}),  # after the DEPLOY: values, so it may change what they became
@@ -77,6 +82,8 @@ class LiveNginx:
                  tuned: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.tls_port = free_port()
+        self.certificate: SelfSigned | None = None
         self.upstream_port = upstream_port
         self.read_timeout = read_timeout
         self.tuned = tuned
@@ -87,14 +94,21 @@ class LiveNginx:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def tls_url(self) -> str:
+        """The HTTPS (and HTTP/2) listener; its certificate is ``self.certificate``, made by write_config."""
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
     def conf_path(self) -> Path:
         return self.directory / "nginx.conf"
 
     def write_config(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.certificate = make_self_signed(self.directory / "tls")
         (self.directory / "sse-rooms.conf").write_text(
-            render_server_block(upstream_port=self.upstream_port, listen_port=self.port,
-                                log_dir=self.directory, read_timeout=self.read_timeout, tuned=self.tuned))
+            render_server_block(upstream_port=self.upstream_port, listen_port=self.port, tls_port=self.tls_port,
+                                certificate=self.certificate, log_dir=self.directory,
+                                read_timeout=self.read_timeout, tuned=self.tuned))
         # As root, nginx would run its worker as "nobody", which cannot enter
         # pytest's private temp folder; the test's own user can.
         user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
