@@ -2,7 +2,7 @@
 
 Usage (bench/run.sh does this for `make bench`):
   python -m ssebench [--quick] [--systems ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse]
-                     [--scenarios classic,storm,hostile,soak] [--root REPO] [--repeats N] [--scale F]
+                     [--scenarios classic,storm,storm-retry,hostile,soak] [--root REPO] [--repeats N] [--scale F]
                      [--budget-minutes M]
 """
 
@@ -41,12 +41,21 @@ RUN_SETTINGS = (
 DEFAULT_SYSTEMS = "ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse"
 # classic: idle, broadcast, fan-out, cross-worker (scenarios.py, one flow);
 # storm: the reconnect storm (storm.py), for the systems that can resume;
+# storm-retry: the storm again with clients that wait their `retry:` as EventSource
+# does, ours only, once with RETRY_JITTER=0 and once with its default (issue 15);
 # hostile: streams that ask for a big backlog and never read (hostile.py),
 # for the systems that keep history;
 # soak: clients that come and go for minutes, the workers' RSS (soak.py), ours only.
-SCENARIOS = ("classic", "storm", "hostile", "soak")
+SCENARIOS = ("classic", "storm", "storm-retry", "hostile", "soak")
 # The soak measures what our server keeps per stream opened; the peers are not its subject.
 SOAK_SYSTEMS = ("ours", "ours-mongodb")
+# RETRY_JITTER is our setting: the peers have nothing to turn off and on.
+RETRY_STORM_SYSTEMS = ("ours", "ours-mongodb")
+# (label, server settings) of the storm-retry runs, in the order they run.
+RETRY_STORM_VARIANTS = (
+    ("without jitter (RETRY_JITTER=0)", {"RETRY_JITTER": "0"}),
+    ("with jitter (RETRY_JITTER=0.25, the default)", {"RETRY_JITTER": "0.25"}),
+)
 # Minutes of classic scenarios per system and repetition, for the default budget.
 CLASSIC_MINUTES = {"full": 2.0, "quick": 0.75}
 
@@ -56,7 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small and short: ~3-4 minutes")
     parser.add_argument("--systems", default=DEFAULT_SYSTEMS)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm, hostile, soak")
+                        help="comma list of: classic (idle, broadcast, fan-out, cross-worker), storm, storm-retry,"
+                             " hostile, soak")
     parser.add_argument("--root", type=Path, default=BENCH_DIR.parent,
                         help="repo whose server is 'ours' (default: this repo)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -106,7 +116,7 @@ def wanted_scenarios(text: str) -> list[str]:
 
 Outcome = tuple[
     dict[str, list], dict[str, dict], dict[str, dict], dict[str, str], dict[str, tuple[str, tuple[str, ...]]],
-    dict[str, dict],
+    dict[str, dict], dict[str, dict],
 ]
 
 
@@ -130,7 +140,8 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     storms: dict[str, dict[str, Any]] = {}
     hostile: dict[str, dict[str, Any]] = {}
     soaks: dict[str, dict[str, Any]] = {}
-    sizes = [plan.storm_streams] if "storm" in scenarios else []
+    retry_storms: dict[str, dict[str, dict[str, Any]]] = {}
+    sizes = [plan.storm_streams] if {"storm", "storm-retry"} & set(scenarios) else []
     if "hostile" in scenarios:
         sizes.append(1)  # its fresh reader; the hostile sockets are the orchestrator's own
     if "soak" in scenarios:
@@ -163,6 +174,18 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
             with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-storm-") as workdir:
                 storms[system.name] = await Storm(system, plan, pool, Path(workdir)).run()
                 _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-storm")
+        # Twice per store of ours: the same storm with clients that honour `retry:`,
+        # without and with RETRY_JITTER.
+        for system in runnable if "storm-retry" in scenarios else []:
+            if system.name not in RETRY_STORM_SYSTEMS:
+                continue
+            retry_storms[system.name] = {}
+            for label, env in RETRY_STORM_VARIANTS:
+                print(f"== {system.name}, reconnect storm, clients wait their retry:, {label}", flush=True)
+                with tempfile.TemporaryDirectory(prefix=f"ssebench-{system.name}-storm-retry-") as workdir:
+                    storm = Storm(system, plan, pool, Path(workdir), env=env, honour_retry=True)
+                    retry_storms[system.name][label] = await storm.run()
+                    _keep_logs(Path(workdir), LOG_DIR / f"{system.name}-storm-retry-{env['RETRY_JITTER']}")
         # Once per system that keeps history; each run bounds its own time and memory.
         for system in runnable if "hostile" in scenarios else []:
             if not system.resumable:
@@ -183,7 +206,7 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> Outcome:
     finally:
         await asyncio.to_thread(pool.stop)
     described = {s.name: (s.description, s.caveats) for s in runnable}
-    return results, storms, hostile, skipped, described, soaks
+    return results, storms, hostile, skipped, described, soaks, retry_storms
 
 
 def _keep_logs(workdir: Path, destination: Path) -> None:
@@ -205,7 +228,7 @@ def render_again(saved: Path) -> int:
     path = write_report(
         data["results"], data.get("storms", {}), data["skipped"], systems, plan, saved.parent, saved.stem,
         meta["started"], meta["elapsed_s"], meta["command"], Path(meta["server_root"]),
-        meta.get("machine"), data.get("hostile", {}), data.get("soaks", {}),
+        meta.get("machine"), data.get("hostile", {}), data.get("soaks", {}), data.get("retry_storms", {}),
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0
@@ -225,7 +248,7 @@ def main(argv: list[str]) -> int:
     # A run of the storm or the hostile readers alone says so in its name.
     stem = args.stem or (
         started.strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
-        + (f"-{alone[0]}" if alone in (["storm"], ["hostile"], ["soak"]) else "")
+        + (f"-{alone[0]}" if alone in (["storm"], ["storm-retry"], ["hostile"], ["soak"]) else "")
     )
     # Described before anything runs: it names the server commit measured, and
     # the work tree may move on while the bench runs.
@@ -246,7 +269,7 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     try:
-        results, storms, hostile, skipped, described, soaks = uvloop.run(guarded())
+        results, storms, hostile, skipped, described, soaks, retry_storms = uvloop.run(guarded())
     except asyncio.CancelledError:
         print("ssebench: interrupted; servers stopped, no report written", flush=True)
         return 130
@@ -255,7 +278,7 @@ def main(argv: list[str]) -> int:
     path = write_report(
         results, storms, skipped, described, plan, args.results_dir, stem,
         started.strftime("%Y-%m-%d %H:%M %Z"), time.monotonic() - began, command, args.root.resolve(),
-        machine, hostile, soaks,
+        machine, hostile, soaks, retry_storms,
     )
     print(f"ssebench: report written to {path}", flush=True)
     return 0

@@ -147,7 +147,7 @@ class ClientPool:
     # -- the reconnect storm's resuming streams (resuming.py) ------------------
     async def storm_open(
         self, tag: int, host: str, port: int, paths: list[tuple[int, str]], timeout: float,
-        resume: str = "last-event-id",
+        resume: str = "last-event-id", honour_retry: bool = False,
     ) -> dict[str, Any]:
         """Open one resuming stream per (room index, path), dealt round the processes."""
         count = len(self.pipes)
@@ -155,7 +155,8 @@ class ClientPool:
             *(
                 self.call(
                     i,
-                    ("storm_open", tag, host, port, self.source_ips[i], paths[i::count], timeout, resume),
+                    ("storm_open", tag, host, port, self.source_ips[i], paths[i::count], timeout, resume,
+                     honour_retry),
                     timeout + RPC_GRACE_SECONDS,
                 )
                 for i in range(count)

@@ -11,7 +11,7 @@ from .hostile_report import TARGET_KB_PER_STREAM, hostile_figure, hostile_lines
 from .machine import describe_machine
 from .measure import median_of
 from .soak_report import soak_lines
-from .storm_report import storm_lines
+from .storm_report import retry_storm_lines, storm_lines
 from .systems import OURS
 
 Results = dict[str, list[dict[str, Any]]]  # system name -> one dict per repetition
@@ -366,6 +366,7 @@ def write_report(
     machine: list[str] | None = None,
     hostile: dict[str, dict[str, Any]] | None = None,
     soaks: dict[str, dict[str, Any]] | None = None,
+    retry_storms: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> Path:
     """Write <stem>.md, <stem>.json and the plots; return the Markdown path."""
     from .plots import draw_plots
@@ -373,6 +374,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     hostile = hostile or {}
     soaks = soaks or {}
+    retry_storms = retry_storms or {}
     summary = summarise(results, plan)
     # Described when the run began (or taken from the run's .json when a report is
     # written again), so it names the server commit that was measured.
@@ -388,7 +390,7 @@ def write_report(
     (out_dir / f"{stem}.json").write_text(
         json.dumps(
             {"plan": plan.__dict__, "skipped": skipped, "results": results, "storms": storms,
-             "hostile": hostile, "soaks": soaks, "meta": meta},
+             "hostile": hostile, "soaks": soaks, "retry_storms": retry_storms, "meta": meta},
             indent=1,
             default=_json_default,
         )
@@ -404,8 +406,9 @@ def write_report(
                else ").")
             if results
             else f"Mode: **{plan.mode}**, "
-            + " and ".join(name for name, ran in (("the reconnect storm", storms), ("the hostile readers", hostile),
-                                                  ("the soak", soaks)) if ran)
+            + " and ".join(name for name, ran in (("the reconnect storm", storms),
+                                                  ("the reconnect storm with and without jitter", retry_storms),
+                                                  ("the hostile readers", hostile), ("the soak", soaks)) if ran)
             + " only (once per system)."
         )
         + f" Wall time: {elapsed_s / 60:.1f} min.",
@@ -428,6 +431,7 @@ def write_report(
     if results:
         lines += _classic_lines(summary, plan, plots, storms, hostile)
     lines += storm_lines(storms, plan)
+    lines += retry_storm_lines(retry_storms, plan)
     lines += hostile_lines(hostile, plan)
     lines += soak_lines(soaks)
     path = out_dir / f"{stem}.md"

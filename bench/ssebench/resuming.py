@@ -5,7 +5,9 @@ the response's chunked framing is taken off, events are cut at blank lines,
 and the last `id:` of each event is kept, so that when the server drops the
 connection the stream reconnects at once with that id in a `Last-Event-ID`
 header, as a browser's EventSource does (minus the `retry` wait: the storm
-is every client of a dead worker coming back together).
+is every client of a dead worker coming back together). With `honour_retry`
+they wait the last `retry:` they were sent first, as EventSource does: the
+storm as a server's `retry:` lines shape it (RETRY_JITTER, issue 15).
 
 Every stream records each marked message it receives (its sequence number
 and receipt time, duplicates included, in receipt order) and the timeline of
@@ -32,6 +34,9 @@ from .sserequest import sse_request
 OPEN_CONCURRENCY = 64
 # After a refused or failed reconnect (503, connection error), wait this long.
 RETRY_PAUSE_SECONDS = 0.25
+# EventSource's delay before a stream has sent any `retry:` (browsers pick
+# their own; 3 s is Chromium's and Firefox's, and RETRY_MS's default).
+DEFAULT_RETRY_MS = 3000
 MAX_BUFFER_BYTES = 1 << 20
 # How a client tells the server where it stopped, by system:
 #   last-event-id  the SSE standard: the last `id:` seen, sent back in a header
@@ -58,6 +63,7 @@ class ResumingStream:
         self.received_ns = array("q")
         self.seen: set[int] = set()  # for the progress checks: len(seen) messages owed are in
         self.resets = 0
+        self.retry_ms: int | None = None  # the last `retry:` the server sent
         self.connection: Connection | None = None
         # Counted from the mark (`mark`, sent just before the kill); earlier
         # drops (a server that ends streams while they join) are kept apart.
@@ -91,6 +97,7 @@ class ResumingStream:
             "seqs": self.seqs.tobytes(),
             "received_ns": self.received_ns.tobytes(),
             "resets": self.resets,
+            "retry_ms": self.retry_ms,
             "ever_connected": self.ever_connected,
             "drops_before_mark": self.drops_before_mark,
             "live_at_mark": self.live_at_mark,
@@ -213,6 +220,9 @@ class Connection(asyncio.Protocol):
                     event_id = line[3:].removeprefix(b" ").decode()
                 elif line == b"event: reset" or line == b"event:reset":
                     stream.resets += 1
+                elif line.startswith(b"retry:") and line[6:].strip().isdigit():
+                    # A retry-only block is an event too, as far as cutting goes.
+                    stream.retry_ms = int(line[6:].strip())
             for tag_bytes, seq_bytes, _ in MARKER_PATTERN.findall(event):
                 if int(tag_bytes) == tag:
                     seq = int(seq_bytes)
@@ -239,7 +249,7 @@ class Connection(asyncio.Protocol):
         stream.timeline.append((f"lost ({'server ended the response' if self.ended else exc or 'closed'})", now))
         if stream.drops == 1:
             stream.lost_ns = now
-        self.owner.reconnect_soon(stream, pause=0.0)
+        self.owner.reconnect_soon(stream, pause=self.owner.reconnect_delay(stream))
 
     def _fail(self, reason: str) -> None:
         if not self.established.done():
@@ -289,7 +299,14 @@ class ResumingClients:
         self.source_ip = ""
         self.reconnecting = True
         self.resume = "last-event-id"
+        self.honour_retry = False  # wait the server's `retry:` before reconnecting, as EventSource does
         self.tasks: set[asyncio.Task] = set()
+
+    def reconnect_delay(self, stream: ResumingStream) -> float:
+        """Seconds a dropped stream waits before it reconnects: none, or its last `retry:`."""
+        if not self.honour_retry:
+            return 0.0
+        return (stream.retry_ms if stream.retry_ms is not None else DEFAULT_RETRY_MS) / 1000
 
     def request_for(self, stream: ResumingStream) -> bytes:
         path = stream.path
@@ -327,12 +344,14 @@ class ResumingClients:
         return reason
 
     async def open(self, tag: int, host: str, port: int, source_ip: str,
-                   paths: list[tuple[int, str]], timeout: float, resume: str = "last-event-id") -> dict[str, Any]:
+                   paths: list[tuple[int, str]], timeout: float, resume: str = "last-event-id",
+                   honour_retry: bool = False) -> dict[str, Any]:
         """Open one stream per (room index, path), OPEN_CONCURRENCY at a time."""
         if resume not in RESUME_STYLES:
             raise ValueError(f"unknown resume style {resume!r}")
         self.tag, self.host, self.port, self.source_ip = tag, host, port, source_ip
         self.resume = resume
+        self.honour_retry = honour_retry
         self.reconnecting = True
         limit = asyncio.Semaphore(OPEN_CONCURRENCY)
         deadline = self.loop.time() + timeout

@@ -21,6 +21,10 @@ from the other:
 
 Every phase has a deadline, and what did not finish in time is reported as
 such, so the scenario always ends by itself.
+
+With `honour_retry` the clients wait their last `retry:` before reconnecting,
+as EventSource does; `env` adds server settings (the storm-retry scenario runs
+ours with RETRY_JITTER=0 and with its default, __main__.py).
 """
 
 from __future__ import annotations
@@ -57,8 +61,11 @@ REPLACEMENT_GRACE_SECONDS = 5.0
 class Storm:
     """The reconnect storm against one system."""
 
-    def __init__(self, system: System, plan: Plan, pool: ClientPool, workdir: Path) -> None:
+    def __init__(self, system: System, plan: Plan, pool: ClientPool, workdir: Path, *,
+                 env: dict[str, str] | None = None, honour_retry: bool = False) -> None:
         self.system = system
+        self.env = env or {}
+        self.honour_retry = honour_retry
         self.plan = plan
         self.pool = pool
         self.workdir = workdir
@@ -83,13 +90,14 @@ class Storm:
         result.update(
             streams=plan.storm_streams, rooms=len(self.rooms), window=self.window, rate=plan.storm_rate,
             server_cpus=SERVER_CPUS, loadgen_cpus=sorted(LOADGEN_CPUS),
+            env=self.env, honour_retry=self.honour_retry,
         )
         if not can_split():
             self.note("one core only: server and load generator share it (no split)")
         if self.window != plan.storm_fill:
             self.note(f"window {self.window:,} messages, not {plan.storm_fill:,}"
                       " (the smaller window this store's row uses; see the caveats)")
-        env = {"CAPPED_MAX_MESSAGES": str(self.window)}
+        env = {"CAPPED_MAX_MESSAGES": str(self.window), **self.env}
         await run_on_started_system(self, env, self._storm, self._started, after_stop=[self._close_streams])
         return result
 
@@ -118,7 +126,8 @@ class Storm:
         paths = [(i % len(self.rooms), self.system.subscribe_path(self.rooms[i % len(self.rooms)]))
                  for i in range(plan.storm_streams)]
         opening = await self.pool.storm_open(STORM_TAG, "127.0.0.1", self.system.port, paths,
-                                             plan.storm_open_timeout_seconds, self.system.resume_style)
+                                             plan.storm_open_timeout_seconds, self.system.resume_style,
+                                             self.honour_retry)
         result["open"] = opening
         self._phase("open", began)
         self.log(f"opened {opening['opened']:,}/{plan.storm_streams:,} streams in {time.monotonic() - began:.1f}s"

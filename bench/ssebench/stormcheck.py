@@ -38,6 +38,9 @@ def analyse(records: list[dict[str, Any]], truth: dict[int, list[int]], sent: li
         "resets": 0, "not_caught_up": 0, "examples": [], "dropped_twice_examples": [],
     }
     first_byte_ns: list[int] = []
+    reconnect_sent_ns: list[int] = []
+    answer_ns: list[int] = []  # each resume: its reconnect sent -> the first byte of the answer
+    retry_ms: list[int] = []
     caught_up_ns: list[int] = []
     missed: list[int] = []
     for record in records:
@@ -95,6 +98,10 @@ def analyse(records: list[dict[str, Any]], truth: dict[int, list[int]], sent: li
             continue
         out["resumed"] += 1
         first_byte_ns.append(record["first_byte_ns"] - kill_ns)
+        reconnect_sent_ns.append(record["reconnect_sent_ns"] - kill_ns)
+        answer_ns.append(record["first_byte_ns"] - record["reconnect_sent_ns"])
+        if record.get("retry_ms") is not None:
+            retry_ms.append(record["retry_ms"])
         # Caught up: it has every message of its room that the store had
         # acknowledged by the time the server answered its reconnect.
         answered_at = record["first_byte_ns"]
@@ -107,6 +114,8 @@ def analyse(records: list[dict[str, Any]], truth: dict[int, list[int]], sent: li
             out["not_caught_up"] += 1
     out["first_byte"] = _spread(first_byte_ns, out["dropped"])
     out["caught_up"] = _spread(caught_up_ns, out["dropped"])
+    out["arrivals"] = _arrivals(reconnect_sent_ns, retry_ms)
+    out["answer"] = _spread(answer_ns, len(answer_ns))
     out["missed_per_resume"] = sum(missed) / len(missed) if missed else None
     out["survivor_latency"] = _spread(survivor_latency_ns, len(survivor_latency_ns))
     out["publish"] = _publish(sent, truth)
@@ -114,6 +123,7 @@ def analyse(records: list[dict[str, Any]], truth: dict[int, list[int]], sent: li
     end_ns = kill_ns + int(1e6 * last_ms)
     window = _window(samples, run["pre_kill_sample"], end_ns)
     out["cpu"] = _cpu(window, run["killed_pid"])
+    out["cpu"]["peak_core_pct"] = _peak_core_pct(samples, run["pre_kill_sample"]["t_ns"], end_ns)
     out["queries"] = _queries(window, run, out["resumed"])
     return out
 
@@ -133,6 +143,31 @@ def _spread(values_ns: list[int], population: int) -> dict[str, float | None]:
         "p50_ms": pick(0.50),
         "p99_ms": pick(0.99),
         "count": len(ordered),
+    }
+
+
+ARRIVAL_BIN_NS = 100_000_000
+
+
+def _arrivals(sent_ns: list[int], retry_ms: list[int]) -> dict[str, Any]:
+    """When the resumed streams sent their reconnect (from the kill), and the `retry:` they had.
+
+    The wave the server meets: from the first to the last reconnect, and the
+    most sent within any 100 ms (fixed bins from the kill).
+    """
+    if not sent_ns:
+        return {"count": 0}
+    ordered = sorted(sent_ns)
+    bins = Counter(value // ARRIVAL_BIN_NS for value in ordered)
+    return {
+        "count": len(ordered),
+        "first_ms": ordered[0] / 1e6,
+        "p50_ms": ordered[len(ordered) // 2] / 1e6,
+        "last_ms": ordered[-1] / 1e6,
+        "peak_per_100ms": max(bins.values()),
+        "retry_min_ms": min(retry_ms) if retry_ms else None,
+        "retry_max_ms": max(retry_ms) if retry_ms else None,
+        "retry_distinct": len(set(retry_ms)),
     }
 
 
@@ -158,6 +193,14 @@ def _window(samples: list[dict[str, Any]], start: dict[str, Any], end_ns: int) -
     later = [s for s in samples if s["t_ns"] >= end_ns]
     end = later[0] if later else (samples[-1] if samples else start)
     return start, end
+
+
+def _peak_core_pct(samples: list[dict[str, Any]], start_ns: int, end_ns: int) -> float | None:
+    """The busiest SAMPLE_SECONDS of the first core (the server's) between two times, in %."""
+    inside = [s for s in samples if start_ns <= s["t_ns"] <= end_ns]
+    peaks = [100 * (b["cores"][0] - a["cores"][0]) / max(1e-6, (b["t_ns"] - a["t_ns"]) / 1e9)
+             for a, b in zip(inside, inside[1:], strict=False)]
+    return max(peaks) if peaks else None
 
 
 def _cpu(window: tuple[dict, dict], killed_pid: int) -> dict[str, Any]:

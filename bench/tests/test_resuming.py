@@ -11,6 +11,8 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from ssebench.resuming import (
+    DEFAULT_RETRY_MS,
+    Connection,
     ResumingClients,
     ResumingStream,
     centrifugo_resume_path,
@@ -79,3 +81,30 @@ def test_the_hostile_readers_request_carries_the_headers_it_is_given():
     request = sse_request("127.0.0.1", 9, "/.well-known/mercure?topic=r", {"Last-Event-ID": "earliest"})
     assert request.startswith(b"GET /.well-known/mercure?topic=r HTTP/1.1\r\nHost: 127.0.0.1:9\r\n")
     assert request.endswith(b"\r\nLast-Event-ID: earliest\r\n\r\n")
+
+
+def _fed(clients: ResumingClients, stream: ResumingStream, body: bytes) -> None:
+    """Give a connection of ``stream`` a 200 head and ``body`` (not chunked), as the server would."""
+    connection = Connection(clients, stream, b"", reconnect=False)
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + body)
+
+
+def test_with_honour_retry_a_dropped_stream_waits_its_last_retry_as_eventsource_does():
+    """The storm-retry scenario: the wave a server's retry: lines shape (RETRY_JITTER, issue 15)."""
+    clients = _resuming_clients("last-event-id")
+    stream = ResumingStream(0, "/messages?room=r")
+    clients.honour_retry = True
+    assert clients.reconnect_delay(stream) == DEFAULT_RETRY_MS / 1000  # nothing sent yet: the browsers' 3 s
+    _fed(clients, stream, b"retry: 2817\n\nid: 1-1\ndata: {}\n\n")
+    assert (stream.retry_ms, stream.last_id) == (2817, "1-1")
+    assert clients.reconnect_delay(stream) == 2.817
+    _fed(clients, stream, b"retry: 100\n\n")  # a later one replaces it
+    assert clients.reconnect_delay(stream) == 0.1
+
+
+def test_without_honour_retry_a_dropped_stream_comes_back_at_once():
+    clients = _resuming_clients("last-event-id")
+    stream = ResumingStream(0, "/messages?room=r")
+    _fed(clients, stream, b"retry: 2817\n\n")
+    assert stream.retry_ms == 2817
+    assert clients.reconnect_delay(stream) == 0.0
