@@ -109,14 +109,15 @@ def retry_storm_lines(retry_storms: dict[str, dict[str, dict[str, Any]]], plan: 
         "",
         "| System | Run | `retry:` sent (min-max, distinct) | Reconnects sent: first / median / last"
         " | Most reconnects in 100 ms | Answer to a reconnect p50 / p99 / max"
-        " | All caught up | Core 0 (server) over the storm / busiest 250 ms | Other jobs | Lost / dup |",
-        "|---|---|---|---|---:|---|---:|---|---:|---|",
+        " | All caught up | Core 0 (server) over the storm / busiest 250 ms | Core 1 (load gen) | Other jobs"
+        " | Lost / dup |",
+        "|---|---|---|---|---:|---|---:|---|---:|---:|---|",
     ]
     for name, runs in retry_storms.items():
         for label, storm in runs.items():
             if "dropped" not in storm:
                 lines.append(f"| {name} | {label} | not finished: {'; '.join(storm['notes']) or 'see notes'}"
-                             " | | | | | | | |")
+                             " | | | | | | | | |")
                 continue
             arrivals, answer, cpu = storm.get("arrivals") or {}, storm["answer"], storm["cpu"]
             if arrivals.get("count"):
@@ -127,11 +128,13 @@ def retry_storm_lines(retry_storms: dict[str, dict[str, dict[str, Any]]], plan: 
             else:
                 retry, sent, peak = "n/a", "n/a", "n/a"
             cores = cpu["core_pct"]
+            bound = " **client-bound**" if cpu["client_bound"] else ""
             lines.append(
                 f"| {name} | {label} | {retry} | {sent} | {peak}"
                 f" | {_ms(answer['p50_ms'])} / {_ms(answer['p99_ms'])} / {_ms(answer.get('max_ms'))}"
                 f" | {_ms(storm['caught_up']['all_ms'])}"
                 f" | {_pct(cores[0] if cores else None)} / {_pct(cpu.get('peak_core_pct'))}"
+                f" | {_pct(cores[-1] if len(cores) > 1 else None)}{bound}"
                 f" | {_pct(cpu.get('other_pct'))} | {storm['lost']:,} / {storm['duplicated']:,} |"
             )
     lines += [
@@ -142,9 +145,10 @@ def retry_storm_lines(retry_storms: dict[str, dict[str, dict[str, Any]]], plan: 
         " sent -> the first byte of its answer, the wait each client sees. *All caught up*: the kill ->"
         " the last of the killed worker's clients holding every message acknowledged before its first"
         " byte (as in the plain storm). Core 0 is averaged over the kill -> all caught up, and its busiest"
-        " 250 ms sample is given too. The machine is shared: the two runs are a minute or so apart, each"
-        " a single sample; *other jobs* (busy time of neither the server nor the load generator, in %"
-        " of one core) says how crowded each was.",
+        " 250 ms sample is given too; a load-generator core at >= 95% marks the run **client-bound** (the"
+        " clients' own delays are then part of every figure). The machine is shared: the two runs are a"
+        " minute or so apart, each a single sample; *other jobs* (busy time of neither the server nor the"
+        " load generator, in % of one core) says how crowded each was.",
         "",
     ]
     notes = [f"{name}, {label}: {note}" for name, runs in retry_storms.items()
