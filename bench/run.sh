@@ -3,7 +3,8 @@
 # scenario, write bench/results/<date>.md with plots, print its path.
 #   BENCH_QUICK=1        small and short instead of full
 #   BENCH_SYSTEMS=...    comma list, default: all eight (see ssebench/__main__.py)
-#   BENCH_SCENARIOS=...  comma list, default classic,storm,hostile,soak (storm: the reconnect storm alone;
+#   BENCH_SCENARIOS=...  comma list, default classic,storm,storm-retry,hostile,soak (storm: the reconnect storm alone;
+#                        storm-retry: ours' storm with clients that wait their retry:, RETRY_JITTER=0 then 0.25;
 #                        hostile: non-reading streams on a big backlog, alone; soak: clients that come and go, ours only)
 #   BENCH_SOAK_MINUTES=M measured minutes of the soak per store (full: 6, quick: 0.7)
 #   BENCH_ROOT=/path     repo whose server is measured (default: this repo)
@@ -40,7 +41,7 @@ fi
 
 args=(--root "$server_root"
       --systems "${BENCH_SYSTEMS:-ours,ours-mongodb,centrifugo,mercure,nchan,pushpin,sse-starlette,flask-sse}"
-      --scenarios "${BENCH_SCENARIOS:-classic,storm,hostile,soak}")
+      --scenarios "${BENCH_SCENARIOS:-classic,storm,storm-retry,hostile,soak}")
 [[ "${BENCH_QUICK:-0}" == 1 ]] && args+=(--quick)
 [[ -n "${BENCH_SCALE:-}" ]] && args+=(--scale "$BENCH_SCALE")
 [[ -n "${BENCH_REPEATS:-}" ]] && args+=(--repeats "$BENCH_REPEATS")
