@@ -83,9 +83,11 @@ def store(server: MockupDB) -> Iterator[MongoStore]:
     """A store whose collection already exists, capped (prepare() answered by an autoresponder)."""
     responder = server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                                       "firstBatch": [CAPPED]})
+    indexes = server.autoresponds(OpMsg("createIndexes"))
     store = open_store(server)
     store.prepare()
     responder.cancel()
+    indexes.cancel()
     yield store
     store.close()
 
@@ -220,6 +222,9 @@ def list_collections_reply(*entries: dict) -> dict:
 
 LIST_NAMES = {"listCollections": 1, "filter": {"name": "messages"}, "nameOnly": True, "cursor": {}}
 LIST_OPTIONS = {"listCollections": 1, "filter": {"name": "messages"}, "cursor": {}}
+# Sparse: messages without a key have no such field and stay out of the index.
+CREATE_KEY_INDEX = {"createIndexes": "messages", "indexes": [
+    {"key": {"idempotencyKey": 1}, "name": "idempotencyKey_unique", "unique": True, "sparse": True}]}
 
 
 def test_prepare_creates_the_capped_collection_with_size_and_max(server):
@@ -228,6 +233,7 @@ def test_prepare_creates_the_capped_collection_with_size_and_max(server):
     receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply())
     receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}).ok()
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()
     preparing()
     store.close()
 
@@ -238,6 +244,7 @@ def test_prepare_keeps_an_existing_capped_collection(server):
     receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
     # No create: the next command is the options look-up.
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()  # a no-op where it exists
     preparing()
     store.close()
 
@@ -273,6 +280,7 @@ def test_prepare_takes_namespace_exists_from_a_worker_that_created_the_collectio
     receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}
             ).command_err(code=48, errmsg="Collection sse.messages already exists.", codeName="NamespaceExists")
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()
     preparing()
     store.close()
 
@@ -480,6 +488,7 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
     server = request.getfixturevalue(topology)
     server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                           "firstBatch": [CAPPED]})
+    server.autoresponds(OpMsg("createIndexes"))
     store = open_store(server)
     a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
     follower = Follower(store, str(a["_id"]))

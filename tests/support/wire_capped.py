@@ -5,7 +5,7 @@ answers every connection of a live gunicorn by itself: hello as a one-member rep
 and retryable writes, so PyMongo's own failover paths run.
 
 Real PyMongo talks to it; it answers the commands MongoStore sends (hello,
-ping, create, listCollections, find -- plain and tailable --, getMore,
+ping, create, createIndexes, listCollections, find -- plain and tailable --, getMore,
 insert, killCursors, endSessions) the way a one-member replica set would,
 including the parts the fault tests lean on:
 
@@ -140,6 +140,9 @@ class FakeCappedCollection:
 
     def _on_create(self, request) -> dict:
         return {}
+
+    # The store's unique index on idempotencyKey: acknowledged, not kept (no indexes here).
+    _on_createindexes = _on_create
 
     def _on_listcollections(self, request) -> dict:
         options = {"capped": True, "size": 10**9, "max": self.max_messages}
