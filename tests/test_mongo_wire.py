@@ -83,7 +83,7 @@ def store(server: MockupDB) -> Iterator[MongoStore]:
     """A store whose collection already exists, capped (prepare() answered by an autoresponder)."""
     responder = server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                                       "firstBatch": [CAPPED]})
-    indexes = server.autoresponds(OpMsg("createIndexes"))
+    indexes = server.autoresponds(OpMsg("createIndexes", "messages"))
     store = open_store(server)
     store.prepare()
     responder.cancel()
@@ -340,6 +340,62 @@ def test_append_reports_an_unconfirmed_write_when_the_retry_fails_too(server, st
         appending()
 
 
+# -- append_once(): the key's unique index settles who stored it ------------------
+
+KEY = "ab" * 32
+DUPLICATE_KEY = {"n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error"}]}
+
+
+def receive_key_lookup(server: MockupDB):
+    return receive(server, "find", {"find": "messages", "filter": {"idempotencyKey": KEY}, "projection": ROOM_FIELDS,
+                                    "limit": 1, "singleBatch": True})
+
+
+def test_append_once_inserts_the_key_with_the_message(server, store):
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, document = receive_insert(server)
+    request.ok(n=1)
+    publication = appending()
+    assert document["idempotencyKey"] == KEY
+    assert publication.message.id == str(document["_id"]) and not publication.replayed
+
+
+def test_append_once_refused_by_the_key_index_returns_the_holders_message(server, store):
+    """Another worker or node inserted the key first: the loser reads the winner's document back."""
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, _ = receive_insert(server)
+    request.ok(**DUPLICATE_KEY)
+    winner = doc("lobby", "hello")
+    receive_key_lookup(server).replies(first_batch([winner]))
+    publication = appending()
+    assert publication.replayed and publication.message.id == str(winner["_id"])
+
+
+def test_append_once_retried_after_a_lost_reply_tells_its_own_landing_from_another_insert(server, store):
+    # The retry's duplicate key error says the key is held: by the first try, or by someone else.
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    first, sent = receive_insert(server)
+    first.hangup()
+    second, _ = receive_insert(server)
+    second.ok(**DUPLICATE_KEY)
+    receive_key_lookup(server).replies(first_batch([{**doc("lobby", "hello"), "_id": sent["_id"]}]))
+    publication = appending()
+    assert publication.message.id == str(sent["_id"]) and not publication.replayed
+
+
+def test_prepare_refuses_a_key_index_with_other_options(server):
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
+    receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).command_err(
+        code=85, errmsg="An existing index has the same name as the requested index", codeName="IndexOptionsConflict")
+    with pytest.raises(StoreMisconfigured) as refused:
+        preparing()
+    assert "not {unique: true, sparse: true}; drop it" in str(refused.value)
+    store.close()
+
+
 # -- read_room(): the backlog, in natural order --------------------------------
 
 ROOM_FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
@@ -488,7 +544,7 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
     server = request.getfixturevalue(topology)
     server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                           "firstBatch": [CAPPED]})
-    server.autoresponds(OpMsg("createIndexes"))
+    server.autoresponds(OpMsg("createIndexes", "messages"))
     store = open_store(server)
     a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
     follower = Follower(store, str(a["_id"]))
