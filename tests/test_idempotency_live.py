@@ -86,6 +86,8 @@ def assert_each_stream_got_exactly(readers: list[StreamReader], ids: list[str], 
     quiet_period(0.5)  # nothing more arrives: no second copy of any message
     for reader in readers:
         assert [event.id for event in reader.messages] == ids
+        # A refused insert leaves no gap in the store's order that a tailer would take for eviction.
+        assert not [event for event in reader.events if event.event == "reset"]
 
 
 @pytest.fixture
