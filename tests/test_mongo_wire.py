@@ -383,6 +383,24 @@ def test_append_once_retried_after_a_lost_reply_tells_its_own_landing_from_anoth
     assert publication.message.id == str(sent["_id"]) and not publication.replayed
 
 
+def test_the_holder_of_a_key_is_read_from_the_primary_whatever_the_uris_read_preference(primary):
+    """The index that refused the insert is the primary's: a secondary may not hold the winner yet."""
+    primary.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
+                                                           "firstBatch": [CAPPED]})
+    primary.autoresponds(OpMsg("createIndexes", "messages"))
+    store = MongoStore(primary.uri + "/?readPreference=secondaryPreferred", DB, max_bytes=MAX_BYTES,
+                       max_messages=MAX_MESSAGES, await_ms=AWAIT_MS)
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, _ = receive_insert(primary)
+    request.ok(**DUPLICATE_KEY)
+    lookup = receive_key_lookup(primary)
+    winner = doc("lobby", "hello")
+    lookup.replies(first_batch([winner]))
+    assert appending().message.id == str(winner["_id"])
+    assert lookup.doc.get("$readPreference", {"mode": "primary"}) == {"mode": "primary"}
+    store.close()
+
+
 def test_prepare_refuses_a_key_index_with_other_options(server):
     store = open_store(server)
     preparing = go(store.prepare)

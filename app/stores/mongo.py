@@ -80,7 +80,7 @@ import gevent
 import gevent.event
 from bson import ObjectId
 from bson.errors import BSONError
-from pymongo import MongoClient
+from pymongo import MongoClient, ReadPreference
 from pymongo.cursor import CursorType
 from pymongo.errors import (
     AutoReconnect,
@@ -281,7 +281,11 @@ class MongoStore(Store):
 
     def _holder_of_key(self, doc: dict) -> Publication:
         """Return the stored message that holds ``doc``'s key (a replay unless it is ``doc`` itself)."""
-        held = self.collection.find_one({IDEMPOTENCY_FIELD: doc[IDEMPOTENCY_FIELD]}, _FIELDS)
+        # From the primary, whatever readPreference the URI names: the index
+        # that refused the insert is the primary's, and a secondary may not
+        # have the holder yet.
+        primary = self.collection.with_options(read_preference=ReadPreference.PRIMARY)
+        held = primary.find_one({IDEMPOTENCY_FIELD: doc[IDEMPOTENCY_FIELD]}, _FIELDS)
         if held is None:
             # Evicted between the refusal and this read: the key is free again,
             # and a retry stores the message anew.
