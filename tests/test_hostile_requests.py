@@ -81,6 +81,15 @@ TABLE = {
     "Content-Type form": post("room=a&text=x", 415, "application/json",
                               {"Content-Type": "application/x-www-form-urlencoded"}),
     "no Content-Type": post('{"room": "a", "text": "x"}', 415, "application/json", {}),
+    # -- Idempotency-Key: 1-255 visible ASCII, else 400 before the body is read ------------------
+    "Idempotency-Key empty": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                  {**JSON, "Idempotency-Key": ""}),
+    "Idempotency-Key with a space": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                         {**JSON, "Idempotency-Key": "a b"}),
+    "Idempotency-Key of 256 characters": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                              {**JSON, "Idempotency-Key": "k" * 256}),
+    "Idempotency-Key not ASCII (latin-1 byte)": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                                     {**JSON, "Idempotency-Key": "caf\xe9"}),
     # -- wrong methods ---------------------------------------------------------------------------
     "PUT /messages": Hostile("PUT", "/messages", 405, "not allowed"),
     "DELETE /messages": Hostile("DELETE", "/messages?room=a", 405, "not allowed"),

@@ -83,9 +83,11 @@ def store(server: MockupDB) -> Iterator[MongoStore]:
     """A store whose collection already exists, capped (prepare() answered by an autoresponder)."""
     responder = server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                                       "firstBatch": [CAPPED]})
+    indexes = server.autoresponds(OpMsg("createIndexes", "messages"))
     store = open_store(server)
     store.prepare()
     responder.cancel()
+    indexes.cancel()
     yield store
     store.close()
 
@@ -220,6 +222,9 @@ def list_collections_reply(*entries: dict) -> dict:
 
 LIST_NAMES = {"listCollections": 1, "filter": {"name": "messages"}, "nameOnly": True, "cursor": {}}
 LIST_OPTIONS = {"listCollections": 1, "filter": {"name": "messages"}, "cursor": {}}
+# Sparse: messages without a key have no such field and stay out of the index.
+CREATE_KEY_INDEX = {"createIndexes": "messages", "indexes": [
+    {"key": {"idempotencyKey": 1}, "name": "idempotencyKey_unique", "unique": True, "sparse": True}]}
 
 
 def test_prepare_creates_the_capped_collection_with_size_and_max(server):
@@ -228,6 +233,7 @@ def test_prepare_creates_the_capped_collection_with_size_and_max(server):
     receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply())
     receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}).ok()
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()
     preparing()
     store.close()
 
@@ -238,6 +244,7 @@ def test_prepare_keeps_an_existing_capped_collection(server):
     receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
     # No create: the next command is the options look-up.
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()  # a no-op where it exists
     preparing()
     store.close()
 
@@ -273,6 +280,7 @@ def test_prepare_takes_namespace_exists_from_a_worker_that_created_the_collectio
     receive(server, "create", {"create": "messages", "capped": True, "size": MAX_BYTES, "max": MAX_MESSAGES}
             ).command_err(code=48, errmsg="Collection sse.messages already exists.", codeName="NamespaceExists")
     receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).ok()
     preparing()
     store.close()
 
@@ -330,6 +338,80 @@ def test_append_reports_an_unconfirmed_write_when_the_retry_fails_too(server, st
     receive_insert(server)[0].hangup()
     with pytest.raises(WriteOutcomeUnknown):
         appending()
+
+
+# -- append_once(): the key's unique index settles who stored it ------------------
+
+KEY = "ab" * 32
+DUPLICATE_KEY = {"n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error"}]}
+
+
+def receive_key_lookup(server: MockupDB):
+    return receive(server, "find", {"find": "messages", "filter": {"idempotencyKey": KEY}, "projection": ROOM_FIELDS,
+                                    "limit": 1, "singleBatch": True})
+
+
+def test_append_once_inserts_the_key_with_the_message(server, store):
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, document = receive_insert(server)
+    request.ok(n=1)
+    publication = appending()
+    assert document["idempotencyKey"] == KEY
+    assert publication.message.id == str(document["_id"]) and not publication.replayed
+
+
+def test_append_once_refused_by_the_key_index_returns_the_holders_message(server, store):
+    """Another worker or node inserted the key first: the loser reads the winner's document back."""
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, _ = receive_insert(server)
+    request.ok(**DUPLICATE_KEY)
+    winner = doc("lobby", "hello")
+    receive_key_lookup(server).replies(first_batch([winner]))
+    publication = appending()
+    assert publication.replayed and publication.message.id == str(winner["_id"])
+
+
+def test_append_once_retried_after_a_lost_reply_tells_its_own_landing_from_another_insert(server, store):
+    # The retry's duplicate key error says the key is held: by the first try, or by someone else.
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    first, sent = receive_insert(server)
+    first.hangup()
+    second, _ = receive_insert(server)
+    second.ok(**DUPLICATE_KEY)
+    receive_key_lookup(server).replies(first_batch([{**doc("lobby", "hello"), "_id": sent["_id"]}]))
+    publication = appending()
+    assert publication.message.id == str(sent["_id"]) and not publication.replayed
+
+
+def test_the_holder_of_a_key_is_read_from_the_primary_whatever_the_uris_read_preference(primary):
+    """The index that refused the insert is the primary's: a secondary may not hold the winner yet."""
+    primary.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
+                                                           "firstBatch": [CAPPED]})
+    primary.autoresponds(OpMsg("createIndexes", "messages"))
+    store = MongoStore(primary.uri + "/?readPreference=secondaryPreferred", DB, max_bytes=MAX_BYTES,
+                       max_messages=MAX_MESSAGES, await_ms=AWAIT_MS)
+    appending = go(store.append_once, "lobby", "hello", "message", KEY)
+    request, _ = receive_insert(primary)
+    request.ok(**DUPLICATE_KEY)
+    lookup = receive_key_lookup(primary)
+    winner = doc("lobby", "hello")
+    lookup.replies(first_batch([winner]))
+    assert appending().message.id == str(winner["_id"])
+    assert lookup.doc.get("$readPreference", {"mode": "primary"}) == {"mode": "primary"}
+    store.close()
+
+
+def test_prepare_refuses_a_key_index_with_other_options(server):
+    store = open_store(server)
+    preparing = go(store.prepare)
+    receive(server, "listCollections", LIST_NAMES).replies(list_collections_reply({"name": "messages"}))
+    receive(server, "listCollections", LIST_OPTIONS).replies(list_collections_reply(CAPPED))
+    receive(server, "createIndexes", CREATE_KEY_INDEX).command_err(
+        code=85, errmsg="An existing index has the same name as the requested index", codeName="IndexOptionsConflict")
+    with pytest.raises(StoreMisconfigured) as refused:
+        preparing()
+    assert "not {unique: true, sparse: true}; drop it" in str(refused.value)
+    store.close()
 
 
 # -- read_room(): the backlog, in natural order --------------------------------
@@ -480,6 +562,7 @@ def test_follow_fails_unavailable_mid_getmore_and_resumes_exactly(request, topol
     server = request.getfixturevalue(topology)
     server.autoresponds(OpMsg("listCollections"), cursor={"id": 0, "ns": f"{DB}.$cmd.listCollections",
                                                           "firstBatch": [CAPPED]})
+    server.autoresponds(OpMsg("createIndexes", "messages"))
     store = open_store(server)
     a, b, c = doc(text="a"), doc(text="b"), doc(text="c")
     follower = Follower(store, str(a["_id"]))

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 # The views that publish; the token guards these and nothing else.
 PUBLISH_ENDPOINTS = frozenset({"messages.publish"})
 CORS_METHODS = ["GET", "HEAD", "POST", "OPTIONS"]
-CORS_ALLOWED_HEADERS = ["Content-Type", "Authorization", "Last-Event-ID"]
-CORS_EXPOSED_HEADERS = ["Retry-After"]
+CORS_ALLOWED_HEADERS = ["Content-Type", "Authorization", "Last-Event-ID", "Idempotency-Key"]
+CORS_EXPOSED_HEADERS = ["Retry-After", "Idempotent-Replayed"]
 CORS_PREFLIGHT_MAX_AGE = 600
 # What a proxy in front adds to a request; one of them with TRUSTED_PROXIES=0 means the setting is wrong.
 PROXY_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")

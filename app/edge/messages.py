@@ -21,6 +21,7 @@ from .authorization import authorize_publishing, authorize_reading, reading_gran
 from .clients import client_key
 from .closing_connections import read_body
 from .errors import STORE_UNAVAILABLE, ApiError, unavailable
+from .idempotency import HEADER, REPLAYED_HEADER, idempotency_key, refuse_if_different, stored_key
 from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
@@ -70,26 +71,38 @@ def _query_rooms() -> tuple[str, ...]:
 @bp.post("/messages")
 def publish() -> tuple[Response, int]:
     svc = services()
+    key = idempotency_key()  # a malformed one is refused before the body is read
     body = _read_json_object()
     try:
         fields = MessageIn(max_text_chars=svc.settings.max_text_chars).load(body)
     except ValidationError as exc:
         raise ApiError(422, "the message is invalid", exc.normalized_messages()) from None
-    authorize_publishing(fields["room"])  # the token itself was checked before the body was read
+    room, text, event = fields["room"], fields["text"], fields["event"]
+    authorize_publishing(room)  # the token itself was checked before the body was read
     started = time.perf_counter()
+    replayed = False
     try:
-        message = svc.store.append(fields["room"], fields["text"], fields["event"])
+        if key is None:
+            message = svc.store.append(room, text, event)
+        else:
+            publication = svc.store.append_once(room, text, event, stored_key(key))
+            message, replayed = publication.message, publication.replayed
     except WriteOutcomeUnknown as exc:
         STORE_ERRORS.labels("publish").inc()
-        # The store may hold it: say so, and which id to look for, rather than
-        # a plain 503 that a client would read as "not stored".
+        # The store may hold it: say so, and how to find out, rather than a
+        # plain 503 that a client would read as "not stored".
+        advice = (f"retry with the same {HEADER}: it is stored at most once" if key is not None else
+                  "look for that id in GET /messages/history before publishing again")
         raise unavailable(f"the message store did not confirm the write: it may have been stored as "
-                          f"{exc.message_id}; look for that id in GET /messages/history before publishing again",
-                          {"id": [exc.message_id]}) from None
+                          f"{exc.message_id}; {advice}", {"id": [exc.message_id]}) from None
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "publish") from None
     finally:
         PUBLISH_LATENCY.observe(time.perf_counter() - started)
+    if replayed:
+        refuse_if_different(message, room, text, event)
+        # Stored by an earlier request, which counted and announced it.
+        return jsonify(message.to_json()), 201, {REPLAYED_HEADER: "true"}
     MESSAGES_PUBLISHED.inc()
     svc.tailer.poke()  # streams of this worker see it now, not at the next poll
     return jsonify(message.to_json()), 201

@@ -16,6 +16,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import Settings
 from .authorization import TOKEN_COOKIE, TOKEN_QUERY_PARAMETER
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import MAX_KEY_CHARS, REPLAYED_HEADER
 from .schemas import (
     ROOM_PATTERN,
     ErrorOut,
@@ -84,19 +86,39 @@ def _read_access(operation: dict[str, Any], settings: Settings) -> dict[str, Any
     return operation
 
 
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "in": "header", "name": IDEMPOTENCY_HEADER, "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$"},
+    "description": "Publish exactly once: a key made per message (a UUID, say), sent again with every retry of "
+                   "it. While the message is in the window, a request with the key -- on any node -- stores "
+                   "nothing and gets the same message back. Keys belong to the token's `sub` when rooms are "
+                   "private, else to everyone. Visible ASCII, taken as sent (quotes included)",
+}
+
+
 def _publish(settings: Settings) -> dict[str, Any]:
     responses: dict[str, Any] = {
-        "201": {"description": "Stored; the reply is the message as streams will carry it",
-                "content": {"application/json": {"schema": "MessageOut"}}},
-        "400": _error("The body is not valid UTF-8 or not valid JSON"),
+        "201": {"description": "Stored; the reply is the message as streams will carry it. With an "
+                               f"`{IDEMPOTENCY_HEADER}` already used for this message: stored before, nothing "
+                               f"stored now, the same reply, and `{REPLAYED_HEADER}: true`",
+                "content": {"application/json": {"schema": "MessageOut"}},
+                "headers": {REPLAYED_HEADER: {
+                    "description": f"`true` when the message was stored by an earlier request with this "
+                                   f"{IDEMPOTENCY_HEADER}; absent otherwise",
+                    "schema": {"type": "string", "enum": ["true"]}}}},
+        "400": _error(f"The body is not valid UTF-8 or not valid JSON, or {IDEMPOTENCY_HEADER} is malformed"),
         "413": _error(f"The body is larger than {settings.max_body_bytes} bytes"),
         "414": _QUERY_TOO_LONG,
         "415": _error("Content-Type is not application/json"),
-        "422": _error("The JSON is not a valid message (see `errors`)"),
-        "503": _UNAVAILABLE,
+        "422": _error(f"The JSON is not a valid message (see `errors`), or this {IDEMPOTENCY_HEADER} was used "
+                      "for a different message"),
+        "503": _error("The message store is unavailable, or did not confirm the write (then `errors.id` names "
+                      f"the id it may have; retry with the same {IDEMPOTENCY_HEADER})",
+                      **{"Retry-After": "Seconds to wait"}),
     }
     operation: dict[str, Any] = {
         "summary": "Publish a message to a room",
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": MessageIn(max_text_chars=settings.max_text_chars)}}},
         "responses": responses,

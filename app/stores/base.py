@@ -7,6 +7,9 @@ The seam is two parts, as Centrifuge keeps its ``Broker`` apart from its
 store itself committed them in):
 
 * ``append`` a message and get it back with its server-made id;
+  ``append_once`` the same under an idempotency key, which the store keeps
+  unique (a unique index): a second append with the key stores nothing and
+  returns the first one's message, ``replayed``;
 * ``read_rooms``: rooms' messages after a given id, in store order, or a
   ``reset_reason`` when that id is no longer (or never was) in the window
   (``read_room`` is the one-room case);
@@ -83,6 +86,14 @@ class Message:
             "event": self.event,
             "createdAt": self.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What ``append_once`` did: the message under the key, and whether it was stored before (nothing stored now)."""
+
+    message: Message
+    replayed: bool
 
 
 # The one reason a resume point is not found, whatever the id: unknown,
@@ -193,6 +204,14 @@ class MessageLog(Protocol):
 
     def append(self, room: str, text: str, event: str) -> Message:
         """Store a message and return it with its server-made id."""
+
+    def append_once(self, room: str, text: str, event: str, idempotency_key: str) -> Publication:
+        """Store a message under a key no message in the window has, or return the one that has it.
+
+        The store enforces it (two concurrent appends with one key, from any
+        worker or node, store one message); the key is opaque here, at most
+        64 ASCII characters (the edge hands over a digest).
+        """
 
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return the rooms' messages after ``after_id``, merged in store order, or all with a reset reason."""

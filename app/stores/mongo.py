@@ -38,6 +38,17 @@ Failures, and what each becomes:
   with backoff from the last message it delivered). Every operation turns
   PyMongo's errors into it in one place, ``_unavailable_on_error``.
 
+Idempotency keys (``append_once``) are a field of the message's document,
+``idempotencyKey``, with a unique *sparse* index on it: documents without the
+field (messages published without a key) are left out of the index, and
+a key is unique among the documents in the window (eviction removes a
+document's index entry with it). The insert is the check: a second insert
+with the key fails with a duplicate key error, on whichever worker or node,
+and the loser reads the winner's document back. Sparse, not partial
+(``partialFilterExpression``, MongoDB's newer way), because FerretDB 1.24 does
+not implement partial indexes; for a field that is a string or absent the
+two mean the same.
+
 Presence (see ``base.py``) lives in a plain collection beside the capped one,
 one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
 streams}, ...], otherRooms, otherStreams, expiresAt}``, naming at most
@@ -69,7 +80,7 @@ import gevent
 import gevent.event
 from bson import ObjectId
 from bson.errors import BSONError
-from pymongo import MongoClient
+from pymongo import MongoClient, ReadPreference
 from pymongo.cursor import CursorType
 from pymongo.errors import (
     AutoReconnect,
@@ -87,6 +98,7 @@ from .base import (
     Message,
     PositionLost,
     PresenceReport,
+    Publication,
     Store,
     StoreMisconfigured,
     StoreUnavailable,
@@ -101,6 +113,9 @@ log = logging.getLogger(__name__)
 
 CAPPED_POSITION_LOST = 136
 NAMESPACE_EXISTS = 48
+INDEX_CONFLICTS = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
+IDEMPOTENCY_FIELD = "idempotencyKey"
+IDEMPOTENCY_INDEX = "idempotencyKey_unique"
 CURSOR_GONE = {43, 175, 237}  # CursorNotFound, QueryPlanKilled, CursorKilled
 _FIELDS = {"room": 1, "text": 1, "event": 1, "createdAt": 1}
 # Each worker looks this often for presence documents of workers that died
@@ -200,7 +215,21 @@ class MongoStore(Store):
                 f"collection {database.name}.{name} exists but is not capped; convert it with "
                 f"db.runCommand({{convertToCapped: '{name}', size: {self.max_bytes}}}) or drop it"
             )
+        self._ensure_idempotency_index()
         self._prepared = True
+
+    def _ensure_idempotency_index(self) -> None:
+        """Create the unique index that keeps idempotency keys unique (nothing happens if it exists)."""
+        with _unavailable_on_error("MongoDB"):
+            try:
+                self.collection.create_index(IDEMPOTENCY_FIELD, name=IDEMPOTENCY_INDEX, unique=True, sparse=True)
+            except OperationFailure as exc:
+                if exc.code not in INDEX_CONFLICTS:
+                    raise
+                raise StoreMisconfigured(
+                    f"collection {self.collection.full_name} has an index on {IDEMPOTENCY_FIELD} or named "
+                    f"{IDEMPOTENCY_INDEX} that is not {{unique: true, sparse: true}}; drop it "
+                    f"(the app makes its own): {exc}") from exc
 
     @staticmethod
     def _message(doc: dict) -> Message:
@@ -210,28 +239,58 @@ class MongoStore(Store):
     # -- writing ---------------------------------------------------------------
     def append(self, room: str, text: str, event: str) -> Message:
         """Insert a message; a retry after a lost reply never stores it twice."""
-        self.prepare()
+        return self._insert(self._document(room, text, event)).message
+
+    def append_once(self, room: str, text: str, event: str, idempotency_key: str) -> Publication:
+        """Insert a message under a key no document has, or return the document that has it."""
+        return self._insert({**self._document(room, text, event), IDEMPOTENCY_FIELD: idempotency_key})
+
+    @staticmethod
+    def _document(room: str, text: str, event: str) -> dict:
         now = datetime.now(UTC)
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        doc = {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
+        return {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
+
+    def _insert(self, doc: dict) -> Publication:
+        self.prepare()
         with _unavailable_on_error("MongoDB insert failed"):
             try:
                 self.collection.insert_one(doc)
             except ServerSelectionTimeoutError:
                 raise  # no server was reached, so nothing can have landed: retrying only doubles the wait
+            except DuplicateKeyError:
+                if IDEMPOTENCY_FIELD not in doc:
+                    raise
+                # A new _id cannot collide: the key did, so another insert holds it.
+                return self._holder_of_key(doc)
             except AutoReconnect:
                 # The insert may have been applied before the connection broke.
                 # Retrying with the same _id is idempotent: a duplicate key
-                # means the first try landed. (Replica sets also retry on their
-                # own through retryWrites; a standalone server does not.)
+                # means the first try landed -- or, with a key, that another
+                # insert holds it. (Replica sets also retry on their own
+                # through retryWrites; a standalone server does not.)
                 try:
                     self.collection.insert_one(doc)
                 except DuplicateKeyError:
-                    pass
+                    if IDEMPOTENCY_FIELD in doc:
+                        return self._holder_of_key(doc)
                 except PyMongoError as exc:
                     raise WriteOutcomeUnknown(f"MongoDB insert unconfirmed: {exc}", str(doc["_id"])) from exc
-        return self._message(doc)
+        return Publication(self._message(doc), replayed=False)
+
+    def _holder_of_key(self, doc: dict) -> Publication:
+        """Return the stored message that holds ``doc``'s key (a replay unless it is ``doc`` itself)."""
+        # From the primary, whatever readPreference the URI names: the index
+        # that refused the insert is the primary's, and a secondary may not
+        # have the holder yet.
+        primary = self.collection.with_options(read_preference=ReadPreference.PRIMARY)
+        held = primary.find_one({IDEMPOTENCY_FIELD: doc[IDEMPOTENCY_FIELD]}, _FIELDS)
+        if held is None:
+            # Evicted between the refusal and this read: the key is free again,
+            # and a retry stores the message anew.
+            raise StoreUnavailable("MongoDB: the message holding this idempotency key was evicted as it was read")
+        return Publication(self._message(held), replayed=held["_id"] != doc["_id"])
 
     # -- reading ---------------------------------------------------------------
     def read_rooms(self, rooms: Sequence[str], after_id: str | None = None, limit: int | None = None) -> Backlog:

@@ -19,6 +19,14 @@ without a lock (a threading.Lock is a gevent lock once the worker is patched,
 and blocking on it from a native thread deadlocks). Reads are short indexed
 queries and run in place.
 
+Idempotency keys (``append_once``) live in the message's own row, in a
+nullable column with a unique index over its non-NULL values: a key is
+unique among the messages in the window, and leaves with its message when
+that is evicted. Inside the ``BEGIN IMMEDIATE`` transaction the index refuses
+a second row with the key, and the same transaction reads the first one
+back; since workers and nodes take the write lock in turn, two concurrent
+appends with one key store one row.
+
 Presence (see ``base.py``) is a table of its own in the same file, one row per
 worker: its streams per room as JSON (at most ``PRESENCE_MAX_ROOMS`` rooms
 named, the rest counted in two columns), and when the row expires (this
@@ -50,6 +58,7 @@ from .base import (
     Message,
     PositionLost,
     PresenceReport,
+    Publication,
     Store,
     StoreUnavailable,
     presence_expiry,
@@ -68,7 +77,8 @@ CREATE TABLE IF NOT EXISTS messages (
     text       TEXT    NOT NULL,
     event      TEXT    NOT NULL,
     created_ms INTEGER NOT NULL,
-    size       INTEGER NOT NULL
+    size       INTEGER NOT NULL,
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
@@ -82,6 +92,10 @@ CREATE TABLE IF NOT EXISTS presence (
 """
 # Added to a presence table made before they were (its rows expire in seconds).
 _PRESENCE_COLUMNS_ADDED = ("other_rooms", "other_streams")
+# Added to a messages table made before it was, with its unique index (made after the column).
+_IDEMPOTENCY_COLUMN = "idempotency_key"
+_IDEMPOTENCY_INDEX = (f"CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key ON messages "
+                      f"({_IDEMPOTENCY_COLUMN}) WHERE {_IDEMPOTENCY_COLUMN} IS NOT NULL")
 _COLUMNS = "seq, room, text, event, created_ms"
 _FEED_BATCH = 1000
 # How long a write may wait for the file's write lock (SQLite's busy
@@ -139,7 +153,7 @@ def _ready_epoch(conn: sqlite3.Connection) -> str | None:
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         return None
     names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    if not {"messages", "messages_by_room", "meta", "presence"} <= names:
+    if not {"messages", "messages_by_room", "messages_by_idempotency_key", "meta", "presence"} <= names:
         return None
     present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
     if not set(_PRESENCE_COLUMNS_ADDED) <= present:
@@ -177,6 +191,9 @@ def _set_up(conn: sqlite3.Connection) -> str:
         for column in _PRESENCE_COLUMNS_ADDED:
             if column not in present:
                 conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        if _IDEMPOTENCY_COLUMN not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {_IDEMPOTENCY_COLUMN} TEXT")
+        conn.execute(_IDEMPOTENCY_INDEX)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(4),))
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('bytes', 0)")
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('count', 0)")
@@ -294,12 +311,20 @@ class SQLiteStore(Store):
 
     def append(self, room: str, text: str, event: str) -> Message:
         """Store a message, evicting the oldest beyond the bound, and return it."""
-        outcome = self._on_writer_thread(self._append_or_failure, room, text, event, time.monotonic())
+        return self._append(room, text, event, None).message
+
+    def append_once(self, room: str, text: str, event: str, idempotency_key: str) -> Publication:
+        """Store a message under a key no row has, or return the row that has it (see the module docstring)."""
+        return self._append(room, text, event, idempotency_key)
+
+    def _append(self, room: str, text: str, event: str, key: str | None) -> Publication:
+        outcome = self._on_writer_thread(self._append_or_failure, room, text, event, key, time.monotonic())
         if isinstance(outcome, StoreUnavailable):
             raise outcome  # raised here, not in the pool thread, where gevent would print a traceback
         return outcome
 
-    def _append_or_failure(self, room: str, text: str, event: str, queued_at: float) -> Message | StoreUnavailable:
+    def _append_or_failure(self, room: str, text: str, event: str, key: str | None,
+                           queued_at: float) -> Publication | StoreUnavailable:
         # Writes take turns on one thread. While the file is locked each one
         # waits out the busy timeout, so without this check the n-th of n
         # concurrent publishers would get its 503 only after n busy timeouts.
@@ -309,29 +334,42 @@ class SQLiteStore(Store):
             return StoreUnavailable("SQLite write failed: waited too long for this worker's writer "
                                     "(is the file locked?)")
         try:
-            message = self._append_blocking(room, text, event)
+            publication = self._append_blocking(room, text, event, key)
         except StoreUnavailable as exc:
             self._last_write_failed = True
             return exc
         self._last_write_failed = False
-        return message
+        return publication
 
-    def _append_blocking(self, room: str, text: str, event: str) -> Message:
+    def _append_blocking(self, room: str, text: str, event: str, key: str | None) -> Publication:
+        # The key is not counted in the size: the window (app/delivery/window.py)
+        # mirrors this bound from the messages alone.
         size = stored_size(room, text, event)
         created_ms = int(time.time() * 1000)
         try:
             if self._writer is None:
                 self._writer = self._connect(busy_ms=_WRITE_BUSY_MS)
             with _immediate(self._writer) as conn:
-                seq = conn.execute(
-                    "INSERT INTO messages (room, text, event, created_ms, size) VALUES (?, ?, ?, ?, ?)",
-                    (room, text, event, created_ms, size),
-                ).lastrowid
+                try:
+                    seq = conn.execute(
+                        "INSERT INTO messages (room, text, event, created_ms, size, idempotency_key) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (room, text, event, created_ms, size, key),
+                    ).lastrowid
+                except sqlite3.IntegrityError:
+                    # Only the key's unique index can refuse a row; the insert
+                    # alone is undone, and the row that holds the key is read
+                    # in the same transaction (nobody can evict it meanwhile).
+                    earlier = None if key is None else conn.execute(
+                        f"SELECT {_COLUMNS} FROM messages WHERE idempotency_key = ?", (key,)).fetchone()
+                    if earlier is None:
+                        raise
+                    return Publication(self._message(earlier), replayed=True)
                 self._evict(conn, size)
         except sqlite3.Error as exc:
             self._drop_writer()
             raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
-        return self._message((seq, room, text, event, created_ms))
+        return Publication(self._message((seq, room, text, event, created_ms)), replayed=False)
 
     def _evict(self, conn: sqlite3.Connection, added_size: int) -> None:
         conn.execute("UPDATE meta SET value = value + ? WHERE key = 'bytes'", (added_size,))

@@ -1,7 +1,7 @@
 """A capped collection played by MockupDB handlers: a test double for MongoDB, not MongoDB.
 
 It answers the handful of commands MongoStore sends (listCollections, create,
-insert, find, getMore, killCursors, ping) from a Python list kept in insertion
+createIndexes, insert, find, getMore, killCursors, ping) from a Python list kept in insertion
 order, the way a capped collection keeps natural order, and evicts the oldest
 documents past ``max_messages``. Tailable cursors remember the record they
 stopped at, as the server does: if that record was evicted, getMore fails with
@@ -73,6 +73,9 @@ class FakeCappedCollection:
 
     def _on_ping(self, request) -> bool:
         return request.ok()
+
+    def _on_createIndexes(self, request) -> bool:  # noqa: N802 -- the command's name
+        return request["createIndexes"] == self.name and request.ok()  # acknowledged, not kept
 
     def _on_listCollections(self, request) -> bool:  # noqa: N802 -- the command's name
         entry = {"name": self.name, "type": "collection", "options": {"capped": True, "max": self.max_messages}}

@@ -5,7 +5,7 @@ answers every connection of a live gunicorn by itself: hello as a one-member rep
 and retryable writes, so PyMongo's own failover paths run.
 
 Real PyMongo talks to it; it answers the commands MongoStore sends (hello,
-ping, create, listCollections, find -- plain and tailable --, getMore,
+ping, create, createIndexes, listCollections, find -- plain and tailable --, getMore,
 insert, killCursors, endSessions) the way a one-member replica set would,
 including the parts the fault tests lean on:
 
@@ -13,12 +13,13 @@ including the parts the fault tests lean on:
   whose last document was evicted;
 * retryable writes: an insert repeated with the same ``lsid``/``txnNumber``
   is acknowledged without being applied twice, and a second insert of the
-  same ``_id`` is a duplicate key error (11000), as MongoDB does;
+  same ``_id`` (or the same ``idempotencyKey``) is a duplicate key error (11000), as MongoDB does;
 * one-shot faults: hang up, or answer an error, on the next matching
   command -- optionally after applying it (the reply is what gets lost).
 
 It is a stand-in for a server for these tests, not a MongoDB: no query
-language beyond an equality filter on ``room``, no indexes, one collection.
+language beyond an equality filter on ``room``, no indexes (but the
+idempotency key is kept unique), one collection.
 """
 from __future__ import annotations
 
@@ -141,6 +142,9 @@ class FakeCappedCollection:
     def _on_create(self, request) -> dict:
         return {}
 
+    # The store's unique index on idempotencyKey: acknowledged, not kept (no indexes here).
+    _on_createindexes = _on_create
+
     def _on_listcollections(self, request) -> dict:
         options = {"capped": True, "size": 10**9, "max": self.max_messages}
         batch = [{"name": self.name, "type": "collection", "options": options}]
@@ -152,8 +156,10 @@ class FakeCappedCollection:
             if txn is not None and txn in self.txns:
                 return {"n": 1}  # a retry of a write already applied: acknowledge, apply nothing
             ids = {doc["_id"] for _, doc in self.docs}
+            # The store's unique sparse index on idempotencyKey, the one index played here.
+            keys = {doc["idempotencyKey"] for _, doc in self.docs if "idempotencyKey" in doc} - {None}
             for doc in request.doc["documents"]:
-                if doc["_id"] in ids:
+                if doc["_id"] in ids or doc.get("idempotencyKey") in keys:
                     return {"n": 0, "writeErrors": [{"index": 0, "code": DUPLICATE_KEY,
                                                      "errmsg": f"E11000 duplicate key: {doc['_id']}"}]}
                 self.docs.append((next(self.seq), doc))
