@@ -69,7 +69,7 @@ from ..stores.base import MessageLog, StoreUnavailable
 from .ending import EndReason
 from .events import HEARTBEAT, as_default_event, reset_event, retry_line
 from .hub import Hub, Subscription
-from .reading import wait_for_tailer, wait_for_window
+from .reading import wait_for_tailer, wait_for_window, window_has_everything
 from .window import BacklogCursor, BacklogEvicted, Window
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
     try:
         yield retry_line(settings.retry_ms)
         while True:
-            refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline)
+            refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline,
+                                               newest=backlog is not None)
             if refused is not None:
                 ended_by = refused
                 # A 200 stream that ends makes EventSource retry; an error status would make it give up for good.
@@ -155,13 +156,22 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
 
 
 def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartbeat_seconds: float,
-                  settings: StreamSettings, deadline: float | None) -> Generator[bytes, None, EndReason | None]:
+                  settings: StreamSettings, deadline: float | None,
+                  newest: bool = False) -> Generator[bytes, None, EndReason | None]:
     """Wait, with heartbeats, until the window can answer a join after ``last_id``; return why not, if it cannot.
 
     The token's ``deadline`` bounds every wait and is checked after each: a
     join that waited past it (the store down, the window warming) must not
     send a single message the token no longer allows.
+
+    ``newest``: a join without an id the window holds takes only the rooms'
+    newest messages (``backlog``), so it first waits briefly for this
+    worker's tailer to read the store's newest message (one indexed query):
+    the newest N are then the store's, not those of a tailer a moment behind
+    (whose later ones would follow live, more than N). An exact resume never
+    asks.
     """
+    caught_up = not newest
     while True:
         if _expired(deadline):
             return EndReason.TOKEN_EXPIRED
@@ -172,16 +182,28 @@ def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartb
             if not window.ready.is_set():
                 STORE_ERRORS.labels("stream").inc()
                 return EndReason.STORE_UNAVAILABLE
-        if last_id is None or window.holds(last_id):
+        if last_id is not None and not window.holds(last_id):
+            try:
+                yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, _patience(settings, deadline))
+            except StoreUnavailable:
+                STORE_ERRORS.labels("stream").inc()
+                return EndReason.STORE_UNAVAILABLE
+            if not window.ready.is_set():
+                continue  # The tailer lost its place meanwhile: wait for the window again.
+            if _expired(deadline):
+                return EndReason.TOKEN_EXPIRED
+            if caught_up or window.holds(last_id):
+                return None
+        elif last_id is not None or caught_up:
             return None
+        caught_up = True
         try:
-            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, _patience(settings, deadline))
+            window_has_everything(window, store)  # not in time: the rest arrive live, nothing is lost
         except StoreUnavailable:
             STORE_ERRORS.labels("stream").inc()
             return EndReason.STORE_UNAVAILABLE
         if window.ready.is_set():
             return EndReason.TOKEN_EXPIRED if _expired(deadline) else None
-        # The tailer lost its place meanwhile: wait for the window again.
 
 
 def _expired(deadline: float | None) -> bool:

@@ -21,7 +21,7 @@ from .authorization import authorize_publishing, authorize_reading, reading_gran
 from .clients import client_key
 from .closing_connections import read_body
 from .errors import STORE_UNAVAILABLE, ApiError, unavailable
-from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
+from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, STREAM_MAX_BACKLOG, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 MAX_LAST_EVENT_ID = 256
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
-# A stream's ``backlog``: the newest N messages on a join without a usable id
-# (Nchan's nchan_subscriber_first_message). Enough for any chat's first screen
-# and scrollback, and far below STREAM_BACKLOG_MAX_BYTES' own bound.
-STREAM_MAX_BACKLOG = 10_000
 
 
 def _store_unavailable(exc: StoreUnavailable, operation: str) -> ApiError:
