@@ -146,3 +146,27 @@ def test_backlog_takes_0_to_10000(client, value):
     reply = client.get("/messages", query_string={"room": "r", "backlog": value})
     assert reply.status_code == 200
     reply.close()
+
+
+def test_a_backlog_join_takes_the_stores_newest_not_those_of_a_tailer_behind(tmp_path):
+    """Found live on FerretDB: a worker's tailer a moment behind gave its newest 5, then 8 more live."""
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), max_bytes=10**7, max_messages=1000, poll_interval=0.5)
+    [store.append("a", f"m{n}", "message") for n in range(3)]
+    window, hub = Window(1000, 10**7), Hub(queue_limit=100, heartbeat_seconds=5)
+    tailer = Tailer(store, window, hub)
+    tailer.ensure_running()
+    try:
+        assert window.ready.wait(5)
+        newer = [store.append("a", f"newer {n}", "message").id for n in range(3)]  # no poke: read at the next poll
+        assert not window.holds(newer[-1])
+        stream = message_stream(("a",), None, window=window, hub=hub, store=store,
+                                settings=StreamSettings(retry_ms=1000), backlog=2)
+        next(stream)  # retry:
+        with gevent.Timeout(5):
+            backlog = next(stream)
+        stream.close()
+    finally:
+        tailer.stop()
+        gevent.sleep(0)
+        store.close()
+    assert [line[4:].decode() for line in backlog.split(b"\n") if line.startswith(b"id: ")] == newer[1:]
