@@ -14,7 +14,7 @@ import requests
 
 from tests.support.sse_client import StreamReader
 from tests.support.stores import stored_ids_reader
-from tests.support.waiting import quiet_period
+from tests.support.waiting import quiet_period, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,12 @@ def test_streams_on_both_workers_start_with_the_newest_n_and_resume_exactly_what
         readers.append(reset)
         assert reset.wait_for(lambda events: [e.id or e.event for e in events] == ["reset", followed[-1], live],
                               timeout)
-        live_only = StreamReader(url.replace("backlog=5", "backlog=0"))
+        # Live only: what is committed after the join. Its response starts before the join (with
+        # retry:), so wait for the join itself -- its room's presence, on whichever worker -- then publish.
+        live_only = StreamReader(url.replace("backlog=5", "backlog=0") + "&room=solo")
         readers.append(live_only)
+        wait_until(lambda: requests.get(server.url + "/rooms/solo", timeout=5).json()["subscribers"] == 1, 5.0,
+                   "the live-only stream did not join")
         another = server.publish("a", "for the live-only one")["id"]
         assert live_only.wait_for(lambda events: [e.id for e in events] == [another], timeout)
         quiet_period(0.3)  # a duplicate or an older one would arrive now
@@ -109,7 +113,8 @@ def test_scrollback_pages_back_to_the_oldest_on_either_worker_and_reads_its_writ
 def test_a_typed_message_published_with_curl_reaches_an_untyped_stream_as_message(start_server, store_env):
     """The issue's new user: {"room": "ops", "text": "deploy done", "event": "announcement"}."""
     server = start_server(**store_env)
-    reader = StreamReader(server.url + "/messages?room=ops&untyped=true&backlog=0")
+    # backlog=1: whether the publish lands before the join or after, it is sent once (backlog or live).
+    reader = StreamReader(server.url + "/messages?room=ops&untyped=true&backlog=1")
     try:
         started = time.monotonic()
         sent = server.publish("ops", "deploy done", event="announcement")
