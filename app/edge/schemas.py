@@ -197,7 +197,8 @@ class StreamQuery(RoomQuery):
                        "0: live messages only. Ignored on an exact resume. Absent: the whole stored window"})
     untyped = fields.Boolean(load_default=False, metadata={
         "description": "`true`: every message arrives as the default `message` event (no `event:` line), its "
-                       "type still in the JSON's `event`, so `EventSource.onmessage` hears every type"})
+                       "type still in the JSON's `event`, so `EventSource.onmessage` hears every type "
+                       "(the server's own `reset` stays a named event)"})
 
 
 class HistoryQuery(RoomQuery):
