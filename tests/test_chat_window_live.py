@@ -15,6 +15,7 @@ import requests
 from tests.support.sse_client import StreamReader
 from tests.support.stores import stored_ids_reader
 from tests.support.waiting import quiet_period, wait_until
+from tests.test_two_nodes import start_a_node_behind_the_store
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +125,29 @@ def test_a_typed_message_published_with_curl_reaches_an_untyped_stream_as_messag
         print(f"\nuntyped delivery in {(time.monotonic() - started) * 1000:.0f} ms")
     finally:
         reader.close()
+
+
+def test_a_node_behind_the_store_gives_the_newest_n_and_the_page_before_what_the_other_acknowledged(
+        start_server, tmp_path):
+    """Across nodes: node B's tailers read the SQLite file a second late (SQLITE_POLL_MS, so SQLite only).
+
+    A backlog join on B takes the store's newest N (it waits for its tailer), not
+    B's newest; scrollback on B before an id only A has read answers the page, not reset.
+    """
+    env = {"MONGODB_URI": "", "SQLITE_PATH": str(tmp_path / "two-nodes.sqlite3")}
+    node_a = start_server(**env)
+    node_b = start_a_node_behind_the_store(start_server, env)
+    old = [node_a.publish("chat", f"old {n}")["id"] for n in range(3)]
+    time.sleep(1.5)  # node B's windows hold them
+    new = [node_a.publish("chat", f"new {n}")["id"] for n in range(3)]  # B reads these within a second
+    reader = StreamReader(node_b.url + "/messages?room=chat&backlog=2")
+    try:
+        assert reader.wait_for(lambda events: len(events) >= 2, 5.0)
+        quiet_period(1.5)  # B's tailer has read everything by now: anything more would have arrived
+        assert [e.id for e in reader.events] == new[1:]
+    finally:
+        reader.close()
+    newest = node_a.publish("chat", "newest")["id"]
+    page = requests.get(node_b.url + "/messages/history", params={"room": "chat", "before": newest, "limit": 4},
+                        timeout=5).json()
+    assert page["reset"] is None and [m["id"] for m in page["messages"]] == [old[2], *new] and page["hasMore"]
