@@ -64,7 +64,15 @@ from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from ..operations.metrics import DROP_SLOW, DROP_STALLED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
+from ..operations.metrics import (
+    DROP_SLOW,
+    DROP_STALLED,
+    QUERY_BACKLOG,
+    RESETS_SENT,
+    STORE_ERRORS,
+    STORE_QUERIES,
+    STREAMS_DROPPED,
+)
 from ..stores.base import MessageLog, StoreUnavailable
 from .ending import EndReason
 from .events import HEARTBEAT, as_default_event, reset_event, retry_line
@@ -197,6 +205,7 @@ def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartb
         elif last_id is not None or caught_up:
             return None
         caught_up = True
+        STORE_QUERIES.labels(QUERY_BACKLOG).inc()
         try:
             window_has_everything(window, store)  # not in time: the rest arrive live, nothing is lost
         except StoreUnavailable:
