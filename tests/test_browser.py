@@ -216,7 +216,7 @@ def test_switching_rooms_stops_messages_from_the_old_room(live_server, open_page
     assert page.texts() == ["new 1"]
     sources = page.event_source_states()
     assert [state for _, state in sources] == [EVENT_SOURCE_CLOSED, EVENT_SOURCE_OPEN]
-    assert sources[0][0].endswith("/messages?room=old") and sources[1][0].endswith("/messages?room=new")
+    assert "/messages?room=old&" in sources[0][0] and "/messages?room=new&" in sources[1][0]
 
     page.driver.back()  # the room is in the URL, so history works too
     wait_until(lambda: page.texts() == ["old 1", "old 2"], 5.0, "going back did not follow the old room again")
@@ -240,6 +240,73 @@ def test_the_page_shows_how_many_listen_on_every_worker(live_server, open_page):
                "the page did not count each of its rooms")
 
 
+def test_the_page_starts_with_the_newest_50_and_loads_older_ones_when_scrolled_to_the_top(
+        start_server, store_env, open_page):
+    """Issue 15 (parts 1 and 2), on both stores: backlog=50 on connect, history before= on scrolling up."""
+    server = start_server(**store_env)
+    room = "scrollback"
+    sent = [server.publish(room, f"old {n}")["id"] for n in range(120)]
+    page = open_page(server, room)
+    wait_until(lambda: page.ids() == sent[-50:], 10.0, "the page did not start with the newest 50")
+    quiet_period(0.5)  # an older one, loaded without a scroll up, would arrive now
+    assert page.ids() == sent[-50:]
+    source_url = page.event_source_states()[0][0]
+    assert "backlog=50" in source_url and "untyped=true" in source_url
+
+    def scroll_to_top() -> None:
+        page.driver.execute_script("document.querySelector('.feed').scrollTop = 0")
+
+    looked_at = page.driver.execute_script("return document.querySelector('#messages .message').dataset.id")
+    scroll_to_top()
+    wait_until(lambda: page.ids() == sent[-100:], 10.0, "scrolling to the top did not load the 50 before")
+    # What the reader looked at stays in view: the list grew above it.
+    assert page.driver.execute_script(
+        "const feed = document.querySelector('.feed');"
+        "const item = document.querySelector(`#messages [data-id='${arguments[0]}']`);"
+        "return item.offsetTop >= feed.scrollTop - 1 && feed.scrollTop > 0", looked_at)
+    scroll_to_top()
+    wait_until(lambda: page.ids() == sent, 10.0, "scrolling up again did not load the oldest 20")
+    older = page.driver.find_element(By.ID, "older")
+    wait_until(lambda: older.get_attribute("data-state") == "done", 5.0, "the page did not say none are older")
+    assert older.text == "No older messages are kept."
+
+    live = server.publish(room, "live one")["id"]
+    wait_until(lambda: page.ids() == [*sent, live], 5.0, "a live message did not follow the loaded ones")
+    quiet_period(0.3)
+    assert page.ids() == [*sent, live]
+
+
+def test_a_page_without_its_last_id_in_the_window_gets_reset_and_only_the_newest_50(start_server, open_page):
+    """Stopped, the window moved on past its last message: Resume gets reset, then the newest 50 (not 200)."""
+    server = start_server(CAPPED_MAX_MESSAGES="200")
+    room = "moved-on"
+    first = server.publish(room, "seen")["id"]
+    page = open_page(server, room)
+    wait_until(lambda: page.ids() == [first], 5.0, "the page did not show the first message")
+    page.driver.find_element(By.ID, "toggle").click()  # Stop
+    sent = [server.publish(room, f"missed {n}")["id"] for n in range(250)]
+    page.driver.find_element(By.ID, "toggle").click()  # Resume after `first`: evicted by now
+    wait_until(lambda: page.ids() == sent[-50:], 10.0, "the page did not rebuild from the newest 50")
+    assert "some messages were missed" in page.notice().lower()
+
+
+def test_the_page_shows_every_type_and_opens_rooms_named_with_commas(live_server, open_page):
+    """Issue 15 (part 7): curl posts an "announcement" to ops; /?room=lobby,ops shows it, untold of the type."""
+    page = open_page(live_server, "lobby,ops")
+    assert page.driver.find_element(By.ID, "room-input").get_attribute("value") == "lobby, ops"
+    sources = page.event_source_states()
+    assert len(sources) == 1 and "room=lobby&room=ops" in sources[0][0]
+
+    sent = [live_server.publish("ops", "deploy done", event="announcement")["id"],
+            live_server.publish("lobby", "hello")["id"],
+            live_server.publish("ops", "rolled back", event="alert")["id"]]
+    wait_until(lambda: page.ids() == sent, 5.0, "the page did not show every message of both rooms")
+    assert page.texts() == ["deploy done", "hello", "rolled back"]
+    assert page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages .message'),"
+        " e => (e.querySelector('.type') || {}).textContent || '')") == ["announcement", "", "alert"]
+
+
 def test_demo_page_screenshot(live_server, open_page, tmp_path):
     room = "lobby"
     for text, event in [
@@ -249,7 +316,7 @@ def test_demo_page_screenshot(live_server, open_page, tmp_path):
         ("<b>Markup</b> stays text here.", "message"),
     ]:
         live_server.publish(room, text, event=event)
-    page = open_page(live_server, room, query="&types=announcement")
+    page = open_page(live_server, room)  # every type shows, with no ?types= (issue 15)
     page.send("Thanks, following along from the demo page.")
     wait_until(lambda: len(page.texts()) == 5, 2.0, "the page did not show all five messages")
 

@@ -135,12 +135,13 @@ def assert_resets_then_sends_the_room(server, odd: str) -> None:
 
 
 def assert_history_resets(server, odd: str) -> None:
-    """History: 200 with the one reset and the page from the oldest, as on the stream."""
-    reply = requests.get(server.url + "/messages/history", params={"room": ROOM, "after": odd}, timeout=5)
-    assert reply.status_code == 200, (odd, reply.status_code, reply.text[:300])
-    page = reply.json()
-    assert page["reset"] == UNKNOWN_ID_REASON, (odd, page)
-    assert [message["text"] for message in page["messages"]] == ["kept"]
+    """History: 200 with the one reset and the page from the oldest (the newest, for ``before``), as on the stream."""
+    for point in ("after", "before"):
+        reply = requests.get(server.url + "/messages/history", params={"room": ROOM, point: odd}, timeout=5)
+        assert reply.status_code == 200, (point, odd, reply.status_code, reply.text[:300])
+        page = reply.json()
+        assert page["reset"] == UNKNOWN_ID_REASON, (point, odd, page)
+        assert [message["text"] for message in page["messages"]] == ["kept"], point
 
 
 def assert_no_traceback_in_the_log(server) -> None:
@@ -190,7 +191,8 @@ def test_an_id_of_another_room_gets_the_same_answer_as_an_unknown_one(id_server)
 
 # Where a client's bytes go: path prefixes (the rest of the path or the query value is generated) and headers.
 PATH_PREFIXES = ["/rooms/", "/messages?room=", "/messages/history?room=", "/messages/history?room=a&limit=",
-                 "/messages/history?room=a&after=", "/messages?room=a&lastEventId=", "/", "/healthz/",
+                 "/messages/history?room=a&after=", "/messages/history?room=a&before=",
+                 "/messages?room=a&lastEventId=", "/messages?room=a&backlog=", "/", "/healthz/",
                  "/openapi.json?", "/messages/", "/static/"]
 HEADERS = [b"Last-Event-ID", b"Authorization", b"Cookie", b"Origin", b"X-Forwarded-For", b"Accept",
            b"Content-Type", b"Accept-Encoding", b"If-None-Match", b"Range", b"X-Request-Id"]

@@ -110,6 +110,13 @@ TABLE = {
     "history limit with an underscore": Hostile("GET", "/messages/history?room=a&limit=1_0", 400, "limit"),
     "history limit in Arabic-Indic digits": Hostile("GET", "/messages/history?room=a&limit=%D9%A1%D9%A0", 400, "limit"),
     "history after too long": Hostile("GET", "/messages/history?room=a&after=" + "9" * 257, 400, "after"),
+    "history before too long": Hostile("GET", "/messages/history?room=a&before=" + "9" * 257, 400, "before"),
+    "history before and after": Hostile("GET", "/messages/history?room=a&before=x&after=y", 400, "before"),
+    "stream backlog negative": Hostile("GET", "/messages?room=a&backlog=-1", 400, "backlog"),
+    "stream backlog past 10000": Hostile("GET", "/messages?room=a&backlog=10001", 400, "backlog"),
+    "stream backlog of 40 digits": Hostile("GET", "/messages?room=a&backlog=" + "9" * 40, 400, "backlog"),
+    "stream backlog in Arabic-Indic digits": Hostile("GET", "/messages?room=a&backlog=%D9%A1%D9%A0", 400, "backlog"),
+    "stream untyped not a boolean": Hostile("GET", "/messages?room=a&untyped=yes", 400, "untyped"),
     # GET /rooms pages (presence): a bad page is a 400 naming the parameter, never a long answer.
     "rooms limit over 1000": Hostile("GET", "/rooms?limit=1001", 400, "limit"),
     "rooms limit huge": Hostile("GET", "/rooms?limit=99999999999999999999", 400, "limit"),

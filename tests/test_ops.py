@@ -22,7 +22,7 @@ OUR_METRICS = {
 KNOWN_LABELS = {
     "sse_streams_dropped": {"reason": {"slow", "stalled", "limit", "client_limit"}},
     "sse_store_errors": {"operation": {"publish", "history", "stream", "tailer", "ready", "presence"}},
-    "sse_store_queries": {"operation": {"resume", "history", "warm", "presence"}},
+    "sse_store_queries": {"operation": {"resume", "history", "warm", "presence", "backlog"}},
 }
 
 

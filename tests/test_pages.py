@@ -58,7 +58,9 @@ def test_page_has_no_inline_script_style_or_handlers(client):
     ("?room=kitchen", "kitchen"),
     ("?room=a.b_c-9", "a.b_c-9"),
     ("?room=kitchen&room=garden&room=kitchen", "kitchen,garden"),
-], ids=["default", "named", "every-allowed-character", "several"])
+    ("?room=lobby,ops", "lobby,ops"),
+    ("?room=lobby,%20ops&room=ops,kitchen,", "lobby,ops,kitchen"),
+], ids=["default", "named", "every-allowed-character", "several", "comma-separated", "commas-and-repeats"])
 def test_page_follows_the_rooms_in_the_url(client, query, rooms):
     page = _inventory(client.get("/" + query).get_data(as_text=True))
 

@@ -421,6 +421,21 @@ def test_read_rooms_merges_rooms_in_store_order_and_resumes_after_any_of_their_i
     assert other.reset_reason == UNKNOWN_ID_REASON and [m.id for m in other.messages] == [m.id for m in followed]
 
 
+def test_read_rooms_before_gives_the_page_just_before_an_id_oldest_first_or_reset_and_the_newest(make_store):
+    """Scrollback (issue 15): the store's answer when the worker's window has not caught up."""
+    store = make_store()
+    sent = [store.append(room, f"{room}{n}", "message") for n, room in enumerate("abcabcab")]
+    followed = [m.id for m in sent if m.room in "ab"]
+    for cut in range(len(followed)):
+        for limit in (1, 2, 100):
+            page = store.read_rooms_before(("b", "a"), followed[cut], limit)
+            assert page.reset_reason is None
+            assert [m.id for m in page.messages] == followed[max(0, cut - limit):cut], (cut, limit)
+    for bad_id in (sent[2].id, *odd_ids(sent[0].id).values()):  # room c's, and ids no store issues
+        page = store.read_rooms_before(("a", "b"), bad_id, 3)
+        assert page.reset_reason == UNKNOWN_ID_REASON and [m.id for m in page.messages] == followed[-3:]
+
+
 # -- presence: each worker's streams per room, with an expiry ------------------------------------
 
 def test_presence_sums_every_unexpired_entry_but_the_one_excluded(make_store):

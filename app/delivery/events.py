@@ -31,6 +31,21 @@ def message_event(body: dict[str, str]) -> bytes:
     ).encode()
 
 
+def as_default_event(payload: bytes) -> bytes:
+    """Return a message event's bytes without its ``event:`` line: every message as the default ``message`` event.
+
+    For an ``untyped`` stream, whose EventSource hears every message through
+    ``onmessage`` (the type is still in the JSON's ``event``). The window
+    keeps one encoding; this cuts the line out per write, and only for typed
+    messages: a default one is returned as it is, no copy.
+    """
+    # message_event writes the id line first, then the event line, if any.
+    start = payload.index(b"\n") + 1
+    if not payload.startswith(b"event:", start):
+        return payload
+    return payload[:start] + payload[payload.index(b"\n", start) + 1:]
+
+
 def reset_event(reason: str) -> bytes:
     """Tell the client its resume point is gone and a full replay follows.
 

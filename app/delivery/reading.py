@@ -45,6 +45,24 @@ def read_history(rooms: Sequence[str], after_id: str | None, limit: int, *, wind
     return History(stored.messages, stored.reset_reason)
 
 
+def read_history_before(rooms: Sequence[str], before_id: str, limit: int, *, window: Window,
+                        store: MessageLog) -> History:
+    """Return up to ``limit`` messages of the rooms just before ``before_id``, oldest first (scrollback).
+
+    An id this worker's window holds is answered at once: the window holds
+    every message the store still has before it. Otherwise (an id published
+    through another worker a moment ago, or one not held at all: reset, and
+    the newest page) as ``read_history``: the window once it has caught up,
+    else the store. Raises ``StoreUnavailable``.
+    """
+    STORE_QUERIES.labels(QUERY_HISTORY).inc()
+    if (window.ready.is_set() and window.holds(before_id)) or window_has_everything(window, store):
+        backlog = window.before(rooms, before_id, limit)
+        return History(backlog.entries, backlog.reset_reason)
+    stored = store.read_rooms_before(rooms, before_id, limit)
+    return History(stored.messages, stored.reset_reason)
+
+
 def window_has_everything(window: Window, store: MessageLog) -> bool:
     """Say whether the window holds every message committed so far, waiting briefly for its tailer.
 

@@ -64,12 +64,20 @@ from dataclasses import dataclass
 
 from gevent.hub import get_hub
 
-from ..operations.metrics import DROP_SLOW, DROP_STALLED, RESETS_SENT, STORE_ERRORS, STREAMS_DROPPED
+from ..operations.metrics import (
+    DROP_SLOW,
+    DROP_STALLED,
+    QUERY_BACKLOG,
+    RESETS_SENT,
+    STORE_ERRORS,
+    STORE_QUERIES,
+    STREAMS_DROPPED,
+)
 from ..stores.base import MessageLog, StoreUnavailable
 from .ending import EndReason
-from .events import HEARTBEAT, reset_event, retry_line, spread_retry_ms
+from .events import HEARTBEAT, as_default_event, reset_event, retry_line, spread_retry_ms
 from .hub import Hub, Subscription
-from .reading import wait_for_tailer, wait_for_window
+from .reading import wait_for_tailer, wait_for_window, window_has_everything
 from .window import BacklogCursor, BacklogEvicted, Window
 
 log = logging.getLogger(__name__)
@@ -92,10 +100,14 @@ class StreamSettings:
 
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageLog,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
-                   expires_at: float | None = None) -> Iterator[bytes]:
+                   expires_at: float | None = None, backlog: int | None = None,
+                   untyped: bool = False) -> Iterator[bytes]:
     """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
 
     ``expires_at`` is a Unix time (the token's exp), None for no end.
+    ``backlog``: without an id the window holds, start with only the rooms'
+    newest ``backlog`` messages (None: all). ``untyped``: every message as
+    the default event (no ``event:`` line).
     """
     started = time.monotonic()
     # On the monotonic clock from here on, as the hub's sweeper reads it.
@@ -105,20 +117,24 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
     try:
         yield retry_line(spread_retry_ms(settings.retry_ms, settings.retry_jitter))
         while True:
-            refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline)
+            refused = yield from _wait_to_join(last_id, window, store, hub.heartbeat_seconds, settings, deadline,
+                                               newest=backlog is not None)
             if refused is not None:
                 ended_by = refused
                 # A 200 stream that ends makes EventSource retry; an error status would make it give up for good.
                 yield TOKEN_EXPIRED_COMMENT if refused is EndReason.TOKEN_EXPIRED else STORE_UNAVAILABLE_COMMENT
                 return
             # No yield between these two lines: the exact hand-over.
-            backlog = window.cursor(rooms, last_id)
+            cursor = window.cursor(rooms, last_id, backlog)
             subscription = hub.subscribe(rooms, deadline)
+            # Only the first join is bounded: a re-join (resync) resumes from the cursor's last id.
+            backlog = None
             watcher = _watch_for_close(client_socket, subscription)
             try:
                 # The last id sent: where a resync joins again.
-                last_id = yield from _send_backlog(backlog, subscription, hub.write_timeout_seconds, settings)
-                del backlog  # a parked stream keeps no cursor alive
+                last_id = yield from _send_backlog(cursor, subscription, hub.write_timeout_seconds, settings,
+                                                   untyped)
+                del cursor  # a parked stream keeps no cursor alive
                 chunk, count, chunk_bytes = b"", 0, settings.chunk_bytes
                 # The live loop is written out here, not in helper generators:
                 # each generator level is one more C frame to resume on every
@@ -130,7 +146,8 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                         _written(subscription, count)
                     # A parked stream keeps no bytes alive (a backlog can be large).
                     chunk = None
-                    chunk, count, last_id = _next_chunk(subscription, last_id, chunk_bytes)  # last_id: as above
+                    # last_id: as above.
+                    chunk, count, last_id = _next_chunk(subscription, last_id, chunk_bytes, untyped)
                 if subscription.ended_by is not EndReason.RESYNC:
                     yield from _say_why(subscription, settings)
                     return
@@ -148,13 +165,22 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
 
 
 def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartbeat_seconds: float,
-                  settings: StreamSettings, deadline: float | None) -> Generator[bytes, None, EndReason | None]:
+                  settings: StreamSettings, deadline: float | None,
+                  newest: bool = False) -> Generator[bytes, None, EndReason | None]:
     """Wait, with heartbeats, until the window can answer a join after ``last_id``; return why not, if it cannot.
 
     The token's ``deadline`` bounds every wait and is checked after each: a
     join that waited past it (the store down, the window warming) must not
     send a single message the token no longer allows.
+
+    ``newest``: a join without an id the window holds takes only the rooms'
+    newest messages (``backlog``), so it first waits briefly for this
+    worker's tailer to read the store's newest message (one indexed query):
+    the newest N are then the store's, not those of a tailer a moment behind
+    (whose later ones would follow live, more than N). An exact resume never
+    asks.
     """
+    caught_up = not newest
     while True:
         if _expired(deadline):
             return EndReason.TOKEN_EXPIRED
@@ -165,16 +191,29 @@ def _wait_to_join(last_id: str | None, window: Window, store: MessageLog, heartb
             if not window.ready.is_set():
                 STORE_ERRORS.labels("stream").inc()
                 return EndReason.STORE_UNAVAILABLE
-        if last_id is None or window.holds(last_id):
+        if last_id is not None and not window.holds(last_id):
+            try:
+                yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, _patience(settings, deadline))
+            except StoreUnavailable:
+                STORE_ERRORS.labels("stream").inc()
+                return EndReason.STORE_UNAVAILABLE
+            if not window.ready.is_set():
+                continue  # The tailer lost its place meanwhile: wait for the window again.
+            if _expired(deadline):
+                return EndReason.TOKEN_EXPIRED
+            if caught_up or window.holds(last_id):
+                return None
+        elif last_id is not None or caught_up:
             return None
+        caught_up = True
+        STORE_QUERIES.labels(QUERY_BACKLOG).inc()
         try:
-            yield from wait_for_tailer(last_id, window, store, heartbeat_seconds, _patience(settings, deadline))
+            window_has_everything(window, store)  # not in time: the rest arrive live, nothing is lost
         except StoreUnavailable:
             STORE_ERRORS.labels("stream").inc()
             return EndReason.STORE_UNAVAILABLE
         if window.ready.is_set():
             return EndReason.TOKEN_EXPIRED if _expired(deadline) else None
-        # The tailer lost its place meanwhile: wait for the window again.
 
 
 def _expired(deadline: float | None) -> bool:
@@ -256,7 +295,7 @@ def _watch_for_close(client_socket: socket.socket | None, subscription: Subscrip
 
 
 def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_timeout_seconds: float,
-                  settings: StreamSettings) -> Generator[bytes, None, str | None]:
+                  settings: StreamSettings, untyped: bool = False) -> Generator[bytes, None, str | None]:
     """Write the backlog from the window, a slice at a time; return the id of the last entry sent.
 
     If it cannot send it all, it ends the subscription and says why; it also
@@ -282,8 +321,7 @@ def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_time
                     break
                 if not entries:
                     break
-                # One event: the window's own bytes object, not a copy.
-                chunk = entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
+                chunk = _joined(entries, untyped)
                 sent += len(chunk)
                 yield from _send(chunk, len(entries), subscription)
         return backlog.last_id
@@ -291,8 +329,16 @@ def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_time
         subscription.backlog_until = None
 
 
+def _joined(entries: list, untyped: bool) -> bytes:
+    """Return the entries' events as one chunk (one event: the window's own bytes object, not a copy)."""
+    if untyped:
+        payloads = [as_default_event(entry.payload) for entry in entries]
+        return payloads[0] if len(payloads) == 1 else b"".join(payloads)
+    return entries[0].payload if len(entries) == 1 else b"".join(entry.payload for entry in entries)
+
+
 def _next_chunk(subscription: Subscription, last_id: str | None,
-                max_bytes: int) -> tuple[bytes | None, int, str | None]:
+                max_bytes: int, untyped: bool = False) -> tuple[bytes | None, int, str | None]:
     """Park until there is something to write: (bytes, events, last id); None bytes once the subscription ended.
 
     The bytes are the queued events in one chunk of at most ``max_bytes`` (or
@@ -304,7 +350,7 @@ def _next_chunk(subscription: Subscription, last_id: str | None,
         return None, 0, last_id
     if entries:
         subscription.heartbeat_due = False
-        return b"".join(entry.payload for entry in entries), len(entries), entries[-1].id
+        return _joined(entries, untyped), len(entries), entries[-1].id
     if subscription.heartbeat_due:
         subscription.heartbeat_due = False
         return HEARTBEAT, 0, last_id

@@ -40,7 +40,7 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,6 +112,13 @@ class _RoomLog:
         for index in range(bisect_right(positions, after, self.head), bisect_right(positions, through, self.head)):
             yield entries[index]
 
+    def newest_first_before(self, position: int | None) -> Iterator[Entry]:
+        """Yield the entries with a position below ``position`` (None: all), newest first (no copy of the list)."""
+        entries = self.entries
+        end = len(entries) if position is None else bisect_left(self.positions, position, self.head)
+        for index in range(end - 1, self.head - 1, -1):
+            yield entries[index]
+
     def forget(self, dropped_through: int) -> None:
         """Drop everything up to ``dropped_through``: the window let go of this log (a cursor may still hold it)."""
         self.dropped_through = max(self.dropped_through, dropped_through)
@@ -145,7 +152,9 @@ class BacklogCursor:
     The backlog is every entry of the rooms up to the newest each room held
     at the join (later entries reach the stream through its subscription).
     ``last_id`` is the id of the last entry taken (the client's resume point
-    once written), or the join's own id (None after a reset).
+    once written), or the join's own id: the client's, or, for a join that
+    asked for only the newest entries, the one just before them (None when
+    it starts at the oldest).
     """
 
     __slots__ = ("_logs", "after", "last_id", "reset_reason")
@@ -261,25 +270,56 @@ class Window:
         cursor = self.cursor(rooms, after_id)
         return WindowBacklog(list(islice(cursor.pending(), limit)), cursor.reset_reason)
 
-    def cursor(self, rooms: Sequence[str], after_id: str | None) -> BacklogCursor:
+    def cursor(self, rooms: Sequence[str], after_id: str | None, newest: int | None = None) -> BacklogCursor:
         """Return a cursor over the rooms' entries after ``after_id`` (None: all), or over all with a reset reason.
 
         One id resumes any set of rooms: positions are one order across rooms.
+        ``newest`` (the stream's ``backlog``) bounds a join that has no id it
+        can resume from -- none given, or one not held -- to the rooms' newest
+        ``newest`` entries; a resume from a held id ignores it (it is exact).
+        The cursor then starts after the entry just before them, as if the
+        client had read that one: a re-join of the same stream (a resync)
+        resumes from there, not from the whole window.
         Only call once ``ready`` is set: before that a miss proves nothing.
         """
         reason = None
         # Just before the oldest held, rather than -1: evictions that came
         # before the join are none of this cursor's loss.
         position = self._entries[0].position - 1 if self._entries else -1
+        resume_id = None
         if after_id is not None:
             entry = self._by_id.get(after_id)
             if entry is None or entry.room not in rooms:
                 # One reason for both: ids of private rooms must not be told apart from unknown ones.
                 reason = UNKNOWN_ID_REASON
             else:
-                position = entry.position
+                position, resume_id = entry.position, after_id
+        if resume_id is None and newest is not None:
+            # The newest ``newest`` and the one before them, newest first.
+            recent = self.newest_first_before(rooms, None, newest + 1)
+            if len(recent) > newest:
+                position, resume_id = recent[-1].position, recent[-1].id
         logs = [(log, log.newest_position()) for log in map(self._rooms.get, rooms) if log is not None]
-        return BacklogCursor(logs, position, None if reason else after_id, reason)
+        return BacklogCursor(logs, position, resume_id, reason)
+
+    def newest_first_before(self, rooms: Sequence[str], position: int | None, limit: int) -> list[Entry]:
+        """Return up to ``limit`` of the rooms' entries before ``position`` (None: the newest), newest first."""
+        parts = [log.newest_first_before(position) for log in map(self._rooms.get, rooms) if log is not None]
+        if len(parts) < 2:
+            return list(islice(parts[0], limit)) if parts else []
+        return list(islice(heapq.merge(*parts, key=_position, reverse=True), limit))
+
+    def before(self, rooms: Sequence[str], before_id: str, limit: int) -> WindowBacklog:
+        """Return up to ``limit`` of the rooms' entries just before ``before_id``, oldest first (scrollback).
+
+        An id it does not hold for these rooms gives the reset reason and the
+        rooms' newest ``limit`` entries: the page a client without a point
+        starts from. Only call once ``ready`` is set.
+        """
+        entry = self._by_id.get(before_id)
+        if entry is None or entry.room not in rooms:
+            return WindowBacklog(self.newest_first_before(rooms, None, limit)[::-1], UNKNOWN_ID_REASON)
+        return WindowBacklog(self.newest_first_before(rooms, entry.position, limit)[::-1])
 
     def rooms(self) -> list[str]:
         """Return the rooms that have messages in the window."""

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from ..delivery.admission import Refusal
-from ..delivery.reading import read_history
+from ..delivery.reading import read_history, read_history_before
 from ..delivery.streaming import StreamSettings, message_stream
 from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, STORE_ERRORS
 from ..services import services
@@ -22,7 +22,7 @@ from .clients import client_key
 from .closing_connections import read_body
 from .errors import STORE_UNAVAILABLE, ApiError, unavailable
 from .idempotency import HEADER, REPLAYED_HEADER, idempotency_key, refuse_if_different, stored_key
-from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, MessageIn, valid_room
+from .schemas import MAX_ROOMS_PER_REQUEST, ROOM_RULE, STREAM_MAX_BACKLOG, MessageIn, valid_room
 
 bp = Blueprint("messages", __name__)
 log = logging.getLogger(__name__)
@@ -52,6 +52,27 @@ def _read_json_object() -> object:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:  # "[[[[…" a few thousand deep: well within MAX_BODY_BYTES
         raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+
+
+def _whole_number(name: str, low: int, high: int, default: int | None) -> int | None:
+    """Return the query parameter ``name`` as a whole number from ``low`` to ``high``, or raise the 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    # ASCII digits only: int() also takes "+5", " 5", "1_0" and other scripts' digits ("١٠").
+    # (and a bound on the digits: int() of thousands of them is slow, and refused past 4300.)
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= 9 else -1
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}", {name: ["invalid"]})
+    return value
+
+
+def _flag(name: str) -> bool:
+    """Return the query parameter ``name`` as a boolean (absent: false), or raise the 400."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, f"{name} must be true or false", {name: ["invalid"]})
+    return raw == "true"
 
 
 def _query_rooms() -> tuple[str, ...]:
@@ -122,6 +143,8 @@ def stream() -> Response:
         raise ApiError(400, f"Last-Event-ID (header or lastEventId parameter) must be at most "
                             f"{MAX_LAST_EVENT_ID} characters")
     last_id = header or query or None
+    backlog = _whole_number("backlog", 0, STREAM_MAX_BACKLOG, None)
+    untyped = _flag("untyped")
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
     # Taken last: from here on, only closing the response gives the slots back.
     ticket = svc.admission.admit(client_key(grant.subject))
@@ -143,6 +166,7 @@ def stream() -> Response:
                                     backlog_max_bytes=svc.settings.stream_backlog_max_bytes),
             client_socket=client_socket,  # to notice a client that leaves
             expires_at=grant.expires_at,  # the token's exp: the stream ends then
+            backlog=backlog, untyped=untyped,
         )
         return Response(StreamBody(body, ticket.give_back), content_type="text/event-stream; charset=utf-8",
                         headers={
@@ -203,21 +227,25 @@ def history() -> Response:
     svc = services()
     rooms = _query_rooms()
     authorize_reading(rooms)
-    raw_limit = request.args.get("limit", str(HISTORY_DEFAULT_LIMIT))
-    # ASCII digits only: int() also takes "+5", " 5", "1_0" and other scripts' digits ("١٠").
-    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
-    if not 1 <= limit <= HISTORY_MAX_LIMIT:
-        raise ApiError(400, f"limit must be a whole number from 1 to {HISTORY_MAX_LIMIT}", {"limit": ["invalid"]})
-    after = request.args.get("after") or None
-    if after is not None and len(after) > MAX_LAST_EVENT_ID:
-        raise ApiError(400, f"after must be at most {MAX_LAST_EVENT_ID} characters", {"after": ["too long"]})
+    limit = _whole_number("limit", 1, HISTORY_MAX_LIMIT, HISTORY_DEFAULT_LIMIT)
+    after, before = _message_id("after"), _message_id("before")
+    if after is not None and before is not None:
+        raise ApiError(400, "after and before cannot be used together: page forward with after, back with before",
+                       {"after": ["not with before"], "before": ["not with after"]})
     svc.tailer.ensure_running()
     try:
         # One more than a page: whether there are more.
-        found = read_history(rooms, after, limit + 1, window=svc.window, store=svc.store)
+        if before is None:
+            found = read_history(rooms, after, limit + 1, window=svc.window, store=svc.store)
+        else:
+            found = read_history_before(rooms, before, limit + 1, window=svc.window, store=svc.store)
     except StoreUnavailable as exc:
         raise _store_unavailable(exc, "history") from None
-    messages = _page(found.messages, limit, svc.settings.history_max_bytes)
+    if before is None:
+        messages = _page(found.messages, limit, svc.settings.history_max_bytes)
+    else:
+        # Scrollback keeps the messages next to ``before``: it drops the oldest to fit.
+        messages = _page(found.messages[::-1], limit, svc.settings.history_max_bytes)[::-1]
     return jsonify({
         "room": rooms[0],  # the first asked for (the only one, usually)
         "rooms": list(rooms),
@@ -225,6 +253,14 @@ def history() -> Response:
         "reset": found.reset_reason,
         "hasMore": len(found.messages) > len(messages),
     })
+
+
+def _message_id(name: str) -> str | None:
+    """Return the message id in the query parameter ``name`` (empty: none), or raise the 400 for a long one."""
+    value = request.args.get(name) or None
+    if value is not None and len(value) > MAX_LAST_EVENT_ID:
+        raise ApiError(400, f"{name} must be at most {MAX_LAST_EVENT_ID} characters", {name: ["too long"]})
+    return value
 
 
 def _page(found: Sequence, limit: int, max_bytes: int) -> list[dict]:

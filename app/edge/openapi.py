@@ -42,8 +42,8 @@ then the rooms' stored messages after the resume point, then live ones, all in o
 is one event: `id:` is the message id, `event:` its type (left out for `message`),
 and a single `data:` line holds the message JSON (as in the POST reply). A resume id
 that is unknown, evicted, from another room or not an id at all gives `event: reset` (data
-`{"reason": ...}`, one reason for all of them) followed by the whole stored window. Comment lines (`:`) are
-heartbeats."""
+`{"reason": ...}`, one reason for all of them) followed by the whole stored window (or the newest `backlog`).
+With `untyped=true` no message has an `event:` line. Comment lines (`:`) are heartbeats."""
 
 
 def _error(description: str, **headers: str) -> dict[str, Any]:
@@ -172,7 +172,8 @@ def _stream(settings: Settings) -> dict[str, Any]:
         "responses": {
             "200": {"description": SSE_DESCRIPTION,
                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
-            "400": _error("The room is missing or invalid, or Last-Event-ID is too long"),
+            "400": _error("The room is missing or invalid, Last-Event-ID is too long, backlog is not a whole "
+                          "number from 0 to 10000, or untyped is not true or false"),
             "414": _QUERY_TOO_LONG,
             "429": _error(f"This client holds its maximum of {settings.max_streams_per_client} streams on this "
                           "node (MAX_STREAMS_PER_CLIENT)",
@@ -192,7 +193,8 @@ def _history(settings: Settings) -> dict[str, Any]:
                                    "bytes of messages as written (HISTORY_MAX_BYTES; at least one message); "
                                    "`hasMore` says more follow: page on with `after`",
                     "content": {"application/json": {"schema": HistoryOut}}},
-            "400": _error("The room, limit or after parameter is invalid"),
+            "400": _error("The room, limit, after or before parameter is invalid, or after and before are "
+                          "both given"),
             "414": _QUERY_TOO_LONG,
             "503": _UNAVAILABLE,
         },

@@ -20,9 +20,11 @@ ROOM_HTML_PATTERN = rf"\s*{_ROOM_HTML}(\s*,\s*{_ROOM_HTML}){{0,{MAX_ROOMS_PER_RE
 
 @bp.get("/")
 def demo() -> Response:
-    """Render the demo page for the rooms named in the query string (``room`` repeated)."""
+    """Render the demo page for the rooms named in the query string (``room`` repeated, or comma-separated)."""
     settings = services().settings
-    asked = list(dict.fromkeys(request.args.getlist("room")))
+    # ``/?room=lobby,ops`` is what a person types in the address bar, as in the page's own field.
+    asked = list(dict.fromkeys(room.strip() for value in request.args.getlist("room")
+                               for room in value.split(",") if room.strip()))
     rooms = asked if asked and len(asked) <= MAX_ROOMS_PER_REQUEST and all(map(valid_room, asked)) else [DEFAULT_ROOM]
     room_error = None if not asked or asked == rooms else (
         f"rooms must be 1 to {MAX_ROOMS_PER_REQUEST} names of {ROOM_RULE}; showing {DEFAULT_ROOM} instead")

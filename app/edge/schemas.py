@@ -107,11 +107,12 @@ class HistoryOut(Schema):
     room = fields.String(required=True, metadata={"description": "The first room asked for"})
     rooms = fields.List(fields.String(), required=True, metadata={"description": "Every room asked for"})
     messages = fields.List(fields.Nested(MessageOut), required=True)
-    reset = fields.String(required=True, allow_none=True,
-                          metadata={"description": "Why `after` was not found (the page starts at the oldest)"})
+    reset = fields.String(required=True, allow_none=True, metadata={
+        "description": "Why `after` or `before` was not found (the page starts at the oldest, or is the newest)"})
     hasMore = fields.Boolean(required=True, metadata={
         "description": "More messages follow (the page stopped at `limit` or at HISTORY_MAX_BYTES): "
-                       "ask again with `after` set to the last id"})
+                       "ask again with `after` set to the last id; with `before`: older ones remain, "
+                       "ask again with `before` set to the first id"})
 
 
 class RoomOut(Schema):
@@ -179,11 +180,25 @@ class RoomQuery(Schema):
                                  f"messages of all of them arrive in one store order"})
 
 
+# A stream's ``backlog``: the newest N messages on a join without a usable id
+# (Nchan's nchan_subscriber_first_message). Enough for a chat's first screen;
+# what it sends is bounded in bytes by STREAM_BACKLOG_MAX_BYTES all the same.
+STREAM_MAX_BACKLOG = 10_000
+
+
 class StreamQuery(RoomQuery):
     """The query string of ``GET /messages`` (the SSE stream)."""
 
     lastEventId = fields.String(validate=validate.Length(max=256), metadata={
         "description": "Resume after this id; the Last-Event-ID header wins when both are sent"})
+    backlog = fields.Integer(validate=validate.Range(min=0, max=STREAM_MAX_BACKLOG), metadata={
+        "description": "Without a Last-Event-ID the window holds (none, or an evicted or unknown one: then "
+                       "after the `reset`), start with only the rooms' newest `backlog` messages, oldest first; "
+                       "0: live messages only. Ignored on an exact resume. Absent: the whole stored window"})
+    untyped = fields.Boolean(load_default=False, metadata={
+        "description": "`true`: every message arrives as the default `message` event (no `event:` line), its "
+                       "type still in the JSON's `event`, so `EventSource.onmessage` hears every type "
+                       "(the server's own `reset` stays a named event)"})
 
 
 class HistoryQuery(RoomQuery):
@@ -193,3 +208,7 @@ class HistoryQuery(RoomQuery):
     after = fields.String(validate=validate.Length(max=256), metadata={
         "description": "Start after this message id; one not stored for these rooms (evicted, unknown, of another "
                        "room, or not an id at all) gives `reset` and the page starts at the oldest"})
+    before = fields.String(validate=validate.Length(max=256), metadata={
+        "description": "Scrollback: the `limit` messages just before this id (still oldest first); `hasMore` "
+                       "says older ones remain. Not with `after` (400). One not stored for these rooms gives "
+                       "`reset` and the rooms' newest `limit` messages"})

@@ -79,8 +79,10 @@ DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT, DROP_CLIENT_LIMIT)
 STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready", "presence")
 # Reads counted by STORE_QUERIES: a join asking whether an id it does not hold
 # is in the store; a history page read from the store; a window warmed from it;
-# the other workers' presence read (at most twice a second per worker).
+# the other workers' presence read (at most twice a second per worker); a
+# join with ``backlog`` asking for the store's newest id.
 QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE = "resume", "history", "warm", "presence"
+QUERY_BACKLOG = "backlog"
 
 ALL_METRICS = (
     OPEN_STREAMS, SUBSCRIPTIONS, MESSAGES_PUBLISHED, EVENTS_DELIVERED, STREAMS_DROPPED,
@@ -91,7 +93,7 @@ for _reason in DROP_REASONS:
     STREAMS_DROPPED.labels(_reason)
 for _operation in STORE_OPERATIONS:
     STORE_ERRORS.labels(_operation)
-for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE):
+for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE, QUERY_BACKLOG):
     STORE_QUERIES.labels(_operation)
 
 

@@ -5,6 +5,9 @@
 
 const DEFAULT_EVENT = "message";
 const MAX_SHOWN = 500; // keeps a long-open tab's memory bounded
+const BACKLOG = 50; // the newest messages a stream starts with (without an id to resume from)
+const OLDER_PAGE = 50; // older messages loaded at a time when scrolled to the top
+const NEAR_TOP_PX = 40;
 const RETRY_CAP_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +21,7 @@ const ui = {
   toggle: $("toggle"),
   notice: $("notice"),
   empty: $("empty"),
+  older: $("older"),
   feed: document.querySelector(".feed"),
   list: $("messages"),
   sendForm: $("send-form"),
@@ -30,13 +34,7 @@ const ui = {
 const serverRetryMs = Number(document.body.dataset.retryMs) || 3000;
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
-// EventSource hands named events only to listeners registered for that name,
-// so the page listens to the types named in ?types=a,b and to any it sends.
-const listenedTypes = new Set(
-  (new URLSearchParams(location.search).get("types") || "").split(",").map((t) => t.trim()).filter(Boolean),
-);
-
-let current = null; // { rooms, source, lastEventId, timer, failures }
+let current = null; // { rooms, source, lastEventId, timer, failures, older }
 
 // -- connection ---------------------------------------------------------------
 
@@ -47,9 +45,8 @@ function parseRooms(text) {
 
 function follow(rooms) {
   close();
-  current = { rooms, source: null, lastEventId: null, timer: null, failures: 0 };
-  ui.list.replaceChildren();
-  ui.empty.hidden = false;
+  current = { rooms, source: null, lastEventId: null, timer: null, failures: 0, older: newScrollback() };
+  clearList(current);
   const names = rooms.map((room) => `#${room}`).join(", ");
   ui.roomName.textContent = names;
   ui.roomInput.value = rooms.join(", ");
@@ -69,6 +66,13 @@ function open(follower) {
   for (const room of follower.rooms) params.append("room", room);
   // A fresh EventSource forgets the last id; the query parameter carries it.
   if (follower.lastEventId) params.set("lastEventId", follower.lastEventId);
+  // Without an id to resume from, only the newest messages (older ones load
+  // on scrolling up); with one, the server ignores it and resumes exactly.
+  params.set("backlog", String(BACKLOG));
+  // Every message as the default event, its type in the JSON: EventSource
+  // hands a named event only to a listener for that name, and the page cannot
+  // know every type a room's publishers use.
+  params.set("untyped", "true");
   const source = new EventSource(`/messages?${params}`);
   follower.source = source;
   setState("connecting");
@@ -92,19 +96,6 @@ function open(follower) {
   };
   source.onmessage = (event) => onMessage(follower, event);
   source.addEventListener("reset", (event) => onReset(follower, event));
-  for (const type of listenedTypes) listenOn(follower, type);
-}
-
-function listenOn(follower, type) {
-  if (type !== DEFAULT_EVENT && type !== "reset") {
-    follower.source.addEventListener(type, (event) => onMessage(follower, event));
-  }
-}
-
-function listen(type) {
-  if (listenedTypes.has(type)) return;
-  listenedTypes.add(type);
-  if (current && current.source) listenOn(current, type);
 }
 
 function close() {
@@ -149,16 +140,22 @@ function onReset(follower, event) {
   if (follower !== current) return;
   const data = parse(event.data);
   if (!data || typeof data.reason !== "string") return;
-  // The server could not resume from our last id; what follows is a full
-  // replay of the rooms, so start the list again from it.
+  // The server could not resume from our last id; what follows is the
+  // rooms' newest messages, so start the list again from them.
   follower.lastEventId = null;
-  ui.list.replaceChildren();
-  ui.empty.hidden = false;
+  follower.older = newScrollback();
+  clearList(follower);
   ui.notice.textContent = `Some messages were missed (${data.reason}); the list below is rebuilt from what the server still has.`;
   ui.notice.hidden = false;
 }
 
-function show(message, withRoom) {
+function clearList(follower) {
+  ui.list.replaceChildren();
+  ui.empty.hidden = false;
+  showOlderState(follower);
+}
+
+function render(message, withRoom) {
   const item = document.createElement("li");
   item.className = "message";
   item.dataset.id = message.id;
@@ -188,12 +185,83 @@ function show(message, withRoom) {
   text.className = "text";
   text.textContent = message.text;
   item.append(text);
+  return item;
+}
 
+function show(message, withRoom) {
+  const item = render(message, withRoom);
   const atBottom = ui.feed.scrollHeight - ui.feed.scrollTop - ui.feed.clientHeight < 40;
   ui.list.append(item);
   while (ui.list.childElementCount > MAX_SHOWN) ui.list.firstElementChild.remove();
   ui.empty.hidden = true;
   if (atBottom) ui.feed.scrollTop = ui.feed.scrollHeight;
+  showOlderState(current);
+}
+
+// -- scrollback ---------------------------------------------------------------
+
+// "idle": older ones may be there; "loading"; "done": the server keeps no older
+// ones; "full": MAX_SHOWN are shown. Each follow and each reset starts afresh
+// (a page answered for an older list is dropped: the object is not the same).
+function newScrollback() {
+  return { state: "idle" };
+}
+
+async function loadOlder() {
+  const follower = current;
+  const oldest = ui.list.firstElementChild;
+  if (!follower || !oldest || follower.older.state !== "idle") return;
+  if (ui.list.childElementCount >= MAX_SHOWN) {
+    follower.older.state = "full";
+    showOlderState(follower);
+    return;
+  }
+  const scrollback = follower.older;
+  scrollback.state = "loading";
+  showOlderState(follower);
+  const params = new URLSearchParams();
+  for (const room of follower.rooms) params.append("room", room);
+  params.set("before", oldest.dataset.id);
+  params.set("limit", String(Math.min(OLDER_PAGE, MAX_SHOWN - ui.list.childElementCount)));
+  let page = null;
+  try {
+    const reply = await fetch(`/messages/history?${params}`, { headers: { Accept: "application/json" } });
+    if (reply.ok) page = await reply.json();
+  } catch {
+    // the server is away: try again on the next scroll
+  }
+  if (follower !== current || scrollback !== follower.older) return; // switched rooms, or reset, meanwhile
+  if (!page || !Array.isArray(page.messages)) {
+    scrollback.state = "idle";
+  } else if (page.reset) {
+    // The oldest shown has left the server's window: so has everything older.
+    scrollback.state = "done";
+  } else {
+    prepend(page.messages, follower.rooms.length > 1);
+    scrollback.state = page.hasMore ? "idle" : "done";
+  }
+  showOlderState(follower);
+}
+
+function prepend(messages, withRoom) {
+  // Keep what the reader is looking at in place while the list grows above it.
+  const fromBottom = ui.feed.scrollHeight - ui.feed.scrollTop;
+  ui.list.prepend(...messages.map((message) => render(message, withRoom)));
+  ui.feed.scrollTop = ui.feed.scrollHeight - fromBottom;
+}
+
+function showOlderState(follower) {
+  const state = follower && ui.list.childElementCount ? follower.older.state : "none";
+  const labels = {
+    idle: "Load older messages",
+    loading: "Loading older messages…",
+    done: "No older messages are kept.",
+    full: `Showing the ${MAX_SHOWN} most recent messages.`,
+  };
+  ui.older.hidden = state === "none";
+  ui.older.dataset.state = state;
+  ui.older.textContent = labels[state] || "";
+  ui.older.disabled = state !== "idle";
 }
 
 // -- sending ------------------------------------------------------------------
@@ -201,10 +269,7 @@ function show(message, withRoom) {
 async function send() {
   const body = { room: ui.sendRoom.value || current.rooms[0], text: ui.text.value };
   const type = ui.eventType.value.trim();
-  if (type) {
-    body.event = type;
-    listen(type); // before sending: the event can arrive before the reply
-  }
+  if (type) body.event = type;
   ui.sendButton.disabled = true;
   try {
     const reply = await fetch("/messages", {
@@ -296,7 +361,8 @@ ui.roomForm.addEventListener("submit", (event) => {
 });
 
 window.addEventListener("popstate", () => {
-  const asked = new URLSearchParams(location.search).getAll("room");
+  // room repeated, or comma-separated (/?room=lobby,ops), as the server reads it.
+  const asked = parseRooms(new URLSearchParams(location.search).getAll("room").join(","));
   ui.roomInput.value = (asked.length ? asked : document.body.dataset.rooms.split(",")).join(", ");
   if (ui.roomInput.checkValidity()) follow(parseRooms(ui.roomInput.value));
 });
@@ -310,6 +376,17 @@ ui.toggle.addEventListener("click", () => {
     setState("stopped");
   }
 });
+
+// Only a scroll *up* loads: the page's own scrolls to the newest message go
+// down, and one of them can land near the top while the list is short.
+let lastScrollTop = 0;
+ui.feed.addEventListener("scroll", () => {
+  const top = ui.feed.scrollTop;
+  if (top < lastScrollTop && top < NEAR_TOP_PX) loadOlder();
+  lastScrollTop = top;
+}, { passive: true });
+
+ui.older.addEventListener("click", () => loadOlder());
 
 ui.sendForm.addEventListener("submit", (event) => {
   event.preventDefault();

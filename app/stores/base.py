@@ -12,7 +12,8 @@ store itself committed them in):
   returns the first one's message, ``replayed``;
 * ``read_rooms``: rooms' messages after a given id, in store order, or a
   ``reset_reason`` when that id is no longer (or never was) in the window
-  (``read_room`` is the one-room case);
+  (``read_room`` is the one-room case); ``read_rooms_before``: those just
+  before one (scrollback);
 * ``follow``: an endless feed of new messages in store order, for the one
   tailer each worker runs. Each message in the feed carries a *position*, an
   integer that grows along store order, by which the worker's in-memory window
@@ -219,6 +220,13 @@ class MessageLog(Protocol):
     def read_room(self, room: str, after_id: str | None = None, limit: int | None = None) -> Backlog:
         """Return one room's messages after ``after_id`` in store order, or all with a reset reason."""
         return self.read_rooms((room,), after_id, limit)
+
+    def read_rooms_before(self, rooms: Sequence[str], before_id: str, limit: int) -> Backlog:
+        """Return up to ``limit`` of the rooms' messages just before ``before_id``, oldest first (scrollback).
+
+        An id not in the window for these rooms gives the rooms' newest
+        ``limit`` messages and the reset reason.
+        """
 
     def newest_id(self) -> str | None:
         """Return the id of the newest message in the window, or None if it is empty."""

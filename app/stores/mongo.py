@@ -320,6 +320,35 @@ class MongoStore(Store):
         # The walk covers the asked rooms only: another room's id is simply not found.
         return Backlog.resume_point_not_found(before[:limit])
 
+    def read_rooms_before(self, rooms: Sequence[str], before_id: str, limit: int) -> Backlog:
+        """Return up to ``limit`` of the rooms' messages just before ``before_id`` in natural order, or the newest.
+
+        Walked from the newest document back (ids cannot be sought: see the
+        module docstring), so it costs what lies after ``before_id``, plus the page.
+        """
+        self.prepare()
+        target = parse_object_id(before_id)
+        query = {"room": rooms[0]} if len(rooms) == 1 else {"room": {"$in": list(rooms)}}
+        newest: list[Message] = []  # the page if the id is not found
+        page: list[Message] = []
+        found = False
+        with _unavailable_on_error("MongoDB read failed"):
+            cursor = self.collection.find(query, _FIELDS).sort("$natural", -1)
+            if target is None:
+                cursor = cursor.limit(limit)
+            for doc in cursor:
+                if found:
+                    page.append(self._message(doc))
+                    if len(page) >= limit:
+                        break
+                elif doc["_id"] == target:
+                    found = True
+                elif len(newest) < limit:
+                    newest.append(self._message(doc))
+        if found:
+            return Backlog(page[::-1])
+        return Backlog.resume_point_not_found(newest[::-1])
+
     def ping(self) -> None:
         # Database.command goes to the primary (its default read preference):
         # an answer means a server that takes writes is reachable.

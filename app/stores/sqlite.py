@@ -456,6 +456,18 @@ class SQLiteStore(Store):
         messages = [self._message(row) for row in rows]
         return Backlog.resume_point_not_found(messages) if after_seq is None else Backlog(messages)
 
+    def read_rooms_before(self, rooms: Sequence[str], before_id: str, limit: int) -> Backlog:
+        """Return up to ``limit`` of the rooms' messages just before ``before_id`` in seq order, or the newest."""
+        before_seq = self._resume_point(rooms, before_id)
+        rows = self._query(
+            # Newest first through the (room, seq) index, then turned round.
+            f"SELECT {_COLUMNS} FROM messages WHERE room IN ({', '.join('?' * len(rooms))}) AND seq < ? "
+            f"ORDER BY seq DESC LIMIT ?",
+            (*rooms, (2**63 - 1) if before_seq is None else before_seq, limit),
+        )
+        messages = [self._message(row) for row in reversed(rows)]
+        return Backlog.resume_point_not_found(messages) if before_seq is None else Backlog(messages)
+
     def _resume_point(self, rooms: Sequence[str], after_id: str) -> int | None:
         """Return the seq to resume after; None if the id is not one of these rooms' in the window."""
         seq = self._seq_of(after_id)
