@@ -129,7 +129,7 @@ def test_an_unknown_id_with_backlog_sends_reset_then_the_newest_n(client):
 def test_backlog_0_is_live_only(client):
     post(client, "r", "old")
     reply = client.get("/messages?room=r&backlog=0")
-    assert next(reply.response) == b"retry: 3000\n\n"
+    assert next(reply.response).startswith(b"retry: ")
     assert next(reply.response) == b": keep-alive\n\n"  # nothing stored is sent (HEARTBEAT_SECONDS=1)
     reply.close()
 
