@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -253,3 +254,22 @@ def test_history_read_from_the_store_leaves_expired_messages_out_and_resets_past
     found = read_history(("r",), fresh[0].id, 10, window=window, store=store)
     assert ([m.id for m in found.messages], found.reset_reason) == ([fresh[1].id], None)
     store.close()
+
+
+@pytest.mark.mongodb
+def test_mongodb_stamps_and_judges_ages_on_the_database_servers_clock(mongodb_uri, mongodb_database):
+    """Two nodes whose clocks disagree must agree on a message's age: both read the server's clock."""
+    from app.stores.mongo import MongoStore
+
+    store = MongoStore(mongodb_uri, mongodb_database, max_bytes=10**6, max_messages=1000)
+    try:
+        store._server_now()  # measures the offset from hello's localTime, as presence does once a minute
+        store._clock_offset += timedelta(seconds=100)  # as if this node's clock ran 100 s behind the server's
+        before = time.time()
+        message = store.append("r", "stamped", "message")
+        assert 99 < message.created_at.timestamp() - before < 102
+        assert 99 < store.store_time() - time.time() < 101
+        (read,) = store.read_room("r").messages
+        assert read.created_at == message.created_at  # the stamp the reply showed is the one stored
+    finally:
+        store.close()
