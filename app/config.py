@@ -66,6 +66,8 @@ class Settings:
     auth_jwt_issuer: str | None = None
     auth_jwt_require_exp: bool = True
     auth_jwt_max_lifetime_seconds: int = 86_400  # 0: no bound
+    # Message expiry (issue 15, app/delivery/expiry.py): None, never.
+    message_ttl_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -348,4 +350,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "AUTH_JWT_ISSUER": _claim_value,
     "AUTH_JWT_REQUIRE_EXP": _boolean,
     "AUTH_JWT_MAX_LIFETIME_SECONDS": _int_in(0, 366 * 86_400),
+    # Message expiry (issue 15): unset is no expiry; 0 is refused rather than read as "off".
+    "MESSAGE_TTL_SECONDS": _positive_float(366 * 86_400),
 }

@@ -9,6 +9,7 @@ from flask import Flask
 from .config import Settings
 from .delivery.admission import Admission, StreamSlots
 from .delivery.client_slots import ClientSlots
+from .delivery.expiry import Expiry
 from .delivery.hub import Hub
 from .delivery.presence import Presence
 from .delivery.tailer import Tailer
@@ -41,7 +42,8 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     except StoreUnavailable as exc:  # not fatal: readiness says so, and each use retries
         log.warning("message store not reachable at start-up (%s); will retry on use", exc)
     hub = Hub(settings.stream_queue_limit, settings.heartbeat_seconds, settings.stream_write_timeout_seconds)
-    window = Window(settings.capped_max_messages, settings.capped_size_bytes)
+    window = Window(settings.capped_max_messages, settings.capped_size_bytes,
+                    Expiry(settings.message_ttl_seconds, store.store_time))
     tailer = Tailer(store, window, hub)
     worker_slots = StreamSlots(settings.max_streams_per_worker)
     client_slots = ClientSlots(settings.client_slots_path, settings.max_streams_per_client)

@@ -7,6 +7,8 @@ tailer to read that far; the history view asks for the window too, and reads
 the store only when the window has not caught up with the store's newest
 message in time. The callers (the stream, the history view) never look at the
 store themselves: they get entries, or a reset reason, or ``StoreUnavailable``.
+Either way expired messages (``MESSAGE_TTL_SECONDS``) are left out by the
+same rule (``app/delivery/expiry.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from ..operations.metrics import QUERY_HISTORY, QUERY_RESUME, STORE_QUERIES
 from ..stores.base import Message, MessageLog
 from .events import HEARTBEAT
+from .expiry import EXPIRED_REASON, Expiry
 from .window import Entry, Window
 
 HISTORY_TAILER_WAIT_SECONDS = 2.0  # then read the store instead
@@ -41,6 +44,8 @@ def read_history(rooms: Sequence[str], after_id: str | None, limit: int, *, wind
     if window_has_everything(window, store):
         backlog = window.backlog(rooms, after_id, limit)
         return History(backlog.entries, backlog.reset_reason)
+    if window.expiry.enabled:
+        return _read_unexpired(rooms, after_id, limit, store, window.expiry)
     stored = store.read_rooms(rooms, after_id=after_id, limit=limit)
     return History(stored.messages, stored.reset_reason)
 
@@ -60,7 +65,28 @@ def read_history_before(rooms: Sequence[str], before_id: str, limit: int, *, win
         backlog = window.before(rooms, before_id, limit)
         return History(backlog.entries, backlog.reset_reason)
     stored = store.read_rooms_before(rooms, before_id, limit)
-    return History(stored.messages, stored.reset_reason)
+    cutoff = window.expiry.cutoff()
+    if cutoff is None:
+        return History(stored.messages, stored.reset_reason)
+    # Newest first from ``before_id``: once one has expired, the older ones
+    # have too (stamps out of store order by a few milliseconds aside), so
+    # leaving them out of the page leaves nothing unexpired behind it.
+    return History([m for m in stored.messages if m.created_at.timestamp() >= cutoff], stored.reset_reason)
+
+
+def _read_unexpired(rooms: Sequence[str], after_id: str | None, limit: int, store: MessageLog,
+                    expiry: Expiry) -> History:
+    """Read the store as the window would: expired messages left out, ``reset`` if one after ``after_id`` expired.
+
+    Unbounded reads (at most the store's window): expired messages still
+    stored must not fill the page. Only while the window lags the store.
+    """
+    stored = store.read_rooms(rooms, after_id=after_id)
+    cutoff = expiry.cutoff()
+    messages, reason = stored.messages, stored.reset_reason
+    if reason is None and after_id is not None and any(m.created_at.timestamp() < cutoff for m in messages):
+        messages, reason = store.read_rooms(rooms).messages, EXPIRED_REASON
+    return History([m for m in messages if m.created_at.timestamp() >= cutoff][:limit], reason)
 
 
 def window_has_everything(window: Window, store: MessageLog) -> bool:

@@ -34,6 +34,15 @@ that writes slowly holds at most one slice, whatever the window holds. The
 window may evict entries the stream has not sent yet meanwhile: the cursor
 says so (``BacklogEvicted``) rather than skip them, since eviction is oldest
 first and each room log remembers the newest position it dropped.
+
+With ``MESSAGE_TTL_SECONDS`` (``app/delivery/expiry.py``) the window keeps
+expired entries -- its bound is the store's, count and bytes -- but never
+hands one out: a cursor skips them, the tailer's new entries leave out any
+that arrived expired, and ``room_summary``/``rooms`` count only the others.
+Keeping them is what lets a resume from an id that has itself expired stay
+exact: the window still knows where that id was, and so whether anything
+the client had not read has expired since (then ``reset``, reason
+``expired``, and what is left) or not (then exactly the rest).
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ import gevent.event
 
 from ..stores.base import UNKNOWN_ID_REASON, Message, stored_size
 from .events import message_event
+from .expiry import EXPIRED_REASON, NEVER, Expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,8 @@ class Entry:
 
     Only the bytes keep the text: the window's memory is about one copy of
     what it holds, not two. The small fields a reader needs without the text
-    are kept beside them: ``created_at`` is the JSON's ``createdAt`` as sent.
+    are kept beside them: ``created_at`` is the JSON's ``createdAt`` as sent,
+    ``created`` the same in Unix seconds (what expiry compares).
     """
 
     position: int
@@ -68,6 +79,7 @@ class Entry:
     payload: bytes
     size: int
     created_at: str
+    created: float
 
     def to_json(self) -> dict[str, str]:
         """Return the message's public JSON (for history, which sends the text), read back from its data line."""
@@ -131,6 +143,14 @@ def _position(entry: Entry) -> int:
     return entry.position
 
 
+def _newest_unexpired(log: _RoomLog, cutoff: float) -> Entry | None:
+    """Return the room's newest entry created at or after ``cutoff`` (searched from the newest), or None."""
+    for index in range(len(log.entries) - 1, log.head - 1, -1):
+        if log.entries[index].created >= cutoff:
+            return log.entries[index]
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WindowBacklog:
     """The rooms' entries after a resume point, as the window holds them, or all with a reason.
@@ -157,17 +177,28 @@ class BacklogCursor:
     it starts at the oldest).
     """
 
-    __slots__ = ("_logs", "after", "last_id", "reset_reason")
+    __slots__ = ("_logs", "after", "last_id", "reset_reason", "_expiry")
 
     def __init__(self, logs: list[tuple[_RoomLog, int]], after: int, last_id: str | None,
-                 reset_reason: str | None) -> None:
+                 reset_reason: str | None, expiry: Expiry = NEVER) -> None:
         self._logs = logs  # each room's log and its newest position at the join
         self.after = after
         self.last_id = last_id
         self.reset_reason = reset_reason
+        self._expiry = expiry
 
     def pending(self) -> Iterator[Entry]:
-        """Iterate over the entries not taken yet, in store order; raise ``BacklogEvicted`` if one was dropped."""
+        """Iterate over the unexpired entries not taken yet, in store order; ``BacklogEvicted`` if one was dropped.
+
+        Expiry is judged now, at each call: an entry that expires while a
+        slow backlog is written is skipped, never sent late.
+        """
+        cutoff = self._expiry.cutoff()
+        if cutoff is None:
+            return self._all_pending()
+        return (entry for entry in self._all_pending() if entry.created >= cutoff)
+
+    def _all_pending(self) -> Iterator[Entry]:
         parts = []
         for log, through in self._logs:
             if self.after < through:
@@ -201,9 +232,10 @@ class BacklogCursor:
 class Window:
     """The store's window of messages, in store order, indexed by id and by room."""
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int, expiry: Expiry = NEVER) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.expiry = expiry
         self.ready = gevent.event.Event()
         self._entries: deque[Entry] = deque()
         self._by_id: dict[str, Entry] = {}
@@ -227,7 +259,7 @@ class Window:
         self.payload_bytes = 0
 
     def extend(self, batch: Iterable[tuple[int, Message]]) -> list[Entry]:
-        """Add messages read in store order, evict beyond the bound; return the entries that were new."""
+        """Add messages read in store order, evict beyond the bound; return the new entries that have not expired."""
         added = []
         for position, message in batch:
             if message.id in self._by_id:
@@ -236,7 +268,8 @@ class Window:
                 continue
             body = message.to_json()
             entry = Entry(position, message.id, message.room, message_event(body),
-                          stored_size(message.room, message.text, message.event), body["createdAt"])
+                          stored_size(message.room, message.text, message.event), body["createdAt"],
+                          message.created_at.timestamp())
             self._entries.append(entry)
             self._by_id[message.id] = entry
             room = self._rooms.get(message.room)
@@ -248,6 +281,11 @@ class Window:
             added.append(entry)
         while len(self._entries) > self.max_messages or self._bytes > self.max_bytes:
             self._evict_oldest()
+        cutoff = self.expiry.cutoff()
+        if cutoff is not None:
+            # Held (a resume may name it), never published: a tailer that was
+            # away longer than the TTL reads messages that are already too old.
+            added = [entry for entry in added if entry.created >= cutoff]
         return added
 
     def _evict_oldest(self) -> None:
@@ -294,20 +332,34 @@ class Window:
                 reason = UNKNOWN_ID_REASON
             else:
                 position, resume_id = entry.position, after_id
+        logs = [(log, log.newest_position()) for log in map(self._rooms.get, rooms) if log is not None]
+        if resume_id is not None and self._expired_after(logs, position):
+            # Not exact any more: the client would never learn what it missed.
+            # Like any reset, the rooms' unexpired window (or newest N) follows.
+            reason, resume_id = EXPIRED_REASON, None
+            position = self._entries[0].position - 1
         if resume_id is None and newest is not None:
-            # The newest ``newest`` and the one before them, newest first.
+            # The newest ``newest`` unexpired and the one before them, newest first.
             recent = self.newest_first_before(rooms, None, newest + 1)
             if len(recent) > newest:
                 position, resume_id = recent[-1].position, recent[-1].id
-        logs = [(log, log.newest_position()) for log in map(self._rooms.get, rooms) if log is not None]
-        return BacklogCursor(logs, position, resume_id, reason)
+        return BacklogCursor(logs, position, resume_id, reason, self.expiry)
+
+    def _expired_after(self, logs: list[tuple[_RoomLog, int]], position: int) -> bool:
+        """Say whether any of these logs' entries after ``position`` has expired (each judged by its own stamp)."""
+        cutoff = self.expiry.cutoff()
+        if cutoff is None:
+            return False
+        return any(entry.created < cutoff for log, through in logs for entry in log.between(position, through))
 
     def newest_first_before(self, rooms: Sequence[str], position: int | None, limit: int) -> list[Entry]:
-        """Return up to ``limit`` of the rooms' entries before ``position`` (None: the newest), newest first."""
+        """Return up to ``limit`` of the rooms' unexpired entries before ``position`` (None: the newest), newest first."""
         parts = [log.newest_first_before(position) for log in map(self._rooms.get, rooms) if log is not None]
-        if len(parts) < 2:
-            return list(islice(parts[0], limit)) if parts else []
-        return list(islice(heapq.merge(*parts, key=_position, reverse=True), limit))
+        newest_first = parts[0] if len(parts) == 1 else heapq.merge(*parts, key=_position, reverse=True)
+        cutoff = self.expiry.cutoff()
+        if cutoff is not None:
+            newest_first = (entry for entry in newest_first if entry.created >= cutoff)
+        return list(islice(newest_first, limit))
 
     def before(self, rooms: Sequence[str], before_id: str, limit: int) -> WindowBacklog:
         """Return up to ``limit`` of the rooms' entries just before ``before_id``, oldest first (scrollback).
@@ -322,15 +374,22 @@ class Window:
         return WindowBacklog(self.newest_first_before(rooms, entry.position, limit)[::-1])
 
     def rooms(self) -> list[str]:
-        """Return the rooms that have messages in the window."""
-        return list(self._rooms)
+        """Return the rooms that have unexpired messages in the window."""
+        cutoff = self.expiry.cutoff()
+        if cutoff is None:
+            return list(self._rooms)
+        return [room for room, log in self._rooms.items() if _newest_unexpired(log, cutoff) is not None]
 
     def room_summary(self, room: str) -> tuple[int, Entry | None]:
-        """Return how many of the room's messages the window holds, and the newest of them."""
+        """Return how many of the room's unexpired messages the window holds, and the newest of them."""
         log = self._rooms.get(room)
         if log is None:
             return 0, None
-        return len(log), log.entries[-1]
+        cutoff = self.expiry.cutoff()
+        if cutoff is None:
+            return len(log), log.entries[-1]
+        count = sum(1 for entry in islice(log.entries, log.head, None) if entry.created >= cutoff)
+        return count, _newest_unexpired(log, cutoff)
 
     def holds(self, message_id: str) -> bool:
         """Say whether the window holds this id (any room)."""

@@ -43,7 +43,9 @@ is one event: `id:` is the message id, `event:` its type (left out for `message`
 and a single `data:` line holds the message JSON (as in the POST reply). A resume id
 that is unknown, evicted, from another room or not an id at all gives `event: reset` (data
 `{"reason": ...}`, one reason for all of them) followed by the whole stored window (or the newest `backlog`).
-With `untyped=true` no message has an `event:` line. Comment lines (`:`) are heartbeats."""
+With `untyped=true` no message has an `event:` line. With MESSAGE_TTL_SECONDS set, expired messages are never
+sent, and a resume that missed one gets `event: reset` with `{"reason": "expired"}`, then the unexpired window.
+Comment lines (`:`) are heartbeats."""
 
 
 def _error(description: str, **headers: str) -> dict[str, Any]:
@@ -151,12 +153,14 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
      "properties": {"id": {"type": "string", "minLength": 1},
                     "event": {"type": "string", "not": {"enum": ["reset"]}},
                     "data": _json_data({"$ref": "#/components/schemas/MessageOut"})}},
-    {"description": "The resume point was not found: the whole stored window follows",
+    {"description": "The resume is not exact: its point was not found, or a message after it expired "
+                    "(reason `expired`); the whole stored (unexpired) window follows",
      "type": "object", "required": ["event", "data"],
      "properties": {"id": {"type": "string", "maxLength": 0},
                     "event": {"type": "string", "enum": ["reset"]},
                     "data": _json_data({"type": "object", "required": ["reason"],
-                                        "properties": {"reason": {"type": "string"}}})}},
+                                        "properties": {"reason": {"type": "string", "description":
+                                                                  "`expired`, or why the point was not found"}}})}},
 ]}
 
 

@@ -108,7 +108,8 @@ class HistoryOut(Schema):
     rooms = fields.List(fields.String(), required=True, metadata={"description": "Every room asked for"})
     messages = fields.List(fields.Nested(MessageOut), required=True)
     reset = fields.String(required=True, allow_none=True, metadata={
-        "description": "Why `after` or `before` was not found (the page starts at the oldest, or is the newest)"})
+        "description": "Why `after` or `before` was not found (the page starts at the oldest, or is the newest), "
+                       "or `expired` (MESSAGE_TTL_SECONDS) when a message after `after` has expired"})
     hasMore = fields.Boolean(required=True, metadata={
         "description": "More messages follow (the page stopped at `limit` or at HISTORY_MAX_BYTES): "
                        "ask again with `after` set to the last id; with `before`: older ones remain, "

@@ -33,5 +33,5 @@ def open_store(settings: Settings) -> Store:
 
     return SQLiteStore(
         settings.sqlite_path, max_bytes=settings.capped_size_bytes, max_messages=settings.capped_max_messages,
-        poll_interval=settings.sqlite_poll_ms / 1000,
+        poll_interval=settings.sqlite_poll_ms / 1000, message_ttl_seconds=settings.message_ttl_seconds,
     )

@@ -234,6 +234,13 @@ class MessageLog(Protocol):
     def contains(self, message_id: str) -> bool:
         """Say whether the window holds this id: one indexed look-up (none for a malformed id)."""
 
+    def store_time(self) -> float:
+        """Return now in Unix seconds on the clock the store stamps ``createdAt`` with, without a round trip.
+
+        What message expiry measures ages against (``app/delivery/expiry.py``),
+        so that every worker of every node agrees.
+        """
+
     def follow(self, after_id: str | None, wakeup: gevent.event.Event) -> Iterator[FeedBatch]:
         """Yield, forever, the messages after ``after_id`` (None: the whole window) in store order.
 

@@ -65,6 +65,12 @@ no TTL indexes), so it could only ever be the clean-up, and the clean-up is a
 the *database server's* clock (each worker learns its offset from ``hello``'s
 ``localTime`` once a minute), so nodes whose clocks disagree still agree on
 what has expired.
+
+Message expiry (``MESSAGE_TTL_SECONDS``, ``app/delivery/expiry.py``) reads
+``createdAt``, which ``append`` stamps on that same server clock (the offset
+last measured: no round trip per publish), and ``store_time`` is that clock
+too: every node judges a message's age alike. Expired documents are filtered
+when read, never deleted: docs/mongodb.md#message-expiry says why.
 """
 from __future__ import annotations
 
@@ -245,9 +251,10 @@ class MongoStore(Store):
         """Insert a message under a key no document has, or return the document that has it."""
         return self._insert({**self._document(room, text, event), IDEMPOTENCY_FIELD: idempotency_key})
 
-    @staticmethod
-    def _document(room: str, text: str, event: str) -> dict:
-        now = datetime.now(UTC)
+    def _document(self, room: str, text: str, event: str) -> dict:
+        self.prepare()
+        # On the server's clock as last measured (presence measures it): what expiry judges ages by.
+        now = datetime.now(UTC) + self._clock_offset
         # MongoDB keeps milliseconds: cut now so the reply equals what is stored.
         created = now.replace(microsecond=now.microsecond // 1000 * 1000)
         return {"_id": ObjectId(), "room": room, "text": text, "event": event, "createdAt": created}
@@ -411,6 +418,10 @@ class MongoStore(Store):
         # otherRooms and otherStreams are absent from the documents of workers that ran before they were added.
         return sum_presence((((entry["room"], entry["streams"]) for entry in doc["rooms"]),
                              doc.get("otherRooms", 0), doc.get("otherStreams", 0)) for doc in docs)
+
+    def store_time(self) -> float:
+        """Return now on the database server's clock as last measured (no round trip): ``createdAt``'s clock."""
+        return (datetime.now(UTC) + self._clock_offset).timestamp()
 
     def _server_now(self) -> datetime:
         """Return the time on the database server's clock, which every node's workers share."""

@@ -11,6 +11,11 @@ instead of silently skipping everything up to its seq.
 
 Bound: like a MongoDB capped collection, the oldest messages are evicted once
 there are more than ``max_messages`` or their sizes add up past ``max_bytes``.
+With ``MESSAGE_TTL_SECONDS`` each append also deletes the oldest rows that
+have expired, up to the first that has not (``created_ms`` is this machine's
+clock, which every worker sharing the file reads too). Readers never rely on
+it (``app/delivery/expiry.py``): a quiet file keeps its expired rows until the
+next append, and they are filtered out of every read.
 
 Writes run on one native thread of their own (a gevent ThreadPool of size
 one), so a locked or unwritable file delays the publishers waiting on it, never
@@ -225,10 +230,12 @@ def _close_quietly(conn: sqlite3.Connection | None) -> None:
 class SQLiteStore(Store):
     """A bounded, ordered message window in one SQLite file."""
 
-    def __init__(self, path: str, *, max_bytes: int, max_messages: int, poll_interval: float = 0.01) -> None:
+    def __init__(self, path: str, *, max_bytes: int, max_messages: int, poll_interval: float = 0.01,
+                 message_ttl_seconds: float | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.max_messages = max_messages
+        self.message_ttl_seconds = message_ttl_seconds
         self.poll_interval = poll_interval
         self._last_write_failed = False
         self._write_pool: ThreadPool | None = None  # made on first write: after the fork
@@ -366,6 +373,7 @@ class SQLiteStore(Store):
                         raise
                     return Publication(self._message(earlier), replayed=True)
                 self._evict(conn, size)
+                self._delete_expired(conn, created_ms)
         except sqlite3.Error as exc:
             self._drop_writer()
             raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
@@ -385,6 +393,24 @@ class SQLiteStore(Store):
             count -= 1
             conn.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (freed,))
             conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'count'")
+
+    def _delete_expired(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Delete the oldest rows up to the first one that has not expired (MESSAGE_TTL_SECONDS), if set."""
+        if self.message_ttl_seconds is None:
+            return
+        cutoff_ms = now_ms - round(self.message_ttl_seconds * 1000)
+        # By seq from the oldest, stopping at the first row to keep: it reads the
+        # expired rows and one more (there is no index on created_ms, and none is needed).
+        (first_kept,) = conn.execute("SELECT seq FROM messages WHERE created_ms >= ? ORDER BY seq LIMIT 1",
+                                     (cutoff_ms,)).fetchone()  # the row just inserted at least
+        freed = conn.execute("DELETE FROM messages WHERE seq < ? RETURNING size", (first_kept,)).fetchall()
+        if freed:
+            conn.execute("UPDATE meta SET value = value - ? WHERE key = 'bytes'", (sum(size for (size,) in freed),))
+            conn.execute("UPDATE meta SET value = value - ? WHERE key = 'count'", (len(freed),))
+
+    def store_time(self) -> float:
+        """Return now on this machine's clock: the one ``created_ms`` is stamped with."""
+        return time.time()
 
     # -- presence ------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
