@@ -16,7 +16,7 @@ import pytest
 from app.config import ConfigError, Settings
 from app.delivery.expiry import EXPIRED_REASON, Expiry
 from app.delivery.hub import Hub
-from app.delivery.reading import read_history
+from app.delivery.reading import read_history, read_history_before
 from app.delivery.streaming import StreamSettings, message_stream
 from app.delivery.window import Window
 from app.stores.base import UNKNOWN_ID_REASON, Message
@@ -253,6 +253,51 @@ def test_history_read_from_the_store_leaves_expired_messages_out_and_resets_past
     assert ([m.id for m in found.messages], found.reset_reason) == ([m.id for m in fresh], EXPIRED_REASON)
     found = read_history(("r",), fresh[0].id, 10, window=window, store=store)
     assert ([m.id for m in found.messages], found.reset_reason) == ([fresh[1].id], None)
+    store.close()
+
+
+# -- with the chat reads: the newest N and scrollback ----------------------------------------------
+
+def test_the_newest_n_on_connect_are_the_newest_unexpired():
+    clock = Clock()
+    window = expiring_window(clock)
+    sent = feed(window, [("r", 0), ("r", 1), ("r", 30), ("r", 10), ("r", 40)])  # sent[3] stamped out of order
+    clock.now += TTL + 15  # sent[0], sent[1] and sent[3] (10 s) have expired
+    cursor = window.cursor(("r",), None, newest=2)
+    assert ids(cursor.pending()) == [sent[2].id, sent[4].id]
+    cursor = window.cursor(("r",), None, newest=5)  # more asked for than are left: what is left
+    assert ids(cursor.pending()) == [sent[2].id, sent[4].id]
+
+
+def test_a_resume_past_an_expired_message_with_backlog_gets_reset_expired_then_the_newest_n():
+    clock = Clock()
+    window = expiring_window(clock)
+    sent = feed(window, [("r", 0), ("r", 5), ("r", 30), ("r", 40), ("r", 50)])
+    clock.now += TTL + 10  # sent[0] and sent[1] expired; the client had read sent[0] only
+    cursor = window.cursor(("r",), sent[0].id, newest=1)
+    assert (cursor.reset_reason, ids(cursor.pending())) == (EXPIRED_REASON, [sent[4].id])
+    # Nothing it missed expired: exact, and backlog is ignored.
+    cursor = window.cursor(("r",), sent[1].id, newest=1)
+    assert (cursor.reset_reason, ids(cursor.pending())) == (None, [sent[2].id, sent[3].id, sent[4].id])
+
+
+def test_scrollback_leaves_expired_messages_out_from_the_window_and_from_the_store(tmp_path):
+    clock = Clock()
+    window = expiring_window(clock)
+    sent = feed(window, [("r", 0), ("r", 30), ("r", 40), ("r", 50)])
+    clock.now += TTL + 10  # sent[0] expired
+    page = window.before(("r",), sent[3].id, 10)
+    assert (ids(page.entries), page.reset_reason) == ([sent[1].id, sent[2].id], None)
+    # The store's answer (a window that has not caught up) leaves them out too.
+    path = str(tmp_path / "s.sqlite3")
+    store = SQLiteStore(path, max_bytes=10**6, max_messages=100)  # keeps expired rows: the filter must work alone
+    old = [store.append("r", text, "message") for text in ("a", "b")]
+    age_rows(path, TTL + 1)
+    fresh = [store.append("r", text, "message") for text in ("c", "d")]
+    lagging = Window(max_messages=100, max_bytes=10**6, expiry=Expiry(TTL, store.store_time))  # never warmed
+    found = read_history_before(("r",), fresh[1].id, 10, window=lagging, store=store)
+    assert ([m.id for m in found.messages], found.reset_reason) == ([fresh[0].id], None)
+    assert old  # stored, expired, and on no page
     store.close()
 
 

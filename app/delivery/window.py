@@ -353,7 +353,7 @@ class Window:
         return any(entry.created < cutoff for log, through in logs for entry in log.between(position, through))
 
     def newest_first_before(self, rooms: Sequence[str], position: int | None, limit: int) -> list[Entry]:
-        """Return up to ``limit`` of the rooms' unexpired entries before ``position`` (None: the newest), newest first."""
+        """Return up to ``limit`` of the rooms' unexpired entries before ``position`` (None: newest), newest first."""
         parts = [log.newest_first_before(position) for log in map(self._rooms.get, rooms) if log is not None]
         newest_first = parts[0] if len(parts) == 1 else heapq.merge(*parts, key=_position, reverse=True)
         cutoff = self.expiry.cutoff()
