@@ -14,6 +14,7 @@ reads nothing, stores nothing and is never echoed.
 """
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 import uuid
@@ -90,6 +91,8 @@ TABLE = {
                                               {**JSON, "Idempotency-Key": "k" * 256}),
     "Idempotency-Key not ASCII (latin-1 byte)": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
                                                      {**JSON, "Idempotency-Key": "caf\xe9"}),
+    "Idempotency-Key with a comma (two keys)": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                                    {**JSON, "Idempotency-Key": "k1,k2"}),
     # -- wrong methods ---------------------------------------------------------------------------
     "PUT /messages": Hostile("PUT", "/messages", 405, "not allowed"),
     "DELETE /messages": Hostile("DELETE", "/messages?room=a", 405, "not allowed"),
@@ -213,6 +216,23 @@ def test_hostile_request_gets_its_error_and_stores_nothing(hostile_server, row: 
         assert reply.headers[name] == value
     if row.status == 405:
         assert "Allow" in reply.headers
+    assert _stored_messages(hostile_server) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", ["k1", "k2"], ids=["same-key-twice", "two-keys"])
+def test_an_idempotency_key_header_sent_twice_is_a_400_storing_nothing(hostile_server, second):
+    """gunicorn joined the two as "k1,k2", a third key: stored under it, the message's retry stored it again."""
+    body = b'{"room": "a", "text": "x"}'
+    with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=5) as conn:
+        conn.sendall(b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Idempotency-Key: k1\r\nIdempotency-Key: %s\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (second.encode(), len(body), body))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
+    assert b'"Idempotency-Key":["malformed"]' in reply
     assert _stored_messages(hostile_server) == 0
 
 

@@ -88,11 +88,12 @@ def _read_access(operation: dict[str, Any], settings: Settings) -> dict[str, Any
 
 IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "in": "header", "name": IDEMPOTENCY_HEADER, "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$"},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-+\\--~]+$"},
     "description": "Publish exactly once: a key made per message (a UUID, say), sent again with every retry of "
                    "it. While the message is in the window, a request with the key -- on any node -- stores "
                    "nothing and gets the same message back. Keys belong to the token's `sub` when rooms are "
-                   "private, else to everyone. Visible ASCII, taken as sent (quotes included)",
+                   "private, else to everyone. Visible ASCII but the comma (a header sent twice arrives joined with "
+                   "one), taken as sent (quotes included)",
 }
 
 
