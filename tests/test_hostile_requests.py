@@ -120,6 +120,14 @@ TABLE = {
     "stream backlog of 40 digits": Hostile("GET", "/messages?room=a&backlog=" + "9" * 40, 400, "backlog"),
     "stream backlog in Arabic-Indic digits": Hostile("GET", "/messages?room=a&backlog=%D9%A1%D9%A0", 400, "backlog"),
     "stream untyped not a boolean": Hostile("GET", "/messages?room=a&untyped=yes", 400, "untyped"),
+    # A parameter given twice means two things (werkzeug reads the first, a proxy may read the last): 400.
+    "stream backlog twice": Hostile("GET", "/messages?room=a&backlog=1&backlog=10000", 400, "backlog"),
+    "stream backlog twice, the second bad": Hostile("GET", "/messages?room=a&backlog=2&backlog=x", 400, "backlog"),
+    "stream untyped twice": Hostile("GET", "/messages?room=a&untyped=true&untyped=false", 400, "untyped"),
+    "stream lastEventId twice": Hostile("GET", "/messages?room=a&lastEventId=x&lastEventId=y", 400, "lastEventId"),
+    "history limit twice": Hostile("GET", "/messages/history?room=a&limit=2&limit=1000", 400, "limit"),
+    "history before twice": Hostile("GET", "/messages/history?room=a&before=x&before=y", 400, "before"),
+    "history after twice": Hostile("GET", "/messages/history?room=a&after=x&after=", 400, "after"),
     # GET /rooms pages (presence): a bad page is a 400 naming the parameter, never a long answer.
     "rooms limit over 1000": Hostile("GET", "/rooms?limit=1001", 400, "limit"),
     "rooms limit huge": Hostile("GET", "/rooms?limit=99999999999999999999", 400, "limit"),

@@ -174,7 +174,8 @@ def _stream(settings: Settings) -> dict[str, Any]:
             "200": {"description": SSE_DESCRIPTION,
                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             "400": _error("The room is missing or invalid, Last-Event-ID is too long, backlog is not a whole "
-                          "number from 0 to 10000, or untyped is not true or false"),
+                          "number from 0 to 10000, untyped is not true or false, or one of them (or lastEventId) is "
+                          "given twice"),
             "414": _QUERY_TOO_LONG,
             "429": _error(f"This client holds its maximum of {settings.max_streams_per_client} streams on this "
                           "node (MAX_STREAMS_PER_CLIENT)",
@@ -194,8 +195,8 @@ def _history(settings: Settings) -> dict[str, Any]:
                                    "bytes of messages as written (HISTORY_MAX_BYTES; at least one message); "
                                    "`hasMore` says more follow: page on with `after`",
                     "content": {"application/json": {"schema": HistoryOut}}},
-            "400": _error("The room, limit, after or before parameter is invalid, or after and before are "
-                          "both given"),
+            "400": _error("The room, limit, after or before parameter is invalid or given twice, or after and "
+                          "before are both given"),
             "414": _QUERY_TOO_LONG,
             "503": _UNAVAILABLE,
         },
