@@ -8,10 +8,11 @@ import pytest
 import sseclient
 
 from app.delivery.hub import Hub
+from app.delivery.reading import window_has_everything
 from app.delivery.streaming import StreamSettings, message_stream
 from app.delivery.tailer import Tailer
 from app.delivery.window import Window
-from app.stores.base import UNKNOWN_ID_REASON
+from app.stores.base import UNKNOWN_ID_REASON, StoreUnavailable
 from app.stores.sqlite import SQLiteStore
 from tests.test_window import feed
 
@@ -170,3 +171,60 @@ def test_a_backlog_join_takes_the_stores_newest_not_those_of_a_tailer_behind(tmp
         gevent.sleep(0)
         store.close()
     assert [line[4:].decode() for line in backlog.split(b"\n") if line.startswith(b"id: ")] == newer[1:]
+
+
+class SlowNewestStore:
+    """A store whose newest-id query takes a while (FerretDB's reverse scan); it counts them."""
+
+    def __init__(self, newest: str, seconds: float = 0.05) -> None:
+        self.newest, self.seconds, self.queries = newest, seconds, 0
+
+    def newest_id(self) -> str:
+        self.queries += 1
+        answer = self.newest  # read when the query starts: a commit during it is not seen
+        gevent.sleep(self.seconds)
+        return answer
+
+
+def test_joins_arriving_together_share_the_newest_id_query():
+    """Found on FerretDB: 300 backlog joins were 300 reverse scans, and publishers timed out behind them."""
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [("a", f"m{n}") for n in range(3)])
+    window.ready.set()
+    store = SlowNewestStore(sent[-1].id)
+    callers = [gevent.spawn(window_has_everything, window, store) for _ in range(200)]
+    gevent.joinall(callers, timeout=10)
+    assert [caller.value for caller in callers] == [True] * 200
+    assert store.queries <= 2
+
+
+def test_a_caller_arriving_during_a_query_gets_the_answer_of_a_later_one(monkeypatch):
+    """Read-your-writes: a query that started before the caller arrived may miss what it just published."""
+    monkeypatch.setattr("app.delivery.reading.HISTORY_TAILER_WAIT_SECONDS", 0.1)
+    window = Window(max_messages=100, max_bytes=10**6)
+    sent = feed(window, [("a", f"m{n}") for n in range(3)])
+    window.ready.set()
+    store = SlowNewestStore(sent[1].id, seconds=0.2)
+    first = gevent.spawn(window_has_everything, window, store)
+    gevent.sleep(0.05)  # the first query is running
+    store.newest = "id-not-read-yet"  # committed now, through another worker: not held by this window
+    late = gevent.spawn(window_has_everything, window, store)
+    gevent.joinall([first, late], timeout=10)
+    assert first.value is True
+    assert late.value is False  # it asked again, and waited (in vain) for the tailer to read the new newest
+    assert store.queries == 2
+
+
+def test_a_failed_newest_id_query_raises_for_everyone_who_shared_it():
+    window = Window(max_messages=100, max_bytes=10**6)
+    window.ready.set()
+
+    class Down:
+        def newest_id(self):
+            gevent.sleep(0.05)
+            raise StoreUnavailable("down")
+
+    store = Down()
+    callers = [gevent.spawn(window_has_everything, window, store) for _ in range(5)]
+    gevent.joinall(callers, timeout=10)
+    assert all(isinstance(caller.exception, StoreUnavailable) for caller in callers)

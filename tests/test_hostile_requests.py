@@ -14,6 +14,7 @@ reads nothing, stores nothing and is never echoed.
 """
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 import uuid
@@ -90,6 +91,8 @@ TABLE = {
                                               {**JSON, "Idempotency-Key": "k" * 256}),
     "Idempotency-Key not ASCII (latin-1 byte)": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
                                                      {**JSON, "Idempotency-Key": "caf\xe9"}),
+    "Idempotency-Key with a comma (two keys)": post('{"room": "a", "text": "x"}', 400, "Idempotency-Key",
+                                                    {**JSON, "Idempotency-Key": "k1,k2"}),
     # -- wrong methods ---------------------------------------------------------------------------
     "PUT /messages": Hostile("PUT", "/messages", 405, "not allowed"),
     "DELETE /messages": Hostile("DELETE", "/messages?room=a", 405, "not allowed"),
@@ -117,6 +120,14 @@ TABLE = {
     "stream backlog of 40 digits": Hostile("GET", "/messages?room=a&backlog=" + "9" * 40, 400, "backlog"),
     "stream backlog in Arabic-Indic digits": Hostile("GET", "/messages?room=a&backlog=%D9%A1%D9%A0", 400, "backlog"),
     "stream untyped not a boolean": Hostile("GET", "/messages?room=a&untyped=yes", 400, "untyped"),
+    # A parameter given twice means two things (werkzeug reads the first, a proxy may read the last): 400.
+    "stream backlog twice": Hostile("GET", "/messages?room=a&backlog=1&backlog=10000", 400, "backlog"),
+    "stream backlog twice, the second bad": Hostile("GET", "/messages?room=a&backlog=2&backlog=x", 400, "backlog"),
+    "stream untyped twice": Hostile("GET", "/messages?room=a&untyped=true&untyped=false", 400, "untyped"),
+    "stream lastEventId twice": Hostile("GET", "/messages?room=a&lastEventId=x&lastEventId=y", 400, "lastEventId"),
+    "history limit twice": Hostile("GET", "/messages/history?room=a&limit=2&limit=1000", 400, "limit"),
+    "history before twice": Hostile("GET", "/messages/history?room=a&before=x&before=y", 400, "before"),
+    "history after twice": Hostile("GET", "/messages/history?room=a&after=x&after=", 400, "after"),
     # GET /rooms pages (presence): a bad page is a 400 naming the parameter, never a long answer.
     "rooms limit over 1000": Hostile("GET", "/rooms?limit=1001", 400, "limit"),
     "rooms limit huge": Hostile("GET", "/rooms?limit=99999999999999999999", 400, "limit"),
@@ -213,6 +224,23 @@ def test_hostile_request_gets_its_error_and_stores_nothing(hostile_server, row: 
         assert reply.headers[name] == value
     if row.status == 405:
         assert "Allow" in reply.headers
+    assert _stored_messages(hostile_server) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", ["k1", "k2"], ids=["same-key-twice", "two-keys"])
+def test_an_idempotency_key_header_sent_twice_is_a_400_storing_nothing(hostile_server, second):
+    """gunicorn joined the two as "k1,k2", a third key: stored under it, the message's retry stored it again."""
+    body = b'{"room": "a", "text": "x"}'
+    with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=5) as conn:
+        conn.sendall(b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Idempotency-Key: k1\r\nIdempotency-Key: %s\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (second.encode(), len(body), body))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
+    assert b'"Idempotency-Key":["malformed"]' in reply
     assert _stored_messages(hostile_server) == 0
 
 

@@ -64,8 +64,9 @@ def test_other_keys_and_no_key_publish_as_usual(client):
 
 
 @pytest.mark.parametrize("key", [
-    "", " ", "two words", "tab\there", "x" * 256, "caf\u00e9", "nul\x00", "del\x7f", "line\nbreak",
-], ids=["empty", "space", "inner-space", "tab", "256-chars", "non-ascii", "nul", "del", "newline"])
+    "", " ", "two words", "tab\there", "x" * 256, "caf\u00e9", "nul\x00", "del\x7f", "line\nbreak", "k1,k2", ",",
+], ids=["empty", "space", "inner-space", "tab", "256-chars", "non-ascii", "nul", "del", "newline",
+        "comma", "only-comma"])
 def test_a_malformed_key_is_refused_with_400_and_stores_nothing(client, key):
     refused = client.post("/messages", json=MESSAGE, environ_overrides={"HTTP_IDEMPOTENCY_KEY": key})
 
@@ -80,9 +81,9 @@ def test_a_malformed_key_is_refused_before_the_body_is_looked_at(client):
     assert refused.status_code == 400 and "Idempotency-Key" in refused.json["message"]
 
 
-@pytest.mark.parametrize("key", ["x" * 255, "!", "~", '"8e03978e-40d5-43e8-bc93-6894a57f9324"', "a,b;c=d"],
+@pytest.mark.parametrize("key", ["x" * 255, "!", "~", '"8e03978e-40d5-43e8-bc93-6894a57f9324"', "a;b=c+d-e"],
                          ids=["255-chars", "bang", "tilde", "draft-quoted", "punctuation"])
-def test_any_visible_ascii_key_up_to_255_characters_is_taken_as_sent(client, key):
+def test_any_visible_ascii_key_but_a_comma_up_to_255_characters_is_taken_as_sent(client, key):
     first = publish(client, MESSAGE, key)
     again = publish(client, MESSAGE, key)
     assert first.status_code == again.status_code == 201 and again.json["id"] == first.json["id"]
@@ -160,7 +161,7 @@ def test_the_document_describes_the_header_the_replay_and_both_refusals(client):
     [parameter] = [p for p in post["parameters"] if p["name"] == "Idempotency-Key"]
 
     assert parameter["in"] == "header" and parameter["required"] is False
-    assert parameter["schema"] == {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
+    assert parameter["schema"] == {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-+\\--~]+$"}
     assert "Idempotent-Replayed" in post["responses"]["201"]["headers"]
     assert "Idempotency-Key" in post["responses"]["400"]["description"]
     assert "Idempotency-Key" in post["responses"]["422"]["description"]

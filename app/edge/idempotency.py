@@ -27,6 +27,9 @@ Intentional divergences from the draft, written here so nobody "fixes" them:
   (Stripe's bound; the draft sets none): a draft-style quoted string is
   accepted, its quotes part of the key, so a publisher sends its key the
   same way every time;
+* but never a comma: HTTP joins the values of a header sent twice with one
+  (gunicorn as ``a,b``, no space), so ``a,b`` may be two keys, and whichever
+  one was meant, storing it under a third would let its retry store it again;
 * a request racing another with its key is not refused with 409: the store
   settles the race at once, so the loser gets the winner's message.
 """
@@ -43,15 +46,16 @@ from .errors import ApiError
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_CHARS = 255
-# Visible ASCII (VCHAR, %x21-7E): no space, no control character, nothing beyond ASCII.
-_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_CHARS}}}")
-KEY_RULE = f"1 to {MAX_KEY_CHARS} visible ASCII characters (no spaces)"
+# Visible ASCII (VCHAR, %x21-7E) but the comma (%x2C): no space, no control character,
+# nothing beyond ASCII, and not two keys joined (see the module docstring).
+_KEY = re.compile(rf"[\x21-\x2b\x2d-\x7e]{{1,{MAX_KEY_CHARS}}}")
+KEY_RULE = f"1 to {MAX_KEY_CHARS} visible ASCII characters (no spaces, no commas)"
 
 
 def idempotency_key() -> str | None:
     """Return the request's Idempotency-Key (None without one), or raise 400 for a malformed one."""
     # From the environ: werkzeug's headers object raises (and builds) an exception for an absent header.
-    # A header sent twice arrives joined with ", ": a space, so malformed.
+    # A header sent twice arrives joined with a comma (gunicorn: "a,b"; werkzeug's server: "a, b"): malformed.
     raw = request.environ.get("HTTP_IDEMPOTENCY_KEY")
     if raw is None:
         return None

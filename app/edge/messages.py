@@ -54,9 +54,21 @@ def _read_json_object() -> object:
         raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
 
 
+def _single(name: str) -> str | None:
+    """Return the query parameter ``name`` (None when absent), or raise the 400 for one given more than once.
+
+    ``?backlog=1&backlog=10000`` means two things: werkzeug reads the first,
+    a proxy or cache in front may read the last. One meaning or a 400.
+    """
+    given = request.args.getlist(name)
+    if len(given) > 1:
+        raise ApiError(400, f"{name} must be given at most once, got {len(given)}", {name: ["repeated"]})
+    return given[0] if given else None
+
+
 def _whole_number(name: str, low: int, high: int, default: int | None) -> int | None:
     """Return the query parameter ``name`` as a whole number from ``low`` to ``high``, or raise the 400."""
-    raw = request.args.get(name)
+    raw = _single(name)
     if raw is None:
         return default
     # ASCII digits only: int() also takes "+5", " 5", "1_0" and other scripts' digits ("١٠").
@@ -69,7 +81,9 @@ def _whole_number(name: str, low: int, high: int, default: int | None) -> int | 
 
 def _flag(name: str) -> bool:
     """Return the query parameter ``name`` as a boolean (absent: false), or raise the 400."""
-    raw = request.args.get(name, "false")
+    raw = _single(name)
+    if raw is None:
+        return False
     if raw not in ("true", "false"):
         raise ApiError(400, f"{name} must be true or false", {name: ["invalid"]})
     return raw == "true"
@@ -137,7 +151,7 @@ def stream() -> Response:
     # The header wins: EventSource sends it on reconnect with the original URL,
     # whose lastEventId query parameter is older.
     # From the environ: werkzeug's headers object raises (and builds) an exception for an absent header.
-    header, query = request.environ.get("HTTP_LAST_EVENT_ID"), request.args.get("lastEventId")
+    header, query = request.environ.get("HTTP_LAST_EVENT_ID"), _single("lastEventId")
     # Both are checked: an invalid parameter is an error even when the header wins.
     if any(value is not None and len(value) > MAX_LAST_EVENT_ID for value in (header, query)):
         raise ApiError(400, f"Last-Event-ID (header or lastEventId parameter) must be at most "
@@ -257,7 +271,7 @@ def history() -> Response:
 
 def _message_id(name: str) -> str | None:
     """Return the message id in the query parameter ``name`` (empty: none), or raise the 400 for a long one."""
-    value = request.args.get(name) or None
+    value = _single(name) or None
     if value is not None and len(value) > MAX_LAST_EVENT_ID:
         raise ApiError(400, f"{name} must be at most {MAX_LAST_EVENT_ID} characters", {name: ["too long"]})
     return value

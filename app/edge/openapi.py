@@ -90,11 +90,12 @@ def _read_access(operation: dict[str, Any], settings: Settings) -> dict[str, Any
 
 IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "in": "header", "name": IDEMPOTENCY_HEADER, "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$"},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-+\\--~]+$"},
     "description": "Publish exactly once: a key made per message (a UUID, say), sent again with every retry of "
                    "it. While the message is in the window, a request with the key -- on any node -- stores "
                    "nothing and gets the same message back. Keys belong to the token's `sub` when rooms are "
-                   "private, else to everyone. Visible ASCII, taken as sent (quotes included)",
+                   "private, else to everyone. Visible ASCII but the comma (a header sent twice arrives joined with "
+                   "one), taken as sent (quotes included)",
 }
 
 
@@ -177,7 +178,8 @@ def _stream(settings: Settings) -> dict[str, Any]:
             "200": {"description": SSE_DESCRIPTION,
                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             "400": _error("The room is missing or invalid, Last-Event-ID is too long, backlog is not a whole "
-                          "number from 0 to 10000, or untyped is not true or false"),
+                          "number from 0 to 10000, untyped is not true or false, or one of them (or lastEventId) is "
+                          "given twice"),
             "414": _QUERY_TOO_LONG,
             "429": _error(f"This client holds its maximum of {settings.max_streams_per_client} streams on this "
                           "node (MAX_STREAMS_PER_CLIENT)",
@@ -197,8 +199,8 @@ def _history(settings: Settings) -> dict[str, Any]:
                                    "bytes of messages as written (HISTORY_MAX_BYTES; at least one message); "
                                    "`hasMore` says more follow: page on with `after`",
                     "content": {"application/json": {"schema": HistoryOut}}},
-            "400": _error("The room, limit, after or before parameter is invalid, or after and before are "
-                          "both given"),
+            "400": _error("The room, limit, after or before parameter is invalid or given twice, or after and "
+                          "before are both given"),
             "414": _QUERY_TOO_LONG,
             "503": _UNAVAILABLE,
         },
