@@ -229,6 +229,21 @@ def test_sqlite_deletes_expired_rows_as_it_appends_and_keeps_its_bound_true(tmp_
     store.close()
 
 
+def test_sqlite_keeps_an_idempotency_key_while_its_expired_row_is_stored_and_forgets_it_once_deleted(tmp_path):
+    # The README's "Message expiry": a retry after the TTL is answered with the
+    # expired message until a later append deletes its row, then stores anew.
+    path = str(tmp_path / "s.sqlite3")
+    store = SQLiteStore(path, max_bytes=10**6, max_messages=100, message_ttl_seconds=TTL)
+    first = store.append_once("r", "a", "message", "k1")
+    age_rows(path, TTL + 1)
+    retry = store.append_once("r", "a", "message", "k1")
+    assert retry.replayed and retry.message.id == first.message.id
+    store.append("other", "b", "message")  # deletes the expired row, and the key with it
+    again = store.append_once("r", "a", "message", "k1")
+    assert not again.replayed and again.message.id != first.message.id
+    store.close()
+
+
 def test_sqlite_without_a_ttl_deletes_nothing(tmp_path):
     path = str(tmp_path / "s.sqlite3")
     store = SQLiteStore(path, max_bytes=10**6, max_messages=100)
