@@ -140,7 +140,9 @@ def test_a_killed_workers_slots_come_back_and_a_stopped_workers_are_given_back_b
         victim = streams[0].worker
         on_victim = sum(attempt.worker == victim for attempt in streams)
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: held(server, "127.0.0.2") == LIMIT - on_victim, 10)
+        wait_until(lambda: held(server, "127.0.0.2") == LIMIT - on_victim, 10,
+                   lambda: f"held {held(server, '127.0.0.2')}, expected {LIMIT} - {on_victim} on the victim "
+                           f"{victim}; workers {[a.worker for a in streams]}; log tail {server.log()[-1500:]}")
         assert f"worker {victim} died holding {on_victim} client stream slots" in server.log()
         for attempt in [attempt for attempt in streams if attempt.worker == victim]:
             streams.remove(attempt)  # cut when their worker died
