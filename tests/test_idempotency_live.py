@@ -85,7 +85,13 @@ def assert_each_stream_got_exactly(readers: list[StreamReader], ids: list[str], 
                                delivery_timeout(kind)), (len(reader.events), reader.error)
     quiet_period(0.5)  # nothing more arrives: no second copy of any message
     for reader in readers:
-        assert [event.id for event in reader.messages] == ids
+        got = [event.id for event in reader.messages]
+        if kind == "ferretdb":
+            # FERRETDB numbers a document before its insert commits (docs/testing.md): with
+            # a key's racing inserts around it, a tailer can read the winner after later
+            # messages. Each exactly once still; the order is held on SQLite and mongod.
+            got, ids = sorted(got), sorted(ids)
+        assert got == ids
         # A refused insert leaves no gap in the store's order that a tailer would take for eviction.
         assert not [event for event in reader.events if event.event == "reset"]
 

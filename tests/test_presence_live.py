@@ -321,8 +321,13 @@ def test_stopping_the_whole_process_group_with_streams_open_logs_no_traceback(st
         ended = Counter(int(line.split("] [")[1]) for line in log.splitlines() if "SIGTERM: ending" in line)
         assert workers <= set(ended) and set(ended.values()) == {1}, f"stop {stop + 1}: streams ended {ended}\n" \
             + "\n".join(line for line in log.splitlines() if "SIGTERM" in line or "orker" in line)
-        assert not any(f":{pid}:" in entry for entry in presence_entries(store_env) for pid in workers), \
-            "a stopped worker left its presence entry behind"
+        left = [entry for entry in presence_entries(store_env) if any(f":{pid}:" in entry for pid in workers)]
+        if kind == "ferretdb":
+            # FERRETDB refuses a small write now and then (docs/testing.md): a refused
+            # withdrawal is said in the log and the entry expires; nothing else may leave one.
+            left = [entry for entry in left if f"could not withdraw {entry}" not in log]
+        assert not left, f"a stopped worker left its presence entry behind: {left}\n" + "\n".join(
+            line for line in log.splitlines() if "presence" in line)
     print(f"\n[{kind}] {STOPS} stops of the whole process group with streams open: "
           f"{', '.join(f'{t:.2f}' for t in took)} s, no traceback")
 
