@@ -254,14 +254,23 @@ def test_sqlite_without_a_ttl_deletes_nothing(tmp_path):
     store.close()
 
 
-def test_history_read_from_the_store_leaves_expired_messages_out_and_resets_past_them(tmp_path):
-    """The store path (a window that lags) answers as the window would."""
+
+def two_expired_then_two_fresh(tmp_path):
+    """Return a SQLite store holding two expired messages then two fresh ones, and a window that never warmed.
+
+    The store keeps its expired rows (no TTL of its own): the read's filter must work alone.
+    """
     path = str(tmp_path / "s.sqlite3")
-    store = SQLiteStore(path, max_bytes=10**6, max_messages=100)  # keeps expired rows: the filter must work alone
+    store = SQLiteStore(path, max_bytes=10**6, max_messages=100)
     old = [store.append("r", text, "message") for text in ("a", "b")]
     age_rows(path, TTL + 1)
     fresh = [store.append("r", text, "message") for text in ("c", "d")]
-    window = Window(max_messages=100, max_bytes=10**6, expiry=Expiry(TTL, store.store_time))  # never warmed
+    return store, old, fresh, Window(max_messages=100, max_bytes=10**6, expiry=Expiry(TTL, store.store_time))
+
+
+def test_history_read_from_the_store_leaves_expired_messages_out_and_resets_past_them(tmp_path):
+    """The store path (a window that lags) answers as the window would."""
+    store, old, fresh, window = two_expired_then_two_fresh(tmp_path)
     found = read_history(("r",), None, 1, window=window, store=store)
     assert ([m.id for m in found.messages], found.reset_reason) == ([fresh[0].id], None)
     found = read_history(("r",), old[0].id, 10, window=window, store=store)
@@ -304,12 +313,7 @@ def test_scrollback_leaves_expired_messages_out_from_the_window_and_from_the_sto
     page = window.before(("r",), sent[3].id, 10)
     assert (ids(page.entries), page.reset_reason) == ([sent[1].id, sent[2].id], None)
     # The store's answer (a window that has not caught up) leaves them out too.
-    path = str(tmp_path / "s.sqlite3")
-    store = SQLiteStore(path, max_bytes=10**6, max_messages=100)  # keeps expired rows: the filter must work alone
-    old = [store.append("r", text, "message") for text in ("a", "b")]
-    age_rows(path, TTL + 1)
-    fresh = [store.append("r", text, "message") for text in ("c", "d")]
-    lagging = Window(max_messages=100, max_bytes=10**6, expiry=Expiry(TTL, store.store_time))  # never warmed
+    store, old, fresh, lagging = two_expired_then_two_fresh(tmp_path)
     found = read_history_before(("r",), fresh[1].id, 10, window=lagging, store=store)
     assert ([m.id for m in found.messages], found.reset_reason) == ([fresh[0].id], None)
     assert old  # stored, expired, and on no page
