@@ -41,7 +41,7 @@ ferretdb-build: ## Build FerretDB (the tests' MongoDB stand-in) into ~/.cache/ss
 
 ferretdb: ## Run FerretDB (a MongoDB stand-in, not MongoDB) on 127.0.0.1:27017, data in var/ferretdb
 	@set -o pipefail; binary="$$(bash .ci/ferretdb-build | tail -n 1)" && mkdir -p var/ferretdb && \
-	exec "$$binary" --handler=sqlite --sqlite-url=file:var/ferretdb/ --listen-addr=127.0.0.1:27017 \
+	exec "$$binary" --handler=sqlite "--sqlite-url=file:var/ferretdb/?_txlock=immediate" --listen-addr=127.0.0.1:27017 \
 	  --telemetry=disable --state-dir=- --debug-addr=- --test-capped-cleanup-interval=1s
 
 run: install ## Run gunicorn (gevent workers) on $$HOST:$$PORT, default 127.0.0.1:8080, embedded store

@@ -12,12 +12,15 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -43,6 +46,44 @@ def kind(request, store_env: dict[str, str]) -> str:
     return request.getfixturevalue("mongodb_kind") if store_env.get("MONGODB_URI") else "sqlite"
 
 
+class Refused(Exception):
+    """The worker answered 503: it could not read the other workers' entries (and its last read was stale)."""
+
+
+# FERRETDB: it refuses presence writes and reads now and then -- one at a time, or in storms of
+# a few seconds in which nearly every query fails with "interrupted (9)" -- and the app retries
+# (docs/testing.md, "FerretDB as a stand-in"). On FerretDB only, a wait may run past the
+# product's bound, by up to FERRETDB_STORM_SECONDS, and only while a node's log says presence
+# was refused during it. Elsewhere, and on FerretDB with nothing refused, the bounds hold as they are.
+FERRETDB_STORM_SECONDS = 5.0
+PRESENCE_FAILED = ("presence: writing this worker's entry to the store failed", "presence: read failed")
+PRESENCE_RECOVERED = "presence: writing this worker's entry to the store works again"
+LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ([+-]\d{4})\]")
+
+
+def presence_refused(servers: list[LiveServer], since: float) -> bool:
+    """Say whether a log shows presence refused by the store since ``since`` (wall clock), or refusing still."""
+    for server in servers:
+        last_failed = False
+        for line in server.log_path.read_text(errors="replace").splitlines():
+            failed = any(marker in line for marker in PRESENCE_FAILED)
+            if not failed and PRESENCE_RECOVERED not in line:
+                continue
+            last_failed = failed
+            stamp = LOG_STAMP.match(line)
+            # Stamped to the second: a line of the second the wait began counts.
+            if stamp and datetime.strptime(" ".join(stamp.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp() >= since - 1:
+                return True
+        if last_failed:  # a run of refusals that began earlier and has not ended
+            return True
+    return False
+
+
+def store_excuse(kind: str, servers: list[LiveServer]) -> Callable[[float], bool] | None:
+    """Return how a wait asks whether FerretDB refused presence during it, or None (no excuse) elsewhere."""
+    return (lambda since: presence_refused(servers, since)) if kind == "ferretdb" else None
+
+
 class Pinned:
     """A keep-alive connection that one worker accepted: every request on it is answered by that worker."""
 
@@ -57,6 +98,8 @@ class Pinned:
         self.connection.request("GET", path)
         reply = self.connection.getresponse()
         body = reply.read()
+        if reply.status == 503:
+            raise Refused(body.decode(errors="replace"))
         assert reply.status == 200, body
         return json.loads(body)
 
@@ -96,18 +139,30 @@ def time_until(predicate, timeout: float, poll: float = 0.01) -> float | None:
         return None  # the caller says what did not happen
 
 
-def lags_until_counted(clients: list[Pinned], want: int, timeout: float, what: str) -> list[float]:
-    """Poll every client until each counts ``want`` subscribers of ROOM; return each one's lag from now."""
-    started = time.monotonic()
-    pending, lags = list(clients), []
+def lags_until_counted(clients: list[Pinned], want: int, timeout: float, what: str,
+                       excuse: Callable[[float], bool] | None = None) -> list[float]:
+    """Poll every client until each counts ``want`` subscribers of ROOM; return each one's lag from now.
+
+    Past ``timeout`` it fails, unless ``excuse`` (see ``store_excuse``) says the
+    store refused presence during the wait: then it waits FERRETDB_STORM_SECONDS more.
+    """
+    started, started_wall = time.monotonic(), time.time()
+    pending, lags, refusals = list(clients), [], 0
     while pending:
         for client in list(pending):
-            if client.subscribers() == want:
+            try:
+                counted = client.subscribers()
+            except Refused:
+                refusals += 1
+                continue
+            if counted == want:
                 lags.append(time.monotonic() - started)
                 pending.remove(client)
         elapsed = time.monotonic() - started
-        assert not pending or elapsed <= timeout, \
-            f"{what}: worker {pending[0].worker} does not count {want} subscribers after {elapsed:.2f} s"
+        if pending and elapsed > timeout:
+            excused = excuse is not None and elapsed <= timeout + FERRETDB_STORM_SECONDS and excuse(started_wall)
+            assert excused, (f"{what}: worker {pending[0].worker} does not count {want} subscribers after "
+                             f"{elapsed:.2f} s ({refusals} answers 503)")
         time.sleep(0.01)
     return lags
 
@@ -190,7 +245,8 @@ def test_streams_show_in_every_workers_presence_within_2s_and_leave_it_when_clos
             want = len(streams)
             lags_until_counted([pinned[worker]], want, 0.5, "its own worker")  # exact, at once
             others = [client for pid, client in pinned.items() if pid != worker]
-            opened += lags_until_counted(others, want, SHOWN_WITHIN, f"stream {want} opened on {worker}")
+            opened += lags_until_counted(others, want, SHOWN_WITHIN, f"stream {want} opened on {worker}",
+                                         store_excuse(kind, [server]))
         k = len(streams)
         for client in pinned.values():
             assert client.subscribers() == k
@@ -203,7 +259,8 @@ def test_streams_show_in_every_workers_presence_within_2s_and_leave_it_when_clos
             worker, reader = streams.pop()
             reader.close()
             others = [client for pid, client in pinned.items() if pid != worker]
-            closed += lags_until_counted(others, len(streams), GONE_WITHIN, f"a stream closed on {worker}")
+            closed += lags_until_counted(others, len(streams), GONE_WITHIN, f"a stream closed on {worker}",
+                                         store_excuse(kind, [server]))
         for client in pinned.values():
             assert client.subscribers() == 0
             assert ROOM not in {room["room"] for room in client.get("/rooms")["rooms"]}
@@ -272,11 +329,13 @@ def test_streams_on_one_node_show_in_the_other_nodes_presence_within_2s(start_se
             time.sleep(pause.uniform(0, 0.6))
             streams.append(StreamReader(f"{node_a.url}/messages?room={ROOM}"))
             # Every worker of node B counts it, each within 2 s.
-            opened += lags_until_counted(list(on_b.values()), n, SHOWN_WITHIN, f"stream {n} opened on node A")
+            opened += lags_until_counted(list(on_b.values()), n, SHOWN_WITHIN, f"stream {n} opened on node A",
+                                         store_excuse(kind, [node_a, node_b]))
         while streams:
             time.sleep(pause.uniform(0, 0.6))
             streams.pop().close()
-            closed += lags_until_counted(list(on_b.values()), len(streams), GONE_WITHIN, "a stream closed on node A")
+            closed += lags_until_counted(list(on_b.values()), len(streams), GONE_WITHIN, "a stream closed on node A",
+                                          store_excuse(kind, [node_a, node_b]))
     finally:
         for reader in streams:
             reader.close()

@@ -24,6 +24,14 @@ BUILD_SCRIPT = ROOT / ".ci" / "ferretdb-build"
 # Capped collections are trimmed by a background ticker (default 1m) or by `compact`;
 # a short tick makes the bound hold within about a second, as a test can wait for.
 CLEANUP_INTERVAL = "500ms"
+# FerretDB begins its write transactions DEFERRED: the one that reads its snapshot
+# before another connection commits cannot upgrade, and SQLite refuses it at once
+# with SQLITE_BUSY_SNAPSHOT ("database is locked (517)"), which busy_timeout does
+# not retry. Under load that refused a worker's presence write three times in a row
+# in CI. MongoDB has no such refusal for writes to different documents, so the
+# stand-in takes the write lock when a transaction begins (the SQLite driver's
+# _txlock) and waits for it. docs/testing.md, "FerretDB as a stand-in".
+SQLITE_URL_QUERY = "_txlock=immediate"
 
 
 class FerretDBUnavailable(Exception):
@@ -77,7 +85,7 @@ class FerretDB:
         return [
             self.binary,
             "--handler=sqlite",
-            f"--sqlite-url=file:{self.data_dir}/",
+            f"--sqlite-url=file:{self.data_dir}/?{SQLITE_URL_QUERY}",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--telemetry=disable",
             "--state-dir=-",
