@@ -8,7 +8,9 @@ can see what it was asked and switch how it answers:
 
 * ``behaviour``: ``"normal"``, ``"slow"`` (sleeps ``slow_seconds`` first),
   ``"garbage"`` (a 200 whose body is ``garbage_body``), ``"fewer"`` (names
-  only the first room asked), ``"error"`` (500);
+  only the first room asked), ``"error"`` (500), ``"status"`` (an empty
+  answer with ``status``, e.g. a redirect), ``"drip"`` (a 200 that sends
+  its body a byte every 0.2 s, for ever);
 * ``expires_in``: the ``expiresIn`` it answers (None: left out);
 * ``calls``, ``in_flight_peak``: how many questions it got, and most at once.
 
@@ -65,6 +67,7 @@ class HookApp:
         self.behaviour = "normal"
         self.slow_seconds = 5.0
         self.garbage_body = b"not json"
+        self.status = 302
         self.expires_in: float | None = None
         self.calls: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -142,6 +145,14 @@ class HookApp:
             time.sleep(self.slow_seconds)  # a real thread of the server: the hook is slow, not the test
         if self.behaviour == "error":
             return jsonify({"error": "the hook broke"}), 500
+        if self.behaviour == "status":
+            return "", self.status, {"Location": "/elsewhere"}
+        if self.behaviour == "drip":
+            def drip():
+                for _ in range(100):
+                    time.sleep(0.2)
+                    yield b" "
+            return drip(), 200, {"Content-Type": "application/json"}
         if self.behaviour == "garbage":
             return self.garbage_body, 200, {"Content-Type": "application/json"}
         user = session.get("user")
