@@ -257,3 +257,23 @@ def test_without_a_token_the_hook_decides_and_publishing_still_needs_a_token(bot
     assert len(hook.calls) == 2
     assert both.post("/messages", json={"room": "team-red", "text": "x"},
                      headers={"Cookie": cookie}).status_code == 401
+
+
+# -- the OpenAPI document ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jwt", [False, True], ids=["hook-alone", "hook-beside-jwts"])
+def test_the_document_states_the_hooks_answers(tmp_path, hook, jwt):
+    import schemathesis
+
+    client = make_client(tmp_path, hook, **({"AUTH_JWT_SECRET": SECRET} if jwt else {}))
+    spec = client.get("/openapi.json").json
+    for path in ("/messages", "/messages/history", "/rooms/{room}"):
+        read = spec["paths"][path]["get"]
+        assert {} in read["security"] and (("bearerJWT" in str(read["security"])) == jwt)
+        assert "subscribe hook answered 401" in read["responses"]["401"]["description"]
+        assert "cover every private room" in read["responses"]["403"]["description"]
+        assert "subscribe hook did not answer" in read["responses"]["503"]["description"]
+        assert "Retry-After" in read["responses"]["503"]["headers"]
+    post = spec["paths"]["/messages"]["post"]
+    assert ("security" in post) == jwt  # the hook never decides publishing
+    assert len(list(schemathesis.openapi.from_dict(spec).get_all_operations())) == 6
