@@ -277,3 +277,17 @@ def test_the_document_states_the_hooks_answers(tmp_path, hook, jwt):
     post = spec["paths"]["/messages"]["post"]
     assert ("security" in post) == jwt  # the hook never decides publishing
     assert len(list(schemathesis.openapi.from_dict(spec).get_all_operations())) == 6
+
+
+def test_a_kept_refusal_is_raised_afresh_each_time():
+    """Re-raising one kept exception would chain every raise's frames onto it for as long as the cache kept it."""
+    from app.edge.errors import ApiError
+
+    answer = Answer(refusal=ApiError(403, "no", headers={"WWW-Authenticate": "Bearer"}))
+    raised = []
+    for _ in range(2):
+        with pytest.raises(ApiError) as refused:
+            answer.result()
+        raised.append(refused.value)
+    assert raised[0] is not raised[1] and answer.refusal.__traceback__ is None
+    assert (raised[1].code, raised[1].message, raised[1].headers) == (403, "no", {"WWW-Authenticate": "Bearer"})

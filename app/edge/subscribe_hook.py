@@ -93,7 +93,10 @@ class Answer:
 
     def result(self) -> Allowed:
         if self.refusal is not None:
-            raise self.refusal
+            # A fresh exception each time: re-raising the one kept would chain every raise's frames onto its
+            # traceback, for as long as the cache (or the waiters) keep it.
+            refusal = self.refusal
+            raise ApiError(refusal.code, refusal.message, refusal.errors, refusal.headers)
         assert self.allowed is not None
         return self.allowed
 
