@@ -291,3 +291,13 @@ def test_a_kept_refusal_is_raised_afresh_each_time():
         raised.append(refused.value)
     assert raised[0] is not raised[1] and answer.refusal.__traceback__ is None
     assert (raised[1].code, raised[1].message, raised[1].headers) == (403, "no", {"WWW-Authenticate": "Bearer"})
+
+
+def test_the_hook_alone_without_a_publish_token_warns_that_anyone_may_publish(tmp_path, hook, caplog):
+    with caplog.at_level("WARNING", logger="app.edge.authorization"):
+        make_client(tmp_path, hook)
+    assert "anyone who reaches the server may publish" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="app.edge.authorization"):
+        make_client(tmp_path, hook, PUBLISH_TOKEN="p" * 32)
+    assert caplog.text == ""

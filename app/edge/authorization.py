@@ -36,6 +36,7 @@ PyJWT's.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ from ..config import Settings
 from .access import PUBLISH_ENDPOINTS, bearer_token_matches
 from .errors import ApiError
 from .subscribe_hook import SubscribeHook
+
+log = logging.getLogger(__name__)
 
 # __Host-: the browser takes it only with Secure and Path=/ and no Domain, so
 # no other host of the site (a sibling subdomain) can set or overwrite it.
@@ -272,6 +275,10 @@ def require_publisher(auth: Authorization, view: Callable[..., Any]) -> Callable
 def init_authorization(app: Flask, settings: Settings) -> None:
     """Keep the checker on the app; when on, guard publishing with it (it takes PUBLISH_TOKEN's place)."""
     auth = app.extensions["authorization"] = Authorization(settings)
+    if auth.hook is not None and not auth.tokens and not settings.publish_token:
+        # Allowed (a server on a private network may publish openly), but rarely meant: reads are private.
+        log.warning("AUTH_SUBSCRIBE_URL is set without a JWT key or PUBLISH_TOKEN: reading private rooms asks the "
+                    "hook, but anyone who reaches the server may publish to any room (set PUBLISH_TOKEN)")
     if auth.tokens:  # the hook decides reads only: without a JWT key publishing is PUBLISH_TOKEN's (access.py)
         for endpoint in PUBLISH_ENDPOINTS:
             app.view_functions[endpoint] = require_publisher(auth, app.view_functions[endpoint])
