@@ -12,6 +12,7 @@ can see what it was asked and switch how it answers:
   answer with ``status``, e.g. a redirect), ``"drip"`` (a 200 that sends
   its body a byte every 0.2 s, for ever);
 * ``expires_in``: the ``expiresIn`` it answers (None: left out);
+* ``bearer_users``: the application's own opaque bearer tokens, each a user's;
 * ``calls``, ``in_flight_peak``: how many questions it got, and most at once.
 
 Cookies are not port-scoped, so the session cookie it sets for 127.0.0.1
@@ -34,6 +35,7 @@ HOOK_PATH = "/sse-auth"
 USERS: dict[str, tuple[str, list[str]]] = {
     "ada": ("ada-password", ["team-*"]),
     "bob": ("bob-password", ["team-blue"]),
+    "service": ("service-password", ["*"]),
 }
 LOGIN_PAGE = """<!doctype html>
 <meta charset="utf-8"><title>log in</title>
@@ -69,6 +71,8 @@ class HookApp:
         self.garbage_body = b"not json"
         self.status = 302
         self.expires_in: float | None = None
+        # The application's own opaque bearer tokens (not JWTs): token -> user.
+        self.bearer_users: dict[str, str] = {}
         self.calls: list[dict[str, Any]] = []
         self.in_flight = 0
         self.in_flight_peak = 0
@@ -155,7 +159,8 @@ class HookApp:
             return drip(), 200, {"Content-Type": "application/json"}
         if self.behaviour == "garbage":
             return self.garbage_body, 200, {"Content-Type": "application/json"}
-        user = session.get("user")
+        scheme, _, credentials = (request.headers.get("Authorization") or "").partition(" ")
+        user = session.get("user") or (self.bearer_users.get(credentials) if scheme == "Bearer" else None)
         if user is None:
             return jsonify({"error": "log in first"}), 401
         allowed = USERS[user][1]
