@@ -135,6 +135,7 @@ def test_the_hook_is_asked_with_the_rooms_method_path_and_the_clients_credential
     (call,) = hook.calls
     assert call["json"] == {"rooms": ["team-red", "team-blue"], "method": "GET", "path": "/messages/history"}
     assert call["cookie"] == cookie and call["authorization"] == "Bearer app-token"
+    assert call["content_type"] == "application/json"
 
 
 def test_public_rooms_alone_do_not_ask_the_hook(tmp_path, hook):

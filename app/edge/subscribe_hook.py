@@ -69,6 +69,9 @@ MAX_EXPIRES_IN_SECONDS = 366 * 86_400
 LOG_EVERY_SECONDS = 1.0
 # The headers passed through: what a login is made of. Nothing else of the client's is sent.
 PASSED_HEADERS = ("Cookie", "Authorization")
+# Ours, on every call (urllib3 would not merge a pool's default headers with a call's own).
+SENT_HEADERS = {"Content-Type": "application/json", "Accept": "application/json",
+                "User-Agent": "sse-rooms subscribe hook"}
 
 UNAVAILABLE = "the application's subscribe hook did not answer, try again shortly"
 BUSY = "the application's subscribe hook is busy, try again shortly"
@@ -190,9 +193,7 @@ class SubscribeHook:
         # hook's URL is wrong). block=False: the semaphore already bounds the calls.
         self._pool = urllib3.connection_from_url(
             self.url, maxsize=self.max_concurrent, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-            headers={"Content-Type": "application/json", "Accept": "application/json",
-                     "User-Agent": "sse-rooms subscribe hook"})
+            timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout))
         self._path = urllib3.util.parse_url(self.url).request_uri
         self._slots = BoundedSemaphore(self.max_concurrent)
         self._in_flight: dict[bytes, AsyncResult] = {}
@@ -238,8 +239,8 @@ class SubscribeHook:
 
     def _call(self, rooms: tuple[str, ...], method: str, path: str,
               cookie: str | None, authorization: str | None) -> Answer:
-        headers = {name: value for name, value in zip(PASSED_HEADERS, (cookie, authorization), strict=True)
-                   if value is not None}
+        headers = {**SENT_HEADERS, **{name: value for name, value in zip(PASSED_HEADERS, (cookie, authorization),
+                                                                          strict=True) if value is not None}}
         body = json.dumps({"rooms": list(rooms), "method": method, "path": path}).encode("utf-8")
         response = None
         finished = False

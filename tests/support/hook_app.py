@@ -142,9 +142,10 @@ class HookApp:
         return app
 
     def _answer(self):
-        question = request.get_json(force=True)
+        question = request.get_json()  # 415 unless sent as application/json
         self.calls.append({"json": question, "cookie": request.headers.get("Cookie"),
-                           "authorization": request.headers.get("Authorization")})
+                           "authorization": request.headers.get("Authorization"),
+                           "content_type": request.headers.get("Content-Type")})
         if self.behaviour == "slow":
             time.sleep(self.slow_seconds)  # a real thread of the server: the hook is slow, not the test
         if self.behaviour == "error":
