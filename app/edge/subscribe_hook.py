@@ -244,15 +244,18 @@ class SubscribeHook:
         body = json.dumps({"rooms": list(rooms), "method": method, "path": path}).encode("utf-8")
         response = None
         finished = False
+        deadline = gevent.Timeout(self.timeout)  # the whole call: urllib3's timeouts are per read
         try:
-            with gevent.Timeout(self.timeout):  # the whole call: urllib3's timeouts are per read
+            with deadline:
                 response = self._pool.urlopen("POST", self._path, body=body, headers=headers,
                                               preload_content=False, redirect=False)
                 status = response.status
                 # Bounded: a hook that sends megabytes gets a closed connection, not our memory.
                 content = response.read(MAX_ANSWER_BYTES + 1)
                 finished = len(content) <= MAX_ANSWER_BYTES
-        except gevent.Timeout:
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise  # someone else's
             return self._failure("no answer within %.3f s (AUTH_SUBSCRIBE_TIMEOUT_MS)", self.timeout)
         except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, TLS, a malformed answer
             return self._failure("%s", type(exc).__name__)
