@@ -7,14 +7,17 @@ tests/test_subscribe_hook_live.py; the hostile rows in tests/test_hostile_hook.p
 """
 from __future__ import annotations
 
+import json
 import time
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
 
 from app import create_app
 from app.config import ConfigError, Settings
-from app.edge.subscribe_hook import Allowed, Answer, AnswerCache, NotTheShape, parse_allowed
+from app.edge.subscribe_hook import (CACHE_MAX_BYTES, Allowed, Answer, AnswerCache, NotTheShape, _refusal,
+                                     parse_allowed)
 from tests.support.hook_app import HookApp
 from tests.support.tokens import SECRET, claims, mint
 
@@ -123,6 +126,30 @@ def test_the_cache_keeps_answers_for_its_seconds_never_past_their_expiry_and_bou
         cache.put(bytes([n]), allowed, now=100)
     assert len(cache) == 3 and cache.get(bytes([0]), 100) is None and cache.get(bytes([4]), 100) is allowed
     assert AnswerCache(0).put(b"k", allowed, now=1) is None and len(AnswerCache(0)) == 0
+
+
+def test_the_cache_is_bounded_in_memory_whatever_the_answers_hold():
+    """Big answers (256 globs of 250 characters: ~78 kB kept each) and many refusals stay within CACHE_MAX_BYTES.
+
+    Counted entries alone let 10,000 of the big ones take 750 MB of a worker (a hostile pass measured it), and
+    10,000 refusals (random cookies) 28 MB.
+    """
+    big = json.dumps({"sub": "x" * 256, "rooms": [f"r{n:03}-" + "y" * 245 for n in range(256)]}).encode()
+    for count, answer in ((400, lambda: Answer(allowed=parse_allowed(big, ("team-red",), 100.0))),
+                          (10_000, lambda: Answer(refusal=_refusal(401, ("team-red",))))):
+        tracemalloc.start()
+        try:
+            cache = AnswerCache(60)
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(count):  # each answer made here, as each call makes its own
+                cache.put(n.to_bytes(32, "big"), answer(), now=100)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < CACHE_MAX_BYTES * 1.25, f"{held / 2**20:.1f} MiB held"
+        assert cache.bytes <= CACHE_MAX_BYTES
+        newest, oldest = (count - 1).to_bytes(32, "big"), bytes(32)
+        assert cache.get(newest, 100) is not None and cache.get(oldest, 100) is None
 
 
 # -- the hook on its own ---------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ same question (credentials, rooms, method and path) asked again while it is
 in flight waits for that one call's answer instead of asking again, so a
 reconnect storm of one user's tabs is one call. Answers (allowed or 401/403)
 are kept AUTH_SUBSCRIBE_CACHE_SECONDS (0: not at all), at most
-CACHE_MAX_ENTRIES per worker, the oldest dropped first, and never past
-the answer's own ``expiresIn``. The cache key is a SHA-256 of the question:
+CACHE_MAX_ENTRIES and CACHE_MAX_BYTES per worker, the oldest dropped first,
+and never past the answer's own ``expiresIn``. The cache key is a SHA-256 of the question:
 no cookie is kept in memory as it was sent.
 
 The client is urllib3 (what requests is built on): under gunicorn's gevent
@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -61,7 +62,10 @@ from .errors import ApiError, unavailable
 
 log = logging.getLogger(__name__)
 
-CACHE_MAX_ENTRIES = 10_000  # per worker: ~1 MB of keys and grants
+CACHE_MAX_ENTRIES = 10_000  # per worker: ~5 MB of small answers (a key, a sub, a glob or two: ~500 bytes each)
+# And at most this many bytes of answers per worker, as weighed by _weight: an answer may name 256 globs of 256
+# characters (~78 kB kept), and 10,000 of those would be 750 MB.
+CACHE_MAX_BYTES = 16 * 2**20
 MAX_ANSWER_BYTES = 64 * 1024  # a real answer is a few hundred bytes
 MAX_PATTERNS = 256  # as a token's claim
 MAX_SUB_CHARS = 256
@@ -147,13 +151,37 @@ def question_key(cookie: str | None, authorization: str | None, rooms: tuple[str
     return hashlib.sha256(question.encode("utf-8", "surrogatepass")).digest()
 
 
-class AnswerCache:
-    """Answers kept ``seconds`` (each at most until its own expiry), at most ``max_entries``, oldest out first."""
+# What one entry costs beside its answer's strings (measured with tracemalloc: the key's digest, the
+# OrderedDict's slot, the tuples and dataclasses), and what a kept refusal costs (its ApiError, message and
+# headers), in bytes.
+_ENTRY_BYTES = 520
+_REFUSAL_BYTES = 2300
 
-    def __init__(self, seconds: float, max_entries: int = CACHE_MAX_ENTRIES) -> None:
+
+def _weight(answer: Answer) -> int:
+    """Return about how many bytes of memory an answer kept in the cache holds."""
+    if answer.allowed is None:
+        return _ENTRY_BYTES + _REFUSAL_BYTES
+    subject = answer.allowed.subject
+    return (_ENTRY_BYTES + sum(sys.getsizeof(pattern) + 8 for pattern in answer.allowed.rooms)
+            + (sys.getsizeof(subject) if subject is not None else 0))
+
+
+class AnswerCache:
+    """Answers kept ``seconds`` (each at most until its own expiry), at most ``max_entries`` and ``max_bytes``.
+
+    The oldest written go first. Bounded by bytes too, not only by count: what
+    one answer holds is the application's to decide (up to 256 globs of 256
+    characters), and a count alone would let big answers take the worker's memory.
+    """
+
+    def __init__(self, seconds: float, max_entries: int = CACHE_MAX_ENTRIES,
+                 max_bytes: int = CACHE_MAX_BYTES) -> None:
         self.seconds = seconds
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, tuple[float, Answer]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the weights of the answers kept
+        self._entries: OrderedDict[bytes, tuple[float, Answer, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -162,9 +190,9 @@ class AnswerCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        until, answer = entry
+        until, answer, _ = entry
         if now >= until:
-            del self._entries[key]
+            self._drop(key)
             return None
         return answer
 
@@ -174,10 +202,18 @@ class AnswerCache:
         until = now + self.seconds
         if answer.allowed is not None and answer.allowed.expires_at is not None:
             until = min(until, answer.allowed.expires_at)
-        self._entries[key] = (until, answer)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)  # the oldest written
+        weight = _weight(answer)
+        if weight > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (until, answer, weight)
+        self.bytes += weight
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))  # the oldest written
+
+    def _drop(self, key: bytes) -> None:
+        self.bytes -= self._entries.pop(key)[2]
 
 
 class SubscribeHook:
