@@ -16,8 +16,7 @@ import pytest
 
 from app import create_app
 from app.config import ConfigError, Settings
-from app.edge.subscribe_hook import (CACHE_MAX_BYTES, Allowed, Answer, AnswerCache, NotTheShape, _refusal,
-                                     parse_allowed)
+from app.edge.subscribe_hook import CACHE_MAX_BYTES, Allowed, Answer, AnswerCache, NotTheShape, _refusal, parse_allowed
 from tests.support.hook_app import HookApp
 from tests.support.tokens import SECRET, claims, mint
 
