@@ -46,6 +46,8 @@ HOOK_TABLE = {
     "garbage: empty": HostileHook("garbage", 503, "did not answer", b""),
     "garbage: a list": HostileHook("garbage", 503, "did not answer", b'["team-*"]'),
     "garbage: rooms not a list": HostileHook("garbage", 503, "did not answer", b'{"rooms": "team-*"}'),
+    # None serialised by an application that meant "no rooms": not "the rooms asked" (left out), never an open door.
+    "garbage: rooms null": HostileHook("garbage", 503, "did not answer", b'{"sub": "ada", "rooms": null}'),
     "garbage: expiresIn a string": HostileHook("garbage", 503, "did not answer", b'{"expiresIn": "60"}'),
     "garbage: sub a number": HostileHook("garbage", 503, "did not answer", b'{"sub": 7}'),
     "garbage: 100 kB": HostileHook("garbage", 503, "did not answer", b'{"sub": "' + b"a" * 100_000 + b'"}'),

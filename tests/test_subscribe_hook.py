@@ -90,7 +90,8 @@ def test_the_hook_alone_makes_rooms_private_and_public_rooms_allowed():
 
 @pytest.mark.parametrize("body, says", [
     (b"", "not JSON"), (b"\xff", "not JSON"), (b"[1]", "not a JSON object"), (b"null", "not a JSON object"),
-    (b'{"rooms": "team-*"}', '"rooms"'), (b'{"rooms": [1]}', '"rooms"'), (b'{"rooms": [""]}', '"rooms"'),
+    (b'{"rooms": "team-*"}', '"rooms"'), (b'{"rooms": null}', '"rooms"'),
+    (b'{"rooms": [1]}', '"rooms"'), (b'{"rooms": [""]}', '"rooms"'),
     (b'{"rooms": [' + b'"a",' * 256 + b'"a"]}', '"rooms"'),
     (b'{"expiresIn": "60"}', '"expiresIn"'), (b'{"expiresIn": true}', '"expiresIn"'),
     (b'{"expiresIn": 0}', '"expiresIn"'), (b'{"expiresIn": -5}', '"expiresIn"'),

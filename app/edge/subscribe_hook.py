@@ -108,6 +108,11 @@ class Answer:
         return self.allowed
 
 
+# "rooms" left out allows exactly the rooms asked; "rooms": null does not. An application that means "none" and
+# serialises None must not open every room asked: null is not the shape (a 503), never an open door.
+_LEFT_OUT = object()
+
+
 class NotTheShape(ValueError):
     """A 2xx body that is not the answer's JSON object."""
 
@@ -120,8 +125,8 @@ def parse_allowed(body: bytes, asked: tuple[str, ...], now: float) -> Allowed:
         raise NotTheShape("its body is not JSON") from None
     if not isinstance(answer, dict):
         raise NotTheShape("its body is not a JSON object")
-    rooms = answer.get("rooms", None)
-    if rooms is None:
+    rooms = answer.get("rooms", _LEFT_OUT)
+    if rooms is _LEFT_OUT:
         patterns = tuple(_exactly(room) for room in asked)
     elif (isinstance(rooms, list) and len(rooms) <= MAX_PATTERNS
           and all(isinstance(pattern, str) and 0 < len(pattern) <= 256 for pattern in rooms)):
