@@ -77,6 +77,24 @@ PASSED_HEADERS = ("Cookie", "Authorization")
 SENT_HEADERS = {"Content-Type": "application/json", "Accept": "application/json",
                 "User-Agent": "sse-rooms subscribe hook"}
 
+# One retry, on another connection, for a question the hook dropped before answering: a kept-alive connection
+# that the hook closes just as a question arrives (its keep-alive timer fired then) is a ProtocolError before
+# any status, and was a 503 -- which closes a browser's EventSource for good -- for a user who did nothing
+# wrong. Nothing else is retried: not a refused connection (connect=0: the hook is down), not a status (its
+# own Retry-After included), not a read timeout (a slow hook), not a body cut short (read after urlopen
+# returns); the gevent timeout still
+# bounds the whole call, the retry included.
+class _RetryUnanswered(urllib3.Retry):
+    """A Retry whose read retries are for a dropped connection only, never for a read timeout (a slow hook)."""
+
+    def _is_read_error(self, err: Exception) -> bool:
+        return isinstance(err, urllib3.exceptions.ProtocolError)
+
+
+ONE_RETRY_IF_NOT_ANSWERED = _RetryUnanswered(total=1, connect=0, read=1, redirect=0, status=0, other=0,
+                                             allowed_methods=frozenset({"POST"}), respect_retry_after_header=False,
+                                             raise_on_redirect=False, raise_on_status=False)
+
 UNAVAILABLE = "the application's subscribe hook did not answer, try again shortly"
 BUSY = "the application's subscribe hook is busy, try again shortly"
 
@@ -230,10 +248,10 @@ class SubscribeHook:
         self.timeout = settings.auth_subscribe_timeout_ms / 1000
         self.max_concurrent = settings.auth_subscribe_max_concurrent
         self.cache = AnswerCache(settings.auth_subscribe_cache_seconds)
-        # No retries (a retry is the client's, after Retry-After), no redirects followed (a 3xx is a 503: the
-        # hook's URL is wrong). block=False: the semaphore already bounds the calls.
+        # No redirects followed (a 3xx is a 503: the hook's URL is wrong). block=False: the semaphore already
+        # bounds the calls.
         self._pool = urllib3.connection_from_url(
-            self.url, maxsize=self.max_concurrent, block=False, retries=False,
+            self.url, maxsize=self.max_concurrent, block=False, retries=ONE_RETRY_IF_NOT_ANSWERED,
             timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout))
         self._path = urllib3.util.parse_url(self.url).request_uri
         self._slots = BoundedSemaphore(self.max_concurrent)
@@ -299,6 +317,8 @@ class SubscribeHook:
                 raise  # someone else's
             return self._failure("no answer within %.3f s (AUTH_SUBSCRIBE_TIMEOUT_MS)", self.timeout)
         except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, TLS, a malformed answer
+            if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+                exc = exc.reason  # what failed, not that the retries ran out
             return self._failure("%s", type(exc).__name__)
         finally:
             if response is not None:
