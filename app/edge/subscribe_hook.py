@@ -27,8 +27,10 @@ in flight waits for that one call's answer instead of asking again, so a
 reconnect storm of one user's tabs is one call. Answers (allowed or 401/403)
 are kept AUTH_SUBSCRIBE_CACHE_SECONDS (0: not at all), at most
 CACHE_MAX_ENTRIES and CACHE_MAX_BYTES per worker, the oldest dropped first,
-and never past the answer's own ``expiresIn``. The cache key is a SHA-256 of the question:
-no cookie is kept in memory as it was sent.
+and never past the answer's own ``expiresIn``. The cache key is a SHA-256 of
+the question: no cookie is kept in memory as it was sent. A question the
+hook's kept-alive connection drops unanswered is asked once more (see
+ONE_RETRY_IF_NOT_ANSWERED); nothing else is retried.
 
 The client is urllib3 (what requests is built on): under gunicorn's gevent
 worker its sockets are gevent's, so a call parks only the greenlet that
@@ -82,8 +84,7 @@ SENT_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"
 # any status, and was a 503 -- which closes a browser's EventSource for good -- for a user who did nothing
 # wrong. Nothing else is retried: not a refused connection (connect=0: the hook is down), not a status (its
 # own Retry-After included), not a read timeout (a slow hook), not a body cut short (read after urlopen
-# returns); the gevent timeout still
-# bounds the whole call, the retry included.
+# returns); the gevent timeout still bounds the whole call, the retry included.
 class _RetryUnanswered(urllib3.Retry):
     """A Retry whose read retries are for a dropped connection only, never for a read timeout (a slow hook)."""
 
