@@ -68,6 +68,12 @@ class Settings:
     auth_jwt_max_lifetime_seconds: int = 86_400  # 0: no bound
     # Message expiry (issue 15, app/delivery/expiry.py): None, never.
     message_ttl_seconds: float | None = None
+    # The subscribe hook (issue 16, app/edge/subscribe_hook.py, docs/security.md#the-subscribe-hook):
+    # the application decides who reads private rooms. None: off.
+    auth_subscribe_url: str | None = None
+    auth_subscribe_timeout_ms: int = 2000
+    auth_subscribe_cache_seconds: float = 0.0  # 0: every stream open asks
+    auth_subscribe_max_concurrent: int = 32  # hook calls in flight per worker; the rest wait (bounded)
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
@@ -77,11 +83,19 @@ class Settings:
         if self.auth_jwt_secret and self.auth_jwt_public_key:
             raise ConfigError("AUTH_JWT_SECRET and AUTH_JWT_PUBLIC_KEY are both set: set one of them "
                               "(a shared secret for HS256, or a public key for RS256/ES256)")
-        if self.public_rooms and not self.authorization:
+        if self.public_rooms and not self.private_rooms:
             # Without a key every room is public already; whoever set this
             # believes the other rooms are private, and they would not be.
-            raise ConfigError("PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is: "
-                              "without one of them every room is public")
+            raise ConfigError("PUBLIC_ROOMS is set but neither AUTH_JWT_SECRET nor AUTH_JWT_PUBLIC_KEY is "
+                              "(nor AUTH_SUBSCRIBE_URL): without one of them every room is public")
+        if not self.auth_subscribe_url:
+            for name, value, default in (
+                    ("AUTH_SUBSCRIBE_TIMEOUT_MS", self.auth_subscribe_timeout_ms, 2000),
+                    ("AUTH_SUBSCRIBE_CACHE_SECONDS", self.auth_subscribe_cache_seconds, 0.0),
+                    ("AUTH_SUBSCRIBE_MAX_CONCURRENT", self.auth_subscribe_max_concurrent, 32)):
+                if value != default:
+                    # Tuned to be used, and nothing would use it.
+                    raise ConfigError(f"{name} is set but AUTH_SUBSCRIBE_URL is not: without it there is no hook")
         for name, value in (("AUTH_JWT_AUDIENCE", self.auth_jwt_audience), ("AUTH_JWT_ISSUER", self.auth_jwt_issuer)):
             if value and not self.authorization:
                 # Set to be checked, and nothing would check it.
@@ -92,6 +106,11 @@ class Settings:
     def authorization(self) -> bool:
         """Tell whether reading private rooms and publishing need a token (a JWT key is set)."""
         return bool(self.auth_jwt_secret or self.auth_jwt_public_key)
+
+    @property
+    def private_rooms(self) -> bool:
+        """Tell whether rooms outside PUBLIC_ROOMS are private: a JWT key or the subscribe hook is set."""
+        return self.authorization or bool(self.auth_subscribe_url)
 
     @property
     def auth_jwt_algorithm(self) -> str | None:
@@ -117,6 +136,8 @@ class Settings:
             summary["auth_jwt_secret"] = "***"
         if self.auth_jwt_public_key:
             summary["auth_jwt_public_key"] = f"{self.auth_jwt_algorithm} public key"
+        if self.auth_subscribe_url:
+            summary["auth_subscribe_url"] = _redact_hook_url(self.auth_subscribe_url)
         return summary
 
     @classmethod
@@ -141,6 +162,51 @@ def _redact_uri(uri: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return scheme + sep + rest
+
+
+def _redact_hook_url(url: str) -> str:
+    # A query string may carry the application's own key for the hook: the log shows where, not that.
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.partition("?")[0]
+    return parts._replace(query="***" if parts.query else "").geturl()
+
+
+def _hook_url(raw: str) -> str:
+    """Check AUTH_SUBSCRIBE_URL: an absolute http(s) URL with a host, that the hook client can call as it is."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError("is not a URL like http://127.0.0.1:5000/sse-auth") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://, e.g. http://127.0.0.1:5000/sse-auth")
+    if not parts.hostname:
+        raise ValueError("has no host, e.g. http://127.0.0.1:5000/sse-auth")
+    if port == 0:
+        raise ValueError("names port 0")
+    if parts.username is not None or parts.password is not None:
+        # urllib3 would not send them: a user:password@ that silently does nothing is refused.
+        raise ValueError("carries user:password@, which the hook client does not send: authenticate the server "
+                         "to the hook another way (a network it alone reaches, a key in the path)")
+    if parts.fragment or "#" in raw:
+        raise ValueError("has a #fragment, which is never sent")
+    if re.search(r"[\s\x00-\x1f\x7f]", raw):
+        raise ValueError("holds spaces or control characters")
+    return raw
+
+
+def _seconds_from_zero(high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")  # not a number: the message below says what is expected
+        if not 0 <= value <= high:
+            raise ValueError(f"must be a number of seconds from 0 (off) to {high:g}")
+        return value
+    return parse
 
 
 def _boolean(raw: str) -> bool:
@@ -306,7 +372,7 @@ _SECRET_VARIABLES = frozenset({"PUBLISH_TOKEN", "AUTH_JWT_SECRET"})
 # Not secret, but a page of PEM says nothing a sentence would not.
 _NOT_ECHOED = _SECRET_VARIABLES | {"AUTH_JWT_PUBLIC_KEY"}
 # Echoed with their secret part hidden.
-_SHOWN_AS: dict[str, Callable[[str], str]] = {"MONGODB_URI": _redact_uri}
+_SHOWN_AS: dict[str, Callable[[str], str]] = {"MONGODB_URI": _redact_uri, "AUTH_SUBSCRIBE_URL": _redact_hook_url}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "HOST": str,
@@ -352,4 +418,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "AUTH_JWT_MAX_LIFETIME_SECONDS": _int_in(0, 366 * 86_400),
     # Message expiry (issue 15): unset is no expiry; 0 is refused rather than read as "off".
     "MESSAGE_TTL_SECONDS": _positive_float(366 * 86_400),
+    # The subscribe hook (issue 16).
+    "AUTH_SUBSCRIBE_URL": _hook_url,
+    "AUTH_SUBSCRIBE_TIMEOUT_MS": _int_in(1, 60_000),
+    "AUTH_SUBSCRIBE_CACHE_SECONDS": _seconds_from_zero(86_400),
+    "AUTH_SUBSCRIBE_MAX_CONCURRENT": _int_in(1, 10_000),
 }

@@ -9,6 +9,8 @@ token actually enforced (ignored_auth), wrong methods answered 405.
 A second run does the same with private rooms on (AUTH_JWT_SECRET): the
 document then declares the JWT in a header, a cookie or the query, and
 ``ignored_auth`` checks that every operation refuses a request without it.
+A third with the subscribe hook alone (AUTH_SUBSCRIBE_URL, tests/support/hook_app.py):
+the document's 401/403/503 for reads, and the hook asked for every read.
 
 The SSE endpoint never ends. Schemathesis reads an event stream only until
 the request timeout passes, then judges the head it got (status, content
@@ -124,3 +126,28 @@ def test_schemathesis_with_private_rooms_finds_no_5xx_and_no_ignored_auth(start_
     assert counts["POST /messages positive"] >= MAX_EXAMPLES // 2
     stored = sqlite3.connect(sqlite_path).execute("SELECT count(*) FROM messages").fetchone()[0]
     assert stored > 0, "positive POST cases with the token must have been stored"
+
+
+@pytest.mark.slow
+def test_schemathesis_with_the_subscribe_hook_finds_no_5xx_and_no_departure_from_the_spec(
+        start_server, sqlite_path, capsys):
+    from tests.support.hook_app import HookApp
+
+    hook = HookApp().start()
+    hook.bearer_users[TOKEN] = "service"  # the application's own token; PUBLISH_TOKEN is the same string
+    try:
+        server = start_server(AUTH_SUBSCRIBE_URL=hook.hook_url, PUBLISH_TOKEN=TOKEN, PUBLISH_RATE="100000/minute",
+                              HEARTBEAT_SECONDS="0.1", MAX_TEXT_CHARS="200")
+        hook.calls.clear()
+        schema = schemathesis.openapi.from_url(server.url + "/openapi.json", config=CONFIG)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        counts: dict[str, int] = {}
+        for operation in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                _fuzz(operation, mode, server.url, counts)
+        with capsys.disabled():
+            print("\nschemathesis examples, subscribe hook:", counts, f"hook calls: {len(hook.calls)}")
+        assert len(hook.calls) >= MAX_EXAMPLES  # the reads were decided by the hook
+        assert all(call["authorization"] == f"Bearer {TOKEN}" for call in hook.calls)
+    finally:
+        hook.stop()

@@ -16,6 +16,9 @@ from app.config import _PARSERS, ConfigError, Settings
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Read by gunicorn.conf.py before the app, not by app/config.py.
 READ_BY_GUNICORN_CONF = {"PROMETHEUS_MULTIPROC_DIR"}
+# Settings refused at start-up unless another is set beside them (they would tune nothing).
+_HOOK = {"AUTH_SUBSCRIBE_URL": "http://127.0.0.1:5000/sse-auth"}
+NEEDS = {"AUTH_SUBSCRIBE_TIMEOUT_MS": _HOOK, "AUTH_SUBSCRIBE_MAX_CONCURRENT": _HOOK}
 SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 
 
@@ -52,7 +55,7 @@ def test_the_table_names_every_setting_and_nothing_else():
 
 
 def test_the_table_was_read():
-    assert len(INTEGER_RANGES) == 18 and len(SECONDS_RANGES) == 3, (INTEGER_RANGES, SECONDS_RANGES)
+    assert len(INTEGER_RANGES) == 20 and len(SECONDS_RANGES) == 3, (INTEGER_RANGES, SECONDS_RANGES)
     assert INTEGER_RANGES["CAPPED_SIZE_BYTES"] == (4096, 2**50)
 
 
@@ -80,10 +83,10 @@ def test_a_default_shown_as_a_value_is_the_default(name):
 def test_a_whole_number_setting_takes_exactly_its_range(name):
     low, high = INTEGER_RANGES[name]
     for accepted in (low, high):
-        assert getattr(Settings.from_env({name: str(accepted)}), name.lower()) == accepted
+        assert getattr(Settings.from_env({**NEEDS.get(name, {}), name: str(accepted)}), name.lower()) == accepted
     for refused in (low - 1, high + 1):
         with pytest.raises(ConfigError, match=name):
-            Settings.from_env({name: str(refused)})
+            Settings.from_env({**NEEDS.get(name, {}), name: str(refused)})
 
 
 @pytest.mark.parametrize("name", sorted(SECONDS_RANGES), ids=str)

@@ -36,6 +36,7 @@ PyJWT's.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ from flask import Flask, current_app, g, request
 from ..config import Settings
 from .access import PUBLISH_ENDPOINTS, bearer_token_matches
 from .errors import ApiError
+from .subscribe_hook import SubscribeHook
+
+log = logging.getLogger(__name__)
 
 # __Host-: the browser takes it only with Secure and Path=/ and no Domain, so
 # no other host of the site (a sibling subdomain) can set or overwrite it.
@@ -77,12 +81,14 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one verified token allows, and until when (Unix time, or None: no ``exp``)."""
+    """What one verified token, or the subscribe hook's answer, allows, and until when (Unix time, or None)."""
 
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     expires_at: float | None = None
-    subject: str | None = None  # the token's "sub": the client that per-client limits count (app/edge/clients.py)
+    # The token's "sub", or the hook's: the stream's identity (presence), and the client that per-client
+    # limits count (app/edge/clients.py).
+    subject: str | None = None
 
     def may_subscribe(self, room: str) -> bool:
         return any(fnmatchcase(room, pattern) for pattern in self.subscribe)
@@ -94,12 +100,12 @@ class Grant:
 EVERYTHING = Grant(subscribe=("*",), publish=("*",))
 
 
-def _refuse(message: str, *, token_sent: bool) -> ApiError:
+def refuse(message: str, *, token_sent: bool) -> ApiError:
     challenge = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if token_sent else "")
     return ApiError(401, message, headers={"WWW-Authenticate": challenge})
 
 
-def _forbid(message: str) -> ApiError:
+def forbid(message: str) -> ApiError:
     return ApiError(403, message, headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'})
 
 
@@ -115,7 +121,9 @@ class Authorization:
     """Checks tokens against one key with one algorithm; the views ask it about rooms."""
 
     def __init__(self, settings: Settings) -> None:
-        self.enabled = settings.authorization
+        self.enabled = settings.private_rooms  # a JWT key, the subscribe hook, or both
+        self.tokens = settings.authorization  # a JWT key: tokens are read
+        self.hook = SubscribeHook(settings) if settings.auth_subscribe_url else None
         self.algorithm = settings.auth_jwt_algorithm
         self.public_rooms = settings.public_rooms
         self.publish_token = settings.publish_token
@@ -137,23 +145,23 @@ class Authorization:
     def verify(self, token: str) -> Grant:
         """Return what a token allows, or raise the 401 it deserves."""
         if len(token) > MAX_TOKEN_CHARS:
-            raise _refuse(f"the token is longer than {MAX_TOKEN_CHARS} characters", token_sent=True)
+            raise refuse(f"the token is longer than {MAX_TOKEN_CHARS} characters", token_sent=True)
         try:
             claims = jwt.decode(token, self._key, algorithms=[self.algorithm], audience=self.audience,
                                 issuer=self.issuer, options={"require": self._required})
         except jwt.MissingRequiredClaimError as exc:
-            raise _refuse(f"the token has no {exc.claim!r} claim, which this server requires",
+            raise refuse(f"the token has no {exc.claim!r} claim, which this server requires",
                           token_sent=True) from None
         except jwt.InvalidAudienceError:
-            raise _refuse("the token names an audience, which this server does not accept" if self.audience is None
+            raise refuse("the token names an audience, which this server does not accept" if self.audience is None
                           else "the token's audience (aud) is not this server", token_sent=True) from None
         except jwt.PyJWTError as exc:  # InvalidKeyError too: a secret that looks like a PEM
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "the token is invalid")
-            raise _refuse(reason, token_sent=True) from None
+            raise refuse(reason, token_sent=True) from None
         for claim in _TIMES:
             # PyJWT reads "1767225600" (a string) as a time too; RFC 7519 says a number.
             if claim in claims and (isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float)):
-                raise _refuse(f"the token's {claim!r} claim is not a number of seconds", token_sent=True)
+                raise refuse(f"the token's {claim!r} claim is not a number of seconds", token_sent=True)
         self._check_lifetime(claims)
         rooms = claims.get("rooms", {})
         try:
@@ -161,7 +169,7 @@ class Authorization:
                 raise ValueError("rooms")
             subscribe, publish = _patterns(rooms, "subscribe"), _patterns(rooms, "publish")
         except ValueError:
-            raise _refuse('the token\'s "rooms" claim must be {"subscribe": [patterns], "publish": [patterns]}',
+            raise refuse('the token\'s "rooms" claim must be {"subscribe": [patterns], "publish": [patterns]}',
                           token_sent=True) from None
         expires_at = int(claims["exp"]) if "exp" in claims else None  # as PyJWT read it
         subject = claims.get("sub")  # PyJWT checks it is a string when present
@@ -178,7 +186,7 @@ class Authorization:
         expires_at = int(claims["exp"])  # both already read as whole numbers by PyJWT
         start = int(claims["iat"]) if "iat" in claims else int(time.time())
         if expires_at - start > self.max_lifetime:
-            raise _refuse(f"the token lives longer than this server accepts (at most {self.max_lifetime} seconds "
+            raise refuse(f"the token lives longer than this server accepts (at most {self.max_lifetime} seconds "
                           f"from iat, or from now without iat)", token_sent=True)
 
     def read_grant(self, rooms: tuple[str, ...]) -> Grant:
@@ -186,17 +194,27 @@ class Authorization:
         private = [room for room in rooms if not self.is_public(room)] if self.enabled else []
         if not private:
             return EVERYTHING
-        token = token_from_request()
-        if token is None:
-            raise _refuse(f"reading room {private[0]!r} needs a token: Authorization: Bearer <token>, "
-                          f"the {TOKEN_COOKIE} cookie, or the {TOKEN_QUERY_PARAMETER} query parameter",
-                          token_sent=False)
-        grant = self.verify(token)
+        token = token_from_request() if self.tokens else None
+        if token is not None:
+            # A token decides alone, valid or not: see "beside JWTs" in docs/security.md#the-subscribe-hook.
+            grant, decided_by = self.verify(token), "the token"
+        elif self.hook is not None:
+            grant, decided_by = self._hook_grant(tuple(private)), "the application's subscribe hook"
+        else:
+            raise refuse(f"reading room {private[0]!r} needs a token: Authorization: Bearer <token>, "
+                         f"the {TOKEN_COOKIE} cookie, or the {TOKEN_QUERY_PARAMETER} query parameter",
+                         token_sent=False)
         refused = [room for room in private if not grant.may_subscribe(room)]
         if refused:
-            raise _forbid(f"the token does not allow reading room {refused[0]!r}"
-                          + (f" (nor {len(refused) - 1} more)" if len(refused) > 1 else ""))
+            raise forbid(f"{decided_by} does not allow reading room {refused[0]!r}"
+                         + (f" (nor {len(refused) - 1} more)" if len(refused) > 1 else ""))
         return grant
+
+    def _hook_grant(self, private: tuple[str, ...]) -> Grant:
+        """Ask the application (AUTH_SUBSCRIBE_URL) about the request's private rooms; raise its 401/403, or 503."""
+        assert self.hook is not None
+        allowed = self.hook.ask(private, request.method, request.path, request.headers)
+        return Grant(subscribe=allowed.rooms, expires_at=allowed.expires_at, subject=allowed.subject)
 
     def publish_grant(self) -> Grant:
         """Return what the request's credentials may publish to, or raise 401."""
@@ -204,7 +222,7 @@ class Authorization:
             return EVERYTHING
         token = token_from_request()
         if token is None:
-            raise _refuse("publishing needs a token: Authorization: Bearer <token>", token_sent=False)
+            raise refuse("publishing needs a token: Authorization: Bearer <token>", token_sent=False)
         return self.verify(token)
 
 
@@ -240,7 +258,7 @@ def authorize_publishing(room: str) -> None:
     """Raise 403 unless the request's credentials (checked before the body was read) may publish to this room."""
     grant: Grant | None = g.get("publish_grant")
     if grant is not None and not grant.may_publish(room):
-        raise _forbid(f"the token does not allow publishing to room {room!r}")
+        raise forbid(f"the token does not allow publishing to room {room!r}")
 
 
 def require_publisher(auth: Authorization, view: Callable[..., Any]) -> Callable[..., Any]:
@@ -257,6 +275,10 @@ def require_publisher(auth: Authorization, view: Callable[..., Any]) -> Callable
 def init_authorization(app: Flask, settings: Settings) -> None:
     """Keep the checker on the app; when on, guard publishing with it (it takes PUBLISH_TOKEN's place)."""
     auth = app.extensions["authorization"] = Authorization(settings)
-    if auth.enabled:
+    if auth.hook is not None and not auth.tokens and not settings.publish_token:
+        # Allowed (a server on a private network may publish openly), but rarely meant: reads are private.
+        log.warning("AUTH_SUBSCRIBE_URL is set without a JWT key or PUBLISH_TOKEN: reading private rooms asks the "
+                    "hook, but anyone who reaches the server may publish to any room (set PUBLISH_TOKEN)")
+    if auth.tokens:  # the hook decides reads only: without a JWT key publishing is PUBLISH_TOKEN's (access.py)
         for endpoint in PUBLISH_ENDPOINTS:
             app.view_functions[endpoint] = require_publisher(auth, app.view_functions[endpoint])

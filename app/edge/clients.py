@@ -8,7 +8,8 @@
   every request, so a per-address limit would not bind it. An IPv4-mapped
   IPv6 address (``::ffff:192.0.2.1``, a dual-stack socket) is its IPv4 address.
 * With private rooms on, a request that carried a verified token with a
-  ``sub`` is that subject, wherever it connects from: the users of one
+  ``sub`` (or that the subscribe hook answered with a ``sub``) is that
+  subject, wherever it connects from: the users of one
   office NAT each get their own limit, and a user cannot escape it by
   changing address. The stream limit uses this; the publish rate limit
   keys on the address alone (it counts before the token is checked, so that

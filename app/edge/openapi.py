@@ -79,12 +79,34 @@ _FORBIDDEN = _error("The token does not allow this room",
                     **{"WWW-Authenticate": 'The Bearer challenge, error="insufficient_scope"'})
 
 
+# The subscribe hook (AUTH_SUBSCRIBE_URL): the application's own login, which no security scheme here can name.
+_HOOK_UNAUTHORIZED = _error("The application's subscribe hook answered 401 (no login it recognises)" + (
+                            "; or a JWT was sent and is invalid, expired or not yet valid"),
+                            **{"WWW-Authenticate": "The Bearer challenge"})
+_HOOK_FORBIDDEN = _error("The application's subscribe hook answered 403, or its answer's rooms do not cover every "
+                         "private room asked (or a JWT was sent that does not allow them)",
+                         **{"WWW-Authenticate": 'The Bearer challenge, error="insufficient_scope"'})
+_HOOK_DOWN = ("; or the application's subscribe hook did not answer usably (down, slower than "
+              "AUTH_SUBSCRIBE_TIMEOUT_MS, a 5xx, not its JSON) or has no free call slot")
+
+
 def _read_access(operation: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """State who may read, when rooms are private."""
-    if settings.authorization:
-        anonymous = [{}] if settings.public_rooms else []  # the public rooms need no token
-        operation["security"] = [{name: []} for name in JWT_SCHEMES] + anonymous
-        operation["responses"].update({"401": _UNAUTHORIZED, "403": _FORBIDDEN})
+    if not settings.private_rooms:
+        return operation
+    hook = bool(settings.auth_subscribe_url)
+    # The public rooms need no credentials; with the hook, the application's own (a cookie, a header of its
+    # own) are not a scheme the document can name, so a request without a JWT is a valid alternative too.
+    anonymous = [{}] if settings.public_rooms or hook else []
+    jwt_schemes = [{name: []} for name in JWT_SCHEMES] if settings.authorization else []
+    operation["security"] = jwt_schemes + anonymous
+    responses = operation["responses"]
+    if hook:
+        responses.update({"401": _HOOK_UNAUTHORIZED, "403": _HOOK_FORBIDDEN})
+        down = responses.get("503", {}).get("description", "The message store is unavailable")
+        responses["503"] = _error(down + _HOOK_DOWN, **{"Retry-After": "Seconds to wait"})
+    else:
+        responses.update({"401": _UNAUTHORIZED, "403": _FORBIDDEN})
     return operation
 
 
@@ -233,7 +255,7 @@ def _rooms_presence(settings: Settings) -> dict[str, Any]:
         "responses": {
             "200": {"description": "A page of rooms, by name" + (
                         "; only those the caller may read (public ones without a token)"
-                        if settings.authorization else ""),
+                        if settings.private_rooms else ""),
                     "content": {"application/json": {"schema": RoomsOut}}},
             "400": _error("limit is not a whole number from 1 to 1000, or after is not a room name"),
             "414": _QUERY_TOO_LONG,

@@ -58,8 +58,10 @@ def may_read_filter() -> Callable[[str], bool]:
     auth = authorization()
     if not auth.enabled:
         return _every_room
-    token = token_from_request()
+    token = token_from_request() if auth.tokens else None
     if token is None:
+        # The subscribe hook is not asked room by room: a list of rooms shows the public ones to a request
+        # without a token (each private room's own GET /rooms/<room> asks it).
         return auth.is_public
     grant = auth.verify(token)
     return lambda room: auth.is_public(room) or grant.may_subscribe(room)

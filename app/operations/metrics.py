@@ -67,6 +67,13 @@ PUBLISH_LATENCY = Histogram(
     "sse_publish_latency_seconds", "Time to store one message (POST /messages, successful or not).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+HOOK_ANSWERS = Counter(
+    "sse_subscribe_hook_answers", "Reads decided by the subscribe hook (AUTH_SUBSCRIBE_URL), by outcome.", ["outcome"],
+)
+HOOK_SECONDS = Histogram(
+    "sse_subscribe_hook_seconds", "Time of one call to the subscribe hook, answered or not.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 
 # Reasons for STREAMS_DROPPED, one word each.
 DROP_SLOW = "slow"  # its bounded queue overflowed
@@ -74,6 +81,10 @@ DROP_STALLED = "stalled"  # a write made no progress, or its backlog was not tak
 DROP_LIMIT = "limit"  # refused: the worker holds MAX_STREAMS_PER_WORKER streams
 DROP_CLIENT_LIMIT = "client_limit"  # refused: the client holds MAX_STREAMS_PER_CLIENT streams on this node
 DROP_REASONS = (DROP_SLOW, DROP_STALLED, DROP_LIMIT, DROP_CLIENT_LIMIT)
+
+# Outcomes counted by HOOK_ANSWERS: a 2xx that allows; a 401/403; no usable answer (503: timeout, connection,
+# 5xx, garbage); no free call slot within the timeout (503); an answer served from the cache.
+HOOK_OUTCOMES = ("allowed", "refused", "failed", "busy", "cached")
 
 # Operations counted by STORE_ERRORS (the callers pass these words).
 STORE_OPERATIONS = ("publish", "history", "stream", "tailer", "ready", "presence")
@@ -87,10 +98,13 @@ QUERY_BACKLOG = "backlog"
 ALL_METRICS = (
     OPEN_STREAMS, SUBSCRIPTIONS, MESSAGES_PUBLISHED, EVENTS_DELIVERED, STREAMS_DROPPED,
     RESETS_SENT, TAILER_RESTARTS, STORE_ERRORS, STORE_QUERIES, WINDOW_MESSAGES, WINDOW_BYTES, PUBLISH_LATENCY,
+    HOOK_ANSWERS, HOOK_SECONDS,
 )
 
 for _reason in DROP_REASONS:
     STREAMS_DROPPED.labels(_reason)
+for _outcome in HOOK_OUTCOMES:
+    HOOK_ANSWERS.labels(_outcome)
 for _operation in STORE_OPERATIONS:
     STORE_ERRORS.labels(_operation)
 for _operation in (QUERY_RESUME, QUERY_HISTORY, QUERY_WARM, QUERY_PRESENCE, QUERY_BACKLOG):

@@ -15,8 +15,8 @@ from tests.support.waiting import wait_until
 class StreamReader:
     """Follow one SSE stream in a background thread, collecting parsed events."""
 
-    def __init__(self, url: str, last_event_id: str | None = None) -> None:
-        headers = {"Accept": "text/event-stream"}
+    def __init__(self, url: str, last_event_id: str | None = None, headers: dict[str, str] | None = None) -> None:
+        headers = {"Accept": "text/event-stream", **(headers or {})}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self.response = requests.get(url, headers=headers, stream=True, timeout=(5, 30))
@@ -39,6 +39,10 @@ class StreamReader:
         except Exception as exc:  # closed by us, or the server went away
             if not self._closed:
                 self.error = exc
+
+    def ended(self) -> bool:
+        """Say whether the server ended the stream (the reader saw its end)."""
+        return not self._thread.is_alive()
 
     @property
     def messages(self) -> list[sseclient.Event]:
