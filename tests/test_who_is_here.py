@@ -18,6 +18,7 @@ from app.delivery.streaming import _next_chunk
 from app.delivery.window import Entry
 from app.stores.base import MAX_SUBJECT_BYTES, PresenceReport, StoreUnavailable
 from tests.support.tokens import SECRET, claims, mint
+from tests.support.waiting import wait_until
 
 # -- the hub keeps who follows each room --------------------------------------------------------
 
@@ -342,3 +343,79 @@ def test_the_document_describes_subscribers_and_the_join_and_leave_events(client
     kinds = [variant["properties"]["event"].get("enum") for variant in
              stream["responses"]["200"]["content"]["text/event-stream"]["schema"]["anyOf"]]
     assert ["join", "leave"] in kinds
+
+
+def test_writes_refused_now_and_then_make_no_leave_and_join(sqlite_path):
+    """FerretDB refuses a presence write now and then ("database is locked"), and interrupts a read: no flapping.
+
+    Two workers on one store, at a tenth of the real intervals: worker A's
+    store refuses every other presence write while bob comes and goes there,
+    and worker B's refuses every third read of the others' entries; B's
+    presence=1 stream hears bob's join and leave once each, and nothing
+    about alice, who stays throughout. (A run of refusals long enough to let
+    A's entry expire is what the leave grace is for: the unit tests above.)
+    """
+    import gevent
+
+    from app.stores.sqlite import SQLiteStore
+
+    def worker(store):
+        hub = Hub(queue_limit=100)
+        presence = Presence(store, hub, check_interval=0.025, write_interval=0.05, refresh_interval=0.1, ttl=0.3,
+                            cache_seconds=0.05, stale_seconds=0.15)
+        presence.announcer = Announcer(presence, hub, check_interval=0.025, leave_grace=0.15)
+        return hub, presence
+
+    store_a, store_b = (SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100) for _ in range(2))
+    (hub_a, presence_a), (hub_b, presence_b) = worker(store_a), worker(store_b)
+    refused = []
+    for name in ("publish_presence", "refresh_presence"):
+        write = getattr(store_a, name)
+
+        def flaky(*args, write=write):
+            refused.append(len(refused) % 2 == 0)
+            if refused[-1]:
+                raise StoreUnavailable("FerretDB: database is locked (517)")
+            return write(*args)
+
+        setattr(store_a, name, flaky)
+    reads = []
+    read = store_b.presence_counts
+
+    def interrupted(exclude=None):
+        reads.append(len(reads) % 3 == 2)
+        if reads[-1]:
+            raise StoreUnavailable("FerretDB: interrupted (9)")
+        return read(exclude)
+
+    store_b.presence_counts = interrupted
+    watcher = hub_b.subscribe(("lobby",), subject="watcher", notices=True)
+    presence_a.start()
+    presence_b.announcer.ensure_running()
+    try:
+        gevent.sleep(0.1)
+        hub_a.subscribe(("lobby",), subject="alice")
+        wait_until(lambda: [kind for kind, _ in events_so_far(watcher)] == ["join"], 3, "alice's join",
+                   sleep=gevent.sleep)
+        gevent.sleep(0.3)
+        bob = hub_a.subscribe(("lobby",), subject="bob")
+        gevent.sleep(0.6)
+        hub_a.unsubscribe(bob)
+        gevent.sleep(1.5)  # 5 of these TTLs, 30 writes or refreshes of worker A, half of them refused
+    finally:
+        presence_a.stop()
+        presence_b.stop()
+        store_a.close()
+        store_b.close()
+    told = [(kind, data["sub"]) for kind, data in events_so_far(watcher)]
+    assert told == [("join", "alice"), ("join", "bob"), ("leave", "bob")]
+    assert refused.count(True) >= 5 and reads.count(True) >= 5
+
+
+def events_so_far(subscription) -> list[tuple[str, dict]]:
+    """The notices queued for a subscription so far, left in place: (kind, data)."""
+    out = []
+    for item in subscription._items:
+        kind_line, data_line = item.payload.decode().split("\n")[:2]
+        out.append((kind_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))))
+    return out
