@@ -108,6 +108,7 @@ class Announcer:
 
     def _run(self) -> None:
         idle_since = time.monotonic()
+        broken = False
         while True:
             now = time.monotonic()
             if self.hub.noticed_rooms():
@@ -117,8 +118,11 @@ class Announcer:
                 return
             try:
                 self.check(now)
+                broken = False
             except Exception:  # the events of every presence=1 stream depend on this loop
-                log.exception("presence: working out join and leave events failed")
+                if not broken:  # once per run of failures, not a traceback four times a second
+                    log.exception("presence: working out join and leave events failed")
+                broken = True
             gevent.sleep(self.check_interval)
 
     def check(self, now: float) -> None:
