@@ -222,6 +222,13 @@ def test_a_room_no_presence_stream_follows_any_more_is_forgotten_then_watched_an
     assert events(again) == []
 
 
+def test_the_leave_grace_is_a_setting(sqlite_path):
+    app = create_app({"SQLITE_PATH": sqlite_path, "PRESENCE_LEAVE_GRACE_SECONDS": "5",
+                      "PRESENCE_MAX_IDENTITIES": "7"})
+    presence = app.extensions["sse"].presence
+    assert presence.announcer.leave_grace == 5.0 and presence.max_identities == 7
+
+
 # -- GET /rooms/R/subscribers -------------------------------------------------------------------
 
 

@@ -17,9 +17,13 @@ streams, exactly -- and compares who is there with who was:
   interval; an entry whose writes FerretDB refuses for a while ("database
   is locked") can expire before a write gets through. Neither is a leave,
   and the grace keeps both from becoming a ``leave`` and a ``join`` (which
-  would also be a second join). The cost: a leave is told ``leave_grace``
-  later than it happened, and the streams of a worker that was killed leave
-  when its entry expires (3 s after its last refresh) plus the grace;
+  would also be a second join). ``PRESENCE_LEAVE_GRACE_SECONDS`` sets it
+  (1.5 s): a client whose stream ends and that comes back after EventSource's
+  ``retry:`` (RETRY_MS, 3 s by default; more after a worker's shutdown) is
+  told as a leave and a join unless the grace is longer than that. The
+  cost: a leave is told ``leave_grace`` later than it happened, and the
+  streams of a worker that was killed leave when its entry expires (3 s
+  after its last refresh) plus the grace;
 * a read of the store that fails tells nothing: the tick is skipped, never
   read as "everybody left".
 
@@ -59,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 0.25
-# Longer than a move's gap between two entries (a write interval, 0.5 s, plus
+# PRESENCE_LEAVE_GRACE_SECONDS. Longer than a move's gap between two entries (a write interval, 0.5 s, plus
 # a check, 0.25 s, plus a reader's cache, 0.5 s) and than a run of refused
 # writes needs to let an entry expire (two seconds of them); short enough that
 # a leave is told within about two seconds of the store saying so.

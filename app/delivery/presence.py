@@ -23,6 +23,14 @@ or refreshed, and keeps it from a greenlet:
 * a worker with no streams writes nothing; it withdraws its entry once,
   when its last stream ends.
 
+The entry also says who follows its named rooms (issue 16): each identity
+(``Grant.subject``) and its streams, and the anonymous streams, at most
+``max_identities`` (room, identity) pairs (``PRESENCE_MAX_IDENTITIES``: those
+with the most streams), the rest counted. A client with tokens for made-up
+names, or a hook that names a new one per request, grows a count, not the
+write. ``identities(room)`` reads them as ``subscribers`` reads counts, and
+``app/delivery/announcer.py`` turns their changes into join and leave events.
+
 A write that fails is tried again a check later, then less and less often
 while the failures go on, down to once per ``refresh_interval``: one failed
 write (FerretDB refuses one now and then; any store can drop a connection)
@@ -63,7 +71,7 @@ import gevent.lock
 
 from ..operations.metrics import QUERY_PRESENCE, STORE_ERRORS, STORE_QUERIES
 from ..stores.base import MAX_SUBJECT_BYTES, PresenceReport, PresenceStore, StoreUnavailable
-from .announcer import Announcer
+from .announcer import LEAVE_GRACE, Announcer
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -181,7 +189,7 @@ class Presence:
     """This worker's entry in the store, and the sum over every worker of every node."""
 
     def __init__(self, store: PresenceStore, hub: Hub, *, max_rooms: int = MAX_ROOMS,
-                 max_identities: int = MAX_IDENTITIES,
+                 max_identities: int = MAX_IDENTITIES, leave_grace: float = LEAVE_GRACE,
                  check_interval: float = CHECK_INTERVAL, write_interval: float = WRITE_INTERVAL,
                  refresh_interval: float = REFRESH_INTERVAL, ttl: float = TTL,
                  cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS) -> None:
@@ -208,7 +216,7 @@ class Presence:
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
         # Join and leave events for this worker's presence=1 streams, from the same reads.
-        self.announcer = Announcer(self, hub)
+        self.announcer = Announcer(self, hub, leave_grace=leave_grace)
 
     # -- this worker's entry ---------------------------------------------------
     def start(self) -> None:

@@ -32,6 +32,12 @@ are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
 a client that makes up room names cannot grow an entry -- nor a MongoDB
 document towards its 16 MB limit -- past what the setting allows.
 
+An entry also names who follows its named rooms (issue 16): each identity (a
+stream's ``Grant.subject``) and its streams, and each room's anonymous
+streams; at most ``PRESENCE_MAX_IDENTITIES`` (room, identity) pairs, each
+identity at most ``MAX_SUBJECT_BYTES``, the other pairs counted
+(``PresenceReport.other_subs``). They travel in the same writes.
+
 A ``Store`` is both parts and its lifecycle (``prepare``, ``ping``, ``close``):
 what ``open_store`` returns, and what both implementations are.
 """
