@@ -134,9 +134,9 @@ class User:
                 self.worker = worker_of(server, self.reader)
                 return
             except OSError:
-                # The stream ended before its worker was looked up: the server closes a join that finds
-                # the store unavailable (": store unavailable, reconnect later"), as FerretDB is now and
-                # then (seen once in 5 runs, at a session's first server); EventSource would reconnect.
+                # The stream's socket was gone before its worker was looked up (seen once in 5 runs on
+                # FerretDB, at the session's first server; cause not pinned down -- most likely a join
+                # that found the store unavailable, which the server ends for EventSource to reconnect).
                 self.reader.close()
                 if tries == 2:
                     raise
