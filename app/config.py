@@ -61,6 +61,10 @@ class Settings:
     # Presence (docs/scaling-out.md#presence-across-nodes): the rooms one worker's
     # entry names, its busiest; the rest are counted, not named.
     presence_max_rooms: int = 1000
+    # Issue 16: the (room, identity) pairs one worker's entry names; the rest are counted, not named.
+    presence_max_identities: int = 1000
+    # Issue 16: how long an identity must be gone before its leave is told (app/delivery/announcer.py).
+    presence_leave_grace_seconds: float = 1.5
     # Token claims (issue 18, docs/security.md#token-claims): checked when private rooms are on.
     auth_jwt_audience: str | None = None
     auth_jwt_issuer: str | None = None
@@ -411,6 +415,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     # Presence: 100,000 rooms of 64 characters make a MongoDB document of ~10.4 MB,
     # under its 16 MB (app/stores/mongo.py presence_document_max_bytes).
     "PRESENCE_MAX_ROOMS": _int_in(1, 100_000),
+    # With 100,000 rooms, 10,000 identities of 256 bytes still keep that document under 16 MB (~15.99 MB).
+    "PRESENCE_MAX_IDENTITIES": _int_in(0, 10_000),
+    "PRESENCE_LEAVE_GRACE_SECONDS": _positive_float(60),
     # Token claims (issue 18).
     "AUTH_JWT_AUDIENCE": _claim_value,
     "AUTH_JWT_ISSUER": _claim_value,

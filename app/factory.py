@@ -47,7 +47,9 @@ def create_app(env: Mapping[str, str] | None = None) -> Flask:
     tailer = Tailer(store, window, hub)
     worker_slots = StreamSlots(settings.max_streams_per_worker)
     client_slots = ClientSlots(settings.client_slots_path, settings.max_streams_per_client)
-    presence = Presence(store, hub, max_rooms=settings.presence_max_rooms)
+    presence = Presence(store, hub, max_rooms=settings.presence_max_rooms,
+                        max_identities=settings.presence_max_identities,
+                        leave_grace=settings.presence_leave_grace_seconds)
     app.extensions["sse"] = Services(settings, store, window, hub, tailer, worker_slots, presence,
                                      Admission(worker_slots, client_slots))
 

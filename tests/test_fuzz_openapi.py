@@ -29,7 +29,7 @@ from schemathesis import GenerationMode
 from tests.support.tokens import SECRET, claims, mint
 
 TOKEN = "fuzz-token-0123456789abcdef"
-# Examples per operation and mode; five operations, two modes.
+# Examples per operation and mode; six operations, two modes.
 MAX_EXAMPLES = 40
 STREAM_READ_SECONDS = 0.4
 # Invalid input may also be refused for its size: 413 (body) and 414 (query
@@ -91,7 +91,8 @@ def test_schemathesis_finds_no_5xx_and_no_departure_from_the_spec(start_server, 
     operations = [result.ok() for result in schema.get_all_operations()]
     # Schemathesis leaves out the document's own path; tests/test_openapi.py covers it.
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
-        "POST /messages", "GET /messages", "GET /messages/history", "GET /rooms", "GET /rooms/{room}"}
+        "POST /messages", "GET /messages", "GET /messages/history", "GET /rooms", "GET /rooms/{room}",
+        "GET /rooms/{room}/subscribers"}
 
     counts: dict[str, int] = {}
     for operation in operations:

@@ -134,6 +134,14 @@ TABLE = {
     "rooms limit with a unicode digit": Hostile("GET", "/rooms?limit=%EF%BC%95", 400, "limit"),
     "rooms after with CR LF": Hostile("GET", "/rooms?after=a%0d%0aFORGED", 400, "after"),
     "rooms after too long": Hostile("GET", "/rooms?after=" + "r" * 65, 400, "after"),
+    # GET /rooms/R/subscribers (who is here) and the stream's presence=1 (issue 16).
+    "subscribers limit over 1000": Hostile("GET", "/rooms/a/subscribers?limit=1001", 400, "limit"),
+    "subscribers limit twice": Hostile("GET", "/rooms/a/subscribers?limit=1&limit=x", 400, "limit"),
+    "subscribers after too long": Hostile("GET", "/rooms/a/subscribers?after=" + "s" * 1025, 400, "after"),
+    "subscribers after twice": Hostile("GET", "/rooms/a/subscribers?after=a&after=b", 400, "after"),
+    "subscribers room with a line feed": Hostile("GET", "/rooms/x%0AFORGED/subscribers", 400, "room"),
+    "stream presence neither 1 nor 0": Hostile("GET", "/messages?room=a&presence=yes", 400, "presence"),
+    "stream presence twice": Hostile("GET", "/messages?room=a&presence=1&presence=0", 400, "presence"),
     "huge query string": Hostile("GET", "/messages?room=a&pad=" + "x" * 3000, 414, "query string"),
     "query string past gunicorn's request line limit": Hostile(
         "GET", "/messages?room=a&pad=" + "x" * 5000, 414, "", by_gunicorn=True),

@@ -34,7 +34,7 @@ def test_schemathesis_accepts_the_document(document):
     _, spec = document
     schema = schemathesis.openapi.from_dict(spec)
 
-    assert len([result.ok() for result in schema.get_all_operations()]) == 6
+    assert len([result.ok() for result in schema.get_all_operations()]) == 7
 
 
 def test_document_states_the_running_limits_and_access_rules(document):

@@ -164,7 +164,8 @@ def test_the_rooms_are_worked_out_again_only_when_a_stream_joined_or_left(presen
     assert len(worked_out) == 1
     hub.subscribe(("dev",))
     wait_until(lambda: len(worked_out) >= 2, 5, "the rooms were not worked out again", sleep=gevent.sleep)
-    assert len(worked_out) == 2 and presence.report() == PresenceReport({"lobby": 1, "dev": 1})
+    assert len(worked_out) == 2 and presence.report() == PresenceReport({"lobby": 1, "dev": 1},
+                                                                       anonymous={"lobby": 1, "dev": 1})
 
 
 @pytest.mark.parametrize(("counts", "max_rooms", "expected"), [
@@ -361,7 +362,7 @@ def test_a_bug_in_a_write_does_not_end_the_loop(presence, store, hub, monkeypatc
 def test_counts_add_this_workers_live_streams_to_the_others_in_the_store(presence, store, hub):
     store.others = {"lobby": 3, "dev": 1}
     hub.subscribe(("lobby", "ops"))
-    assert presence.report() == PresenceReport({"lobby": 4, "dev": 1, "ops": 1})
+    assert presence.report() == PresenceReport({"lobby": 4, "dev": 1, "ops": 1}, anonymous={"lobby": 1, "ops": 1})
     assert [presence.subscribers(room) for room in ("lobby", "dev", "ops", "none")] == [4, 1, 1, 0]
 
 
@@ -383,7 +384,7 @@ def test_one_room_counts_this_workers_streams_exactly_even_beyond_the_rooms_it_n
     hub.subscribe(("lobby",))
     hub.subscribe(("lobby", "quiet"))
     assert presence.subscribers("quiet") == 1
-    assert presence.report() == PresenceReport({"lobby": 2}, other_rooms=1, other_streams=1)
+    assert presence.report() == PresenceReport({"lobby": 2}, other_rooms=1, other_streams=1, anonymous={"lobby": 2})
 
 
 def test_a_failed_read_answers_with_recent_counts_then_fails(presence, store):
@@ -630,18 +631,23 @@ def test_the_largest_presence_document_the_setting_allows_is_under_16_mb():
 
     import bson
 
-    from app.stores.base import MAX_ROOM_BYTES
+    from app.stores.base import MAX_ROOM_BYTES, MAX_SUBJECT_BYTES
     from app.stores.mongo import BSON_DOCUMENT_LIMIT, MAX_WORKER_ID_BYTES, presence_document_max_bytes
 
-    most = 100_000  # the largest PRESENCE_MAX_ROOMS accepts
+    most, most_subs = 100_000, 10_000  # the largest PRESENCE_MAX_ROOMS and PRESENCE_MAX_IDENTITIES accept
     worst = {"_id": "h" * MAX_WORKER_ID_BYTES,
-             "rooms": [{"room": f"{n:0{MAX_ROOM_BYTES}d}", "streams": 2**63 - 1} for n in range(most)],
-             "otherRooms": 2**63 - 1, "otherStreams": 2**63 - 1, "expiresAt": datetime.now(UTC)}
+             "rooms": [{"room": f"{n:0{MAX_ROOM_BYTES}d}", "streams": 2**63 - 1, "anonymous": 2**63 - 1}
+                       for n in range(most)],
+             "otherRooms": 2**63 - 1, "otherStreams": 2**63 - 1,
+             "subs": [{"room": f"{n:0{MAX_ROOM_BYTES}d}", "sub": f"{n:0{MAX_SUBJECT_BYTES}d}", "streams": 2**63 - 1}
+                      for n in range(most_subs)],
+             "otherSubs": 2**63 - 1, "expiresAt": datetime.now(UTC)}
     size = len(bson.encode(worst))
     # An upper bound (it counts every array index as long as the last one), and a close one.
-    assert size <= presence_document_max_bytes(most) < BSON_DOCUMENT_LIMIT
-    assert presence_document_max_bytes(most) - size < most * len(str(most))
-    assert presence_document_max_bytes(1000) < 110_000  # the default: about 100 KB at worst
+    assert size <= presence_document_max_bytes(most, most_subs) < BSON_DOCUMENT_LIMIT
+    assert presence_document_max_bytes(most, most_subs) - size < (most + most_subs) * len(str(most))
+    # The defaults: about 100 KB of rooms and 390 KB of identities at worst (256-byte subs in 64-byte rooms).
+    assert presence_document_max_bytes(1000, 1000) < 500_000
 
 
 def test_a_room_name_is_never_longer_than_the_worst_case_counts_on():

@@ -55,7 +55,7 @@ def test_the_table_names_every_setting_and_nothing_else():
 
 
 def test_the_table_was_read():
-    assert len(INTEGER_RANGES) == 20 and len(SECONDS_RANGES) == 3, (INTEGER_RANGES, SECONDS_RANGES)
+    assert len(INTEGER_RANGES) == 21 and len(SECONDS_RANGES) == 4, (INTEGER_RANGES, SECONDS_RANGES)
     assert INTEGER_RANGES["CAPPED_SIZE_BYTES"] == (4096, 2**50)
 
 

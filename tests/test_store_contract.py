@@ -527,3 +527,58 @@ def test_a_presence_document_that_would_pass_16_mb_is_a_clean_store_error_on_mon
     with pytest.raises(StoreUnavailable, match="too large"):
         store.publish_presence("w1", huge, ttl=30)
     assert store.presence_counts() == PresenceReport()
+
+
+# -- presence: who follows each room (issue 16) --------------------------------------------------
+
+def test_presence_sums_each_rooms_identities_and_anonymous_streams(make_store):
+    """Identities as the hook or a token may name them: dots, dollars, spaces, newlines and non-ASCII included."""
+    store = make_store()
+    odd = "a.b$c d\né"
+    store.publish_presence("w1", PresenceReport({"lobby": 4, "a.b": 1}, subs={"lobby": {"alice": 2, odd: 1},
+                                                                            "a.b": {odd: 1}},
+                                                anonymous={"lobby": 1}, other_subs=3), ttl=30)
+    store.publish_presence("w2", PresenceReport({"lobby": 2}, subs={"lobby": {"alice": 1}}, anonymous={"lobby": 1}),
+                           ttl=30)
+    assert store.presence_counts() == PresenceReport(
+        {"lobby": 6, "a.b": 1}, subs={"lobby": {"alice": 3, odd: 1}, "a.b": {odd: 1}}, anonymous={"lobby": 2},
+        other_subs=3)
+    assert make_store().presence_counts(exclude="w1") == PresenceReport(
+        {"lobby": 2}, subs={"lobby": {"alice": 1}}, anonymous={"lobby": 1})
+    # A new entry replaces the old one whole: who left is gone with it.
+    store.publish_presence("w1", PresenceReport({"lobby": 1}, subs={"lobby": {"bob": 1}}), ttl=30)
+    assert store.presence_counts(exclude="w2") == PresenceReport({"lobby": 1}, subs={"lobby": {"bob": 1}})
+    assert store.refresh_presence("w1", ttl=30) is True
+    assert store.presence_counts(exclude="w2").subs == {"lobby": {"bob": 1}}  # a refresh keeps them
+
+
+def test_an_entry_written_before_identities_counts_its_streams_as_unnamed(make_store):
+    """A node still on the release before issue 16 shares the store during a rolling upgrade."""
+    store = make_store()
+    store.publish_presence("new", PresenceReport({"lobby": 1}, subs={"lobby": {"alice": 1}}), ttl=30)
+    if make_store.kind == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(make_store.location) as conn:
+            conn.execute("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams) "
+                         "VALUES ('old', '{\"lobby\": 2}', 9999999999999, 0, 0)")
+    else:
+        store.presence_collection.insert_one({"_id": "old", "rooms": [{"room": "lobby", "streams": 2}],
+                                              "otherRooms": 0, "otherStreams": 0,
+                                              "expiresAt": datetime.now(UTC) + timedelta(seconds=30)})
+    report = store.presence_counts()
+    assert report.rooms == {"lobby": 3} and report.subs == {"lobby": {"alice": 1}}
+    assert report.unnamed_streams("lobby") == 2
+
+
+def test_the_mongodb_store_refuses_identities_past_its_bounds(make_store):
+    """What keeps the 16 MB proof true whoever calls: Presence itself never writes more."""
+    if make_store.kind != "mongodb":
+        pytest.skip("SQLite keeps a worker's identities as one text value, with no 16 MB limit")
+    store = make_store()
+    store.presence_max_identities = 2
+    with pytest.raises(ValueError, match="PRESENCE_MAX_IDENTITIES"):
+        store.publish_presence("w1", PresenceReport({"lobby": 3}, subs={"lobby": {"a": 1, "b": 1, "c": 1}}), ttl=30)
+    with pytest.raises(ValueError, match="PRESENCE_MAX_IDENTITIES"):
+        store.publish_presence("w1", PresenceReport({"lobby": 1}, subs={"lobby": {"s" * 257: 1}}), ttl=30)
+    assert store.presence_counts() == PresenceReport()

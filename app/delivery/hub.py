@@ -50,16 +50,30 @@ class ReaderStalled(ConnectionResetError):
     """
 
 
+class Notice:
+    """A join or leave event queued beside the messages: it has no id, and is not in the stored order."""
+
+    __slots__ = ("room", "payload")
+    id = None  # read where a message's id is: the stream's last id stays as it was
+
+    def __init__(self, room: str, payload: bytes) -> None:
+        self.room = room
+        self.payload = payload
+
+
 class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
     __slots__ = ("rooms", "limit", "_items", "_waiter", "ended_by", "heartbeat_due", "last_sent", "writing_since",
-                 "backlog_until", "events", "_greenlet", "expires_at")
+                 "backlog_until", "events", "_greenlet", "expires_at", "subject", "notices")
 
-    def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None) -> None:
+    def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None,
+                 subject: str | None = None, notices: bool = False) -> None:
         self.rooms = rooms
+        self.subject = subject  # the stream's identity (Grant.subject), None: anonymous
+        self.notices = notices  # presence=1: it also gets join and leave events of its rooms
         self.limit = limit
-        self._items: list[Entry] = []
+        self._items: list[Entry | Notice] = []
         self._waiter: Waiter | None = None
         self.ended_by: EndReason | None = None  # set once, by end() (a reset overrides it: see the sweep)
         self.heartbeat_due = False
@@ -91,7 +105,7 @@ class Subscription:
         self.heartbeat_due = True
         self.wake()
 
-    def offer(self, event: Entry) -> Waiter | None:
+    def offer(self, event: Entry | Notice) -> Waiter | None:
         """Queue an event; return the waiter to wake if the stream is parked."""
         if len(self._items) >= self.limit:
             if self.ended_by is None:  # fell queue_limit events behind
@@ -107,7 +121,7 @@ class Subscription:
         if waiter is not None:
             get_hub().loop.run_callback(waiter.switch, None)
 
-    def take(self, max_bytes: int) -> list[Entry]:
+    def take(self, max_bytes: int) -> list[Entry | Notice]:
         """Return what is queued, up to ``max_bytes`` of payload (at least one event); park until there is some.
 
         Returns empty when the stream has ended or a heartbeat is due. The rest
@@ -131,6 +145,15 @@ class Subscription:
                     return items[:count]
         self._items = []
         return items
+
+
+def _add(counts: dict[str, int], key: str, step: int) -> None:
+    """Add ``step`` to a count, dropping it at zero: a tally names only what it counts."""
+    count = counts.get(key, 0) + step
+    if count:
+        counts[key] = count
+    else:
+        counts.pop(key, None)
 
 
 # Streams woken per hub callback. gevent checks the clock every 50 callbacks
@@ -173,6 +196,11 @@ class Hub:
         # Bumped whenever a stream joins or leaves: presence works out the rooms
         # again only when they may have changed (O(rooms) each time).
         self.changes = 0
+        # Who follows each room (issue 16), kept as streams come and go (O(rooms of the stream)):
+        # streams per identity, streams without one, and the streams that asked for join/leave events.
+        self._subs: dict[str, dict[str, int]] = {}
+        self._anonymous: dict[str, int] = {}
+        self._noticed: dict[str, int] = {}
 
     def subscribers(self, room: str) -> int:
         """Return how many of this worker's streams follow ``room``."""
@@ -182,13 +210,50 @@ class Hub:
         """Return how many of this worker's streams follow each room that has any."""
         return {room: len(subs) for room, subs in self._rooms.items()}
 
-    def subscribe(self, rooms: tuple[str, ...], expires_at: float | None = None) -> Subscription:
-        """Register the calling greenlet's stream for the live events of some rooms, until ``expires_at``."""
-        subscription = Subscription(rooms, self.queue_limit, expires_at)
+    def identities(self, room: str) -> dict[str, int]:
+        """Return the identities of this worker's streams that follow ``room``, and how many streams each has."""
+        return dict(self._subs.get(room, {}))
+
+    def room_identities(self) -> dict[str, dict[str, int]]:
+        """Return, for each room followed by a stream with an identity, the identities and their streams."""
+        return {room: dict(named) for room, named in self._subs.items()}
+
+    def anonymous(self, room: str) -> int:
+        """Return how many of this worker's streams follow ``room`` without an identity."""
+        return self._anonymous.get(room, 0)
+
+    def room_anonymous(self) -> dict[str, int]:
+        """Return how many of this worker's streams follow each room without an identity (rooms that have any)."""
+        return dict(self._anonymous)
+
+    def noticed_rooms(self) -> list[str]:
+        """Return the rooms that at least one of this worker's presence=1 streams follows."""
+        return list(self._noticed)
+
+    def announce(self, room: str, payload: bytes) -> None:
+        """Queue a join or leave event for this worker's presence=1 streams of ``room``, and wake them."""
+        if room not in self._noticed:
+            return
+        notice = Notice(room, payload)
+        for subscription in self._rooms.get(room, ()):
+            if subscription.notices:
+                waiter = subscription.offer(notice)
+                if waiter is not None:
+                    get_hub().loop.run_callback(waiter.switch, None)
+
+    def subscribe(self, rooms: tuple[str, ...], expires_at: float | None = None, *, subject: str | None = None,
+                  notices: bool = False) -> Subscription:
+        """Register the calling greenlet's stream for the live events of some rooms, until ``expires_at``.
+
+        ``subject``: the stream's identity (None: anonymous); ``notices``: it
+        also gets join and leave events of its rooms.
+        """
+        subscription = Subscription(rooms, self.queue_limit, expires_at, subject, notices)
         if self.closed:  # a stream that joins after shutdown began ends as the others did
             subscription.end(EndReason.SHUTDOWN)
         for room in rooms:
             self._rooms.setdefault(room, set()).add(subscription)
+            self._count(room, subscription, 1)
         self._subscriptions.add(subscription)
         self.changes += 1
         SUBSCRIPTIONS.inc()
@@ -209,6 +274,19 @@ class Hub:
                 subs.discard(subscription)
                 if not subs:
                     del self._rooms[room]
+            self._count(room, subscription, -1)
+
+    def _count(self, room: str, subscription: Subscription, step: int) -> None:
+        """Count a stream of ``room`` in (step 1) or out (-1) of its identity's and its notices' tallies."""
+        if subscription.subject is None:
+            _add(self._anonymous, room, step)
+        else:
+            named = self._subs.setdefault(room, {})
+            _add(named, subscription.subject, step)
+            if not named:
+                del self._subs[room]
+        if subscription.notices:
+            _add(self._noticed, room, step)
 
     def publish(self, entries: Iterable[Entry]) -> int:
         """Queue each entry for its room's subscribers and wake them; return the deliveries queued."""

@@ -23,6 +23,14 @@ or refreshed, and keeps it from a greenlet:
 * a worker with no streams writes nothing; it withdraws its entry once,
   when its last stream ends.
 
+The entry also says who follows its named rooms (issue 16): each identity
+(``Grant.subject``) and its streams, and the anonymous streams, at most
+``max_identities`` (room, identity) pairs (``PRESENCE_MAX_IDENTITIES``: those
+with the most streams), the rest counted. A client with tokens for made-up
+names, or a hook that names a new one per request, grows a count, not the
+write. ``identities(room)`` reads them as ``subscribers`` reads counts, and
+``app/delivery/announcer.py`` turns their changes into join and leave events.
+
 A write that fails is tried again a check later, then less and less often
 while the failures go on, down to once per ``refresh_interval``: one failed
 write (FerretDB refuses one now and then; any store can drop a connection)
@@ -55,13 +63,15 @@ import secrets
 import socket
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import gevent
 import gevent.event
 import gevent.lock
 
 from ..operations.metrics import QUERY_PRESENCE, STORE_ERRORS, STORE_QUERIES
-from ..stores.base import PresenceReport, PresenceStore, StoreUnavailable
+from ..stores.base import MAX_SUBJECT_BYTES, PresenceReport, PresenceStore, StoreUnavailable
+from .announcer import LEAVE_GRACE, Announcer
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -78,10 +88,22 @@ CACHE_SECONDS = 0.5
 # With a change written within WRITE_INTERVAL, still within the 2 s promised.
 STALE_SECONDS = 1.5
 MAX_ROOMS = 1000
+# (room, identity) pairs one entry names (PRESENCE_MAX_IDENTITIES).
+MAX_IDENTITIES = 1000
 # While writes keep failing, one line this often, not one per try.
 FAILURE_LOG_SECONDS = 60.0
 # A host name can be 255 bytes; the store's worst case counts on at most this.
 MAX_HOSTNAME_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RoomIdentities:
+    """Who follows one room: streams per identity, streams without one, streams of identities not named."""
+
+    subs: dict[str, int]
+    anonymous: int
+    unnamed: int
+    streams: int  # every stream of the room: what ``subscribers`` says
 
 
 def make_worker_id() -> str:
@@ -89,14 +111,34 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()[:MAX_HOSTNAME_CHARS]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def busiest_rooms(counts: dict[str, int], max_rooms: int) -> PresenceReport:
-    """Name the ``max_rooms`` rooms with the most streams and count the rest.
+def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[str, int]] | None = None,
+                  anonymous: dict[str, int] | None = None, max_identities: int = MAX_IDENTITIES) -> PresenceReport:
+    """Name the ``max_rooms`` rooms with the most streams and count the rest; then who follows the named ones.
 
     Ties go by name, so the same counts always name the same rooms: a quiet
     worker's entry does not change, and is not rewritten, for nothing.
+    ``subs`` (room -> identity -> streams) and ``anonymous`` (room -> streams)
+    are kept for the named rooms: at most ``max_identities`` (room, identity)
+    pairs, those with the most streams (ties by room, then identity), each
+    identity at most ``MAX_SUBJECT_BYTES`` long; the other pairs are counted.
     """
+    named = _named_rooms(counts, max_rooms)
+    pairs = [(room, sub, streams) for room, identities in (subs or {}).items() if room in named
+             for sub, streams in identities.items() if len(sub.encode()) <= MAX_SUBJECT_BYTES]
+    if len(pairs) > max_identities:
+        pairs = heapq.nsmallest(max_identities, pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
+    kept: dict[str, dict[str, int]] = {}
+    for room, sub, streams in pairs:
+        kept.setdefault(room, {})[sub] = streams
+    all_pairs = sum(len(identities) for identities in (subs or {}).values())
+    return PresenceReport(named, len(counts) - len(named), sum(counts.values()) - sum(named.values()), kept,
+                          {room: streams for room, streams in (anonymous or {}).items() if room in named},
+                          all_pairs - len(pairs))
+
+
+def _named_rooms(counts: dict[str, int], max_rooms: int) -> dict[str, int]:
     if len(counts) <= max_rooms:
-        return PresenceReport(dict(counts))
+        return dict(counts)
     # The count of the last room named: every room above it is named, and the
     # first names among the rooms at it. Two plain passes, not a sort of
     # every room (a hostile worker follows hundreds of thousands).
@@ -109,7 +151,7 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int) -> PresenceReport:
     named = {room: streams for room, streams in counts.items() if streams > threshold}
     tied = heapq.nsmallest(max_rooms - len(named), (room for room, streams in counts.items() if streams == threshold))
     named.update((room, threshold) for room in tied)
-    return PresenceReport(named, len(counts) - len(named), sum(counts.values()) - sum(named.values()))
+    return named
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -147,12 +189,14 @@ class Presence:
     """This worker's entry in the store, and the sum over every worker of every node."""
 
     def __init__(self, store: PresenceStore, hub: Hub, *, max_rooms: int = MAX_ROOMS,
+                 max_identities: int = MAX_IDENTITIES, leave_grace: float = LEAVE_GRACE,
                  check_interval: float = CHECK_INTERVAL, write_interval: float = WRITE_INTERVAL,
                  refresh_interval: float = REFRESH_INTERVAL, ttl: float = TTL,
                  cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS) -> None:
         self.store = store
         self.hub = hub
         self.max_rooms = max_rooms
+        self.max_identities = max_identities
         self.check_interval = check_interval
         self.write_interval = write_interval
         self.refresh_interval = refresh_interval
@@ -171,6 +215,8 @@ class Presence:
         self._others = PresenceReport()
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
+        # Join and leave events for this worker's presence=1 streams, from the same reads.
+        self.announcer = Announcer(self, hub, leave_grace=leave_grace)
 
     # -- this worker's entry ---------------------------------------------------
     def start(self) -> None:
@@ -182,6 +228,7 @@ class Presence:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop refreshing and withdraw this worker's entry (it would expire anyway); safe to call again."""
         self._stopping.set()
+        self.announcer.stop()
         # One stop at a time: systemd signals the whole process group, so a
         # worker gets SIGTERM from it and from the master, and two stops ran
         # here at once -- the second found the greenlet gone under its join.
@@ -206,7 +253,9 @@ class Presence:
         now = time.monotonic()
         if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
             self._own_changes = self.hub.changes
-            self._own, self._own_at = busiest_rooms(self.hub.room_counts(), self.max_rooms), now
+            self._own = busiest_rooms(self.hub.room_counts(), self.max_rooms, self.hub.room_identities(),
+                                      self.hub.room_anonymous(), self.max_identities)
+            self._own_at = now
         return self._own
 
     def _run(self) -> None:
@@ -260,6 +309,23 @@ class Presence:
         workers' entries cannot be read.
         """
         return self._other_workers().rooms.get(room, 0) + self.hub.subscribers(room)
+
+    def identities(self, room: str) -> RoomIdentities:
+        """Return who follows ``room`` over every worker of every node, as ``subscribers`` counts them.
+
+        This worker's own identities are exact, named or not; the others' as
+        their entries name them. Raises StoreUnavailable as ``subscribers`` does.
+        """
+        others = self._other_workers()
+        subs = dict(others.subs.get(room, {}))
+        for sub, streams in self.hub.identities(room).items():
+            subs[sub] = subs.get(sub, 0) + streams
+        return RoomIdentities(subs, others.anonymous.get(room, 0) + self.hub.anonymous(room),
+                              others.unnamed_streams(room), others.rooms.get(room, 0) + self.hub.subscribers(room))
+
+    def others(self) -> PresenceReport:
+        """Return every other worker's entries summed (cached as for every reader); raise StoreUnavailable."""
+        return self._other_workers()
 
     def report(self) -> PresenceReport:
         """Return every worker's entry summed: the rooms named, and the streams of those counted but not named.

@@ -101,13 +101,15 @@ class StreamSettings:
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageLog,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
                    expires_at: float | None = None, backlog: int | None = None,
-                   untyped: bool = False) -> Iterator[bytes]:
+                   untyped: bool = False, subject: str | None = None, notices: bool = False) -> Iterator[bytes]:
     """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
 
     ``expires_at`` is a Unix time (the token's exp), None for no end.
     ``backlog``: without an id the window holds, start with only the rooms'
     newest ``backlog`` messages (None: all). ``untyped``: every message as
-    the default event (no ``event:`` line).
+    the default event (no ``event:`` line). ``subject``: the stream's
+    identity, for presence (None: anonymous); ``notices``: it also gets the
+    join and leave events of its rooms (``app/delivery/announcer.py``).
     """
     started = time.monotonic()
     # On the monotonic clock from here on, as the hub's sweeper reads it.
@@ -126,7 +128,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                 return
             # No yield between these two lines: the exact hand-over.
             cursor = window.cursor(rooms, last_id, backlog)
-            subscription = hub.subscribe(rooms, deadline)
+            subscription = hub.subscribe(rooms, deadline, subject=subject, notices=notices)
             # Only the first join is bounded: a re-join (resync) resumes from the cursor's last id.
             backlog = None
             watcher = _watch_for_close(client_socket, subscription)
@@ -330,7 +332,11 @@ def _send_backlog(backlog: BacklogCursor, subscription: Subscription, write_time
 
 
 def _joined(entries: list, untyped: bool) -> bytes:
-    """Return the entries' events as one chunk (one event: the window's own bytes object, not a copy)."""
+    """Return the entries' events as one chunk (one event: the window's own bytes object, not a copy).
+
+    ``untyped`` leaves join and leave events typed: ``as_default_event``
+    cuts only an ``event:`` line that follows an ``id:`` line, and they have none.
+    """
     if untyped:
         payloads = [as_default_event(entry.payload) for entry in entries]
         return payloads[0] if len(payloads) == 1 else b"".join(payloads)
@@ -350,7 +356,10 @@ def _next_chunk(subscription: Subscription, last_id: str | None,
         return None, 0, last_id
     if entries:
         subscription.heartbeat_due = False
-        return _joined(entries, untyped), len(entries), entries[-1].id
+        newest = entries[-1].id
+        if newest is None:  # a join or leave event, which has no id: the last message's id still holds
+            newest = next((entry.id for entry in reversed(entries) if entry.id is not None), last_id)
+        return _joined(entries, untyped), len(entries), newest
     if subscription.heartbeat_due:
         subscription.heartbeat_due = False
         return HEARTBEAT, 0, last_id

@@ -89,6 +89,16 @@ def _flag(name: str) -> bool:
     return raw == "true"
 
 
+def _presence_flag() -> bool:
+    """Return ``presence`` (absent: false): 1 or true for join and leave events, 0 or false for none; else 400."""
+    raw = _single("presence")
+    if raw is None:
+        return False
+    if raw not in ("1", "true", "0", "false"):
+        raise ApiError(400, "presence must be 1 or 0 (or true or false)", {"presence": ["invalid"]})
+    return raw in ("1", "true")
+
+
 def _query_rooms() -> tuple[str, ...]:
     """Return the distinct rooms of the repeated ``room`` parameter, in the order given."""
     given = request.args.getlist("room")
@@ -159,7 +169,10 @@ def stream() -> Response:
     last_id = header or query or None
     backlog = _whole_number("backlog", 0, STREAM_MAX_BACKLOG, None)
     untyped = _flag("untyped")
+    notices = _presence_flag()
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
+    if notices:
+        svc.presence.announcer.ensure_running()
     # Taken last: from here on, only closing the response gives the slots back.
     ticket = svc.admission.admit(client_key(grant.subject))
     if ticket is Refusal.WORKER_FULL:
@@ -181,6 +194,7 @@ def stream() -> Response:
             client_socket=client_socket,  # to notice a client that leaves
             expires_at=grant.expires_at,  # the token's exp: the stream ends then
             backlog=backlog, untyped=untyped,
+            subject=grant.subject, notices=notices,  # who is here (issue 16): GET /rooms/R/subscribers
         )
         return Response(StreamBody(body, ticket.give_back), content_type="text/event-stream; charset=utf-8",
                         headers={

@@ -20,6 +20,8 @@ from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import MAX_KEY_CHARS, REPLAYED_HEADER
 from .schemas import (
     ROOM_PATTERN,
+    SUBSCRIBERS_MAX_AFTER_CHARS,
+    SUBSCRIBERS_MAX_LIMIT,
     ErrorOut,
     HistoryOut,
     HistoryQuery,
@@ -29,6 +31,8 @@ from .schemas import (
     RoomsOut,
     RoomsQuery,
     StreamQuery,
+    SubscribersOut,
+    SubscribersQuery,
     json_schema_pattern,
 )
 
@@ -45,6 +49,7 @@ that is unknown, evicted, from another room or not an id at all gives `event: re
 `{"reason": ...}`, one reason for all of them) followed by the whole stored window (or the newest `backlog`).
 With `untyped=true` no message has an `event:` line. With MESSAGE_TTL_SECONDS set, expired messages are never
 sent, and a resume that missed one gets `event: reset` with `{"reason": "expired"}`, then the unexpired window.
+With `presence=1`, `event: join` and `event: leave` (no `id:`) tell who starts or stops following the rooms.
 Comment lines (`:`) are heartbeats."""
 
 
@@ -184,6 +189,13 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {"anyOf": [
                     "data": _json_data({"type": "object", "required": ["reason"],
                                         "properties": {"reason": {"type": "string", "description":
                                                                   "`expired`, or why the point was not found"}}})}},
+    {"description": "With `presence=1`: an identity started (`join`) or stopped (`leave`) following one of the "
+                    "rooms; no `id` (the last message's id stays the resume point)",
+     "type": "object", "required": ["event", "data"],
+     "properties": {"event": {"type": "string", "enum": ["join", "leave"]},
+                    "data": _json_data({"type": "object", "required": ["room", "sub", "subscribers"],
+                                        "properties": {"room": {"type": "string"}, "sub": {"type": "string"},
+                                                       "subscribers": {"type": "integer", "minimum": 0}}})}},
 ]}
 
 
@@ -200,8 +212,8 @@ def _stream(settings: Settings) -> dict[str, Any]:
             "200": {"description": SSE_DESCRIPTION,
                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
             "400": _error("The room is missing or invalid, Last-Event-ID is too long, backlog is not a whole "
-                          "number from 0 to 10000, untyped is not true or false, or one of them (or lastEventId) is "
-                          "given twice"),
+                          "number from 0 to 10000, untyped is not true or false, presence is not 1, 0, true or "
+                          "false, or one of them (or lastEventId) is given twice"),
             "414": _QUERY_TOO_LONG,
             "429": _error(f"This client holds its maximum of {settings.max_streams_per_client} streams on this "
                           "node (MAX_STREAMS_PER_CLIENT)",
@@ -248,6 +260,26 @@ def _room_presence(settings: Settings) -> dict[str, Any]:
     }, settings)
 
 
+def _room_subscribers(settings: Settings) -> dict[str, Any]:
+    return _read_access({
+        "summary": "Who follows one room: its distinct identities on every node, by sub, a page at a time",
+        "parameters": [{"in": "path", "name": "room", "required": True,
+                        "schema": {"type": "string", "pattern": json_schema_pattern(ROOM_PATTERN)},
+                        "description": "The room; `.` and `..` go percent-encoded (`%2E`, `%2E%2E`)"},
+                       {"in": "query", "schema": SubscribersQuery}],
+        "responses": {
+            "200": {"description": "A page of the room's identities (an empty list when nobody is there, "
+                                   "never a 404), its anonymous streams and those of identities not named",
+                    "content": {"application/json": {"schema": SubscribersOut}}},
+            "400": _error(f"The room name is invalid, limit is not a whole number from 1 to "
+                          f"{SUBSCRIBERS_MAX_LIMIT}, after is empty or longer than {SUBSCRIBERS_MAX_AFTER_CHARS} "
+                          f"characters, or one of them is given twice"),
+            "414": _QUERY_TOO_LONG,
+            "503": _UNAVAILABLE,
+        },
+    }, settings)
+
+
 def _rooms_presence(settings: Settings) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": "Presence of every room with subscribers or messages, a page at a time",
@@ -286,6 +318,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.path(path="/messages/history", operations={"get": _history(settings)})
     spec.path(path="/rooms", operations={"get": _rooms_presence(settings)})
     spec.path(path="/rooms/{room}", operations={"get": _room_presence(settings)})
+    spec.path(path="/rooms/{room}/subscribers", operations={"get": _room_subscribers(settings)})
     spec.path(path="/openapi.json", operations={"get": {
         "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {

@@ -156,6 +156,47 @@ class RoomsOut(Schema):
 ROOMS_MAX_LIMIT = 1000
 
 
+class SubscriberOut(Schema):
+    """One identity following a room."""
+
+    sub = fields.String(required=True, metadata={
+        "description": "The identity: the token's `sub` (or the one the subscribe hook named)"})
+    streams = fields.Integer(required=True, metadata={
+        "minimum": 1, "description": "Its open streams following the room, on every worker of every node"})
+
+
+# A page of GET /rooms/R/subscribers; ``after`` is bounded only so that it is bounded.
+SUBSCRIBERS_MAX_LIMIT = 1000
+SUBSCRIBERS_MAX_AFTER_CHARS = 1024
+
+
+class SubscribersOut(Schema):
+    """The body of ``GET /rooms/<room>/subscribers``: who follows the room, by ``sub``, a page at a time."""
+
+    room = fields.String(required=True, metadata={"pattern": json_schema_pattern(ROOM_PATTERN)})
+    subscribers = fields.List(fields.Nested(SubscriberOut), required=True, metadata={
+        "description": "The distinct identities following the room, by `sub`, after `after`; up to ~2 s old"})
+    anonymous = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "Open streams following the room with no identity (counted, never listed)"})
+    unnamed = fields.Integer(required=True, metadata={
+        "minimum": 0, "description": "Open streams of identities counted but not named: each worker's presence "
+                                     "entry names at most PRESENCE_MAX_IDENTITIES (room, identity) pairs, "
+                                     "those with the most streams, and identities of at most 256 bytes"})
+    hasMore = fields.Boolean(required=True, metadata={"description": "More identities follow: ask again with "
+                                                                     "`after=next`"})
+    next = fields.String(required=True, allow_none=True, metadata={
+        "description": "The `after` of the next page (this page's last `sub`); null on the last page"})
+
+
+class SubscribersQuery(Schema):
+    """The query string of ``GET /rooms/<room>/subscribers``."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=SUBSCRIBERS_MAX_LIMIT),
+                           metadata={"description": "Identities per page"})
+    after = fields.String(validate=validate.Length(min=1, max=SUBSCRIBERS_MAX_AFTER_CHARS), metadata={
+        "description": "Start after this `sub`: the `next` of the previous page"})
+
+
 class RoomsQuery(Schema):
     """The query string of ``GET /rooms``."""
 
@@ -200,6 +241,12 @@ class StreamQuery(RoomQuery):
         "description": "`true`: every message arrives as the default `message` event (no `event:` line), its "
                        "type still in the JSON's `event`, so `EventSource.onmessage` hears every type "
                        "(the server's own `reset` stays a named event)"})
+    presence = fields.String(validate=validate.OneOf(["1", "0", "true", "false"]), metadata={
+        "description": "`1` (or `true`): also receive `join` and `leave` events, with no `id:`, when an identity "
+                       "starts following one of the rooms (its first stream on any worker of any node) or stops "
+                       "(its last stream closed, or its worker died); data `{\"room\", \"sub\", \"subscribers\"}`, "
+                       "`subscribers` being the room's open streams after the change. Anonymous streams are "
+                       "counted, never announced"})
 
 
 class HistoryQuery(RoomQuery):

@@ -18,6 +18,7 @@ const ui = {
   roomName: $("room-name"),
   state: $("state"),
   listening: $("listening"),
+  who: $("who"),
   toggle: $("toggle"),
   notice: $("notice"),
   empty: $("empty"),
@@ -45,7 +46,10 @@ function parseRooms(text) {
 
 function follow(rooms) {
   close();
-  current = { rooms, source: null, lastEventId: null, timer: null, failures: 0, older: newScrollback() };
+  current = {
+    rooms, source: null, lastEventId: null, timer: null, failures: 0, older: newScrollback(),
+    here: new Map(), // room -> Set of the identities following it (GET /rooms/R/subscribers, then join/leave)
+  };
   clearList(current);
   const names = rooms.map((room) => `#${room}`).join(", ");
   ui.roomName.textContent = names;
@@ -55,6 +59,7 @@ function follow(rooms) {
   ui.sendRoom.hidden = rooms.length < 2;
   hide(ui.notice);
   ui.listening.hidden = true; // until counted for these rooms
+  ui.who.hidden = true;
   open(current);
   setTimeout(showListening, 500); // once this page's own stream is likely counted
 }
@@ -73,6 +78,8 @@ function open(follower) {
   // hands a named event only to a listener for that name, and the page cannot
   // know every type a room's publishers use.
   params.set("untyped", "true");
+  // Who comes and goes: join and leave events (they carry no id, so the last id stays the last message's).
+  params.set("presence", "1");
   const source = new EventSource(`/messages?${params}`);
   follower.source = source;
   setState("connecting");
@@ -96,6 +103,8 @@ function open(follower) {
   };
   source.onmessage = (event) => onMessage(follower, event);
   source.addEventListener("reset", (event) => onReset(follower, event));
+  source.addEventListener("join", (event) => onPresence(follower, event, true));
+  source.addEventListener("leave", (event) => onPresence(follower, event, false));
 }
 
 function close() {
@@ -209,7 +218,7 @@ function newScrollback() {
 
 async function loadOlder() {
   const follower = current;
-  const oldest = ui.list.firstElementChild;
+  const oldest = ui.list.querySelector(".message"); // not a join or leave line: it has no id
   if (!follower || !oldest || follower.older.state !== "idle") return;
   if (ui.list.childElementCount >= MAX_SHOWN) {
     follower.older.state = "full";
@@ -312,6 +321,7 @@ const presencePath = (room) => `/rooms/${/^\.\.?$/.test(room) ? room.replaceAll(
 async function showListening() {
   const follower = current;
   if (!follower || document.hidden) return;
+  showWho(follower);
   try {
     const counts = await Promise.all(follower.rooms.map(async (room) => {
       const reply = await fetch(presencePath(room), { headers: { Accept: "application/json" } });
@@ -319,13 +329,75 @@ async function showListening() {
       return (await reply.json()).subscribers;
     }));
     if (follower !== current) return;
-    ui.listening.textContent = follower.rooms.length === 1
-      ? `${counts[0]} listening`
-      : `${follower.rooms.map((room, i) => `#${room} ${counts[i]}`).join(" · ")} listening`;
-    ui.listening.hidden = false;
+    showCounts(follower, counts);
   } catch {
     if (follower === current) ui.listening.hidden = true; // not allowed, or the server is away: say nothing
   }
+}
+
+function showCounts(follower, counts) {
+  ui.listening.textContent = follower.rooms.length === 1
+    ? `${counts[0]} listening`
+    : `${follower.rooms.map((room, i) => `#${room} ${counts[i]}`).join(" · ")} listening`;
+  ui.listening.hidden = false;
+}
+
+// -- who is here --------------------------------------------------------------
+
+const WHO_SHOWN = 8; // names in the header; the rest are counted
+const WHO_PAGE = 100;
+
+async function showWho(follower) {
+  try {
+    const pages = await Promise.all(follower.rooms.map(async (room) => {
+      const reply = await fetch(`${presencePath(room)}/subscribers?limit=${WHO_PAGE}`,
+        { headers: { Accept: "application/json" } });
+      if (!reply.ok) throw new Error(`${reply.status}`);
+      return (await reply.json()).subscribers;
+    }));
+    if (follower !== current) return;
+    follower.rooms.forEach((room, i) => follower.here.set(room, new Set(pages[i].map((entry) => String(entry.sub)))));
+    renderWho(follower);
+  } catch {
+    if (follower === current) ui.who.hidden = true;
+  }
+}
+
+function renderWho(follower) {
+  const names = [...new Set([...follower.here.values()].flatMap((subs) => [...subs]))].sort();
+  const more = names.length > WHO_SHOWN ? ` and ${names.length - WHO_SHOWN} more` : "";
+  ui.who.textContent = `here: ${names.slice(0, WHO_SHOWN).join(", ")}${more}`;
+  ui.who.title = names.join(", ");
+  ui.who.hidden = names.length === 0;
+}
+
+function onPresence(follower, event, joined) {
+  if (follower !== current) return;
+  const data = parse(event.data);
+  if (!data || !follower.rooms.includes(data.room) || typeof data.sub !== "string") return;
+  const subs = follower.here.get(data.room) || new Set();
+  if (joined) subs.add(data.sub); else subs.delete(data.sub);
+  follower.here.set(data.room, subs);
+  renderWho(follower);
+  if (follower.rooms.length === 1 && Number.isInteger(data.subscribers)) showCounts(follower, [data.subscribers]);
+  announce(`${data.sub} ${joined ? "joined" : "left"}`, follower.rooms.length > 1 ? data.room : null);
+}
+
+// A line in the feed between the messages: who joined or left, and when.
+function announce(text, room) {
+  const item = document.createElement("li");
+  item.className = "presence-note";
+  const time = document.createElement("time");
+  const now = new Date();
+  time.dateTime = now.toISOString();
+  time.textContent = timeFormat.format(now);
+  const words = document.createElement("span");
+  words.textContent = room ? `${text} #${room}` : text;
+  item.append(time, words);
+  const atBottom = ui.feed.scrollHeight - ui.feed.scrollTop - ui.feed.clientHeight < 40;
+  ui.list.append(item);
+  while (ui.list.childElementCount > MAX_SHOWN) ui.list.firstElementChild.remove();
+  if (atBottom) ui.feed.scrollTop = ui.feed.scrollHeight;
 }
 
 // -- the page -----------------------------------------------------------------

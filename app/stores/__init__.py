@@ -28,6 +28,7 @@ def open_store(settings: Settings) -> Store:
             settings.mongodb_uri, settings.mongodb_database,
             max_bytes=settings.capped_size_bytes, max_messages=settings.capped_max_messages,
             presence_max_rooms=settings.presence_max_rooms,
+            presence_max_identities=settings.presence_max_identities,
         )
     from .sqlite import SQLiteStore
 

@@ -32,6 +32,12 @@ are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
 a client that makes up room names cannot grow an entry -- nor a MongoDB
 document towards its 16 MB limit -- past what the setting allows.
 
+An entry also names who follows its named rooms (issue 16): each identity (a
+stream's ``Grant.subject``) and its streams, and each room's anonymous
+streams; at most ``PRESENCE_MAX_IDENTITIES`` (room, identity) pairs, each
+identity at most ``MAX_SUBJECT_BYTES``, the other pairs counted
+(``PresenceReport.other_subs``). They travel in the same writes.
+
 A ``Store`` is both parts and its lifecycle (``prepare``, ``ping``, ``close``):
 what ``open_store`` returns, and what both implementations are.
 """
@@ -139,30 +145,60 @@ def stored_size(room: str, text: str, event: str) -> int:
 MAX_ROOM_BYTES = 64
 
 
+# A presence entry names an identity (a stream's ``Grant.subject``) of at most
+# this many UTF-8 bytes; a longer one is counted, not named (what a MongoDB
+# document's worst case is computed from).
+MAX_SUBJECT_BYTES = 256
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceReport:
-    """Streams per room: the rooms named, and the rest counted but not named.
+    """Streams per room: the rooms named, and the rest counted but not named; who follows the named ones.
 
     A worker's entry, or the sum of several. ``other_streams`` adds each
     unnamed room's streams (a stream following three of them counts three
     times, as it counts once in each named room); summed over workers,
     ``other_rooms`` counts a room once per worker that did not name it.
+
+    Identities (issue 16): ``subs`` names, per named room, the identities
+    following it and their streams; ``anonymous`` counts, per named room, the
+    streams that have no identity. A room's streams that are in neither
+    belong to identities counted but not named (the entry names at most
+    ``PRESENCE_MAX_IDENTITIES`` of them); ``other_subs`` counts those
+    (room, identity) pairs.
     """
 
     rooms: dict[str, int] = field(default_factory=dict)
     other_rooms: int = 0
     other_streams: int = 0
+    subs: dict[str, dict[str, int]] = field(default_factory=dict)
+    anonymous: dict[str, int] = field(default_factory=dict)
+    other_subs: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.rooms) or self.other_rooms > 0
 
     def plus(self, other: PresenceReport) -> PresenceReport:
-        """Return the sum of two reports (a room named in either is named)."""
+        """Return the sum of two reports (a room or identity named in either is named)."""
         rooms = dict(self.rooms)
         for room, streams in other.rooms.items():
             rooms[room] = rooms.get(room, 0) + streams
+        subs = {room: dict(named) for room, named in self.subs.items()}
+        for room, named in other.subs.items():
+            into = subs.setdefault(room, {})
+            for sub, streams in named.items():
+                into[sub] = into.get(sub, 0) + streams
+        anonymous = dict(self.anonymous)
+        for room, streams in other.anonymous.items():
+            anonymous[room] = anonymous.get(room, 0) + streams
         return PresenceReport(rooms, self.other_rooms + other.other_rooms,
-                              self.other_streams + other.other_streams)
+                              self.other_streams + other.other_streams, subs, anonymous,
+                              self.other_subs + other.other_subs)
+
+    def unnamed_streams(self, room: str) -> int:
+        """Return the room's streams whose identity no entry names (counted, not named)."""
+        return (self.rooms.get(room, 0) - self.anonymous.get(room, 0)
+                - sum(self.subs.get(room, {}).values()))
 
 
 # An entry counts while its expiry lies ahead: readers filter on it
@@ -184,20 +220,32 @@ def presence_sweep_before(now: datetime) -> datetime:
 
 
 # One stored entry, as the sum below reads it: its named rooms' (room, streams)
-# pairs, then the rooms it counted without naming them and their streams.
-PresenceEntry = tuple[Iterable[tuple[str, int]], int, int]
+# pairs, then the rooms it counted without naming them and their streams, then
+# its named identities' (room, sub, streams), its anonymous (room, streams), and
+# the (room, sub) pairs it counted without naming them. An entry written before
+# identities were added has none (its streams count as unnamed).
+PresenceEntry = tuple[Iterable[tuple[str, int]], int, int, Iterable[tuple[str, str, int]], Iterable[tuple[str, int]],
+                      int]
 
 
 def sum_presence(entries: Iterable[PresenceEntry]) -> PresenceReport:
-    """Return the streams per room over the entries, and the unnamed rooms and streams summed."""
+    """Return the streams per room over the entries, the identities per room, and the unnamed summed."""
     totals: dict[str, int] = {}
-    other_rooms = other_streams = 0
-    for rooms, unnamed_rooms, unnamed_streams in entries:
+    subs: dict[str, dict[str, int]] = {}
+    anonymous: dict[str, int] = {}
+    other_rooms = other_streams = other_subs = 0
+    for rooms, unnamed_rooms, unnamed_streams, identities, anonymous_streams, unnamed_subs in entries:
         for room, streams in rooms:
             totals[room] = totals.get(room, 0) + streams
+        for room, sub, streams in identities:
+            named = subs.setdefault(room, {})
+            named[sub] = named.get(sub, 0) + streams
+        for room, streams in anonymous_streams:
+            anonymous[room] = anonymous.get(room, 0) + streams
         other_rooms += unnamed_rooms
         other_streams += unnamed_streams
-    return PresenceReport(totals, other_rooms, other_streams)
+        other_subs += unnamed_subs
+    return PresenceReport(totals, other_rooms, other_streams, subs, anonymous, other_subs)
 
 
 class MessageLog(Protocol):
@@ -252,7 +300,7 @@ class PresenceStore(Protocol):
     """The presence part of the seam: each worker's streams per room, shared through the store."""
 
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
-        """Replace this worker's presence entry: its streams per room, valid for ``ttl`` seconds from now."""
+        """Replace this worker's presence entry: its streams and identities per room, valid for ``ttl`` seconds."""
 
     def refresh_presence(self, worker_id: str, ttl: float) -> bool:
         """Make this worker's entry valid for ``ttl`` seconds from now; return False if it is not there."""

@@ -51,8 +51,9 @@ two mean the same.
 
 Presence (see ``base.py``) lives in a plain collection beside the capped one,
 one document per worker: ``{_id: "<host>:<pid>:<random>", rooms: [{room,
-streams}, ...], otherRooms, otherStreams, expiresAt}``, naming at most
-``PRESENCE_MAX_ROOMS`` rooms: ``presence_document_max_bytes`` works out the
+streams, anonymous}, ...], otherRooms, otherStreams, subs: [{room, sub,
+streams}, ...], otherSubs, expiresAt}``, naming at most ``PRESENCE_MAX_ROOMS``
+rooms and ``PRESENCE_MAX_IDENTITIES`` identities (``subs``, issue 16): ``presence_document_max_bytes`` works out the
 largest such document, and the store refuses to start where it could pass
 16 MB. Rooms are a list, not a ``{<room>: streams}`` object, because a room
 name may contain ``.``, which a field name cannot carry (FerretDB refuses it
@@ -99,6 +100,7 @@ from pymongo.errors import (
 
 from .base import (
     MAX_ROOM_BYTES,
+    MAX_SUBJECT_BYTES,
     Backlog,
     FeedBatch,
     Message,
@@ -151,20 +153,26 @@ def _unavailable_on_error(what: str, *, also: tuple[type[Exception], ...] = (),
         raise StoreUnavailable(f"{what}: {exc}") from exc
 
 
-def presence_document_max_bytes(max_rooms: int) -> int:
+def presence_document_max_bytes(max_rooms: int, max_identities: int = 0) -> int:
     """Return the size of the largest presence document a worker naming ``max_rooms`` rooms can write.
 
     Worked out from BSON's own encoding of the worst case: every room name
-    as long as a name may be, every count as wide as BSON stores one, every
+    as long as a name may be, every identity as long as one named may be
+    (``MAX_SUBJECT_BYTES``), every count as wide as BSON stores one, every
     array index as long as the last one.
     """
     largest_count = 2**63 - 1  # int64: wider than any count a worker has
-    room = len(bson.encode({"room": "r" * MAX_ROOM_BYTES, "streams": largest_count}))
-    # An array element is a type byte, its index as a NUL-terminated key, then the value.
-    element = 1 + len(str(max(max_rooms - 1, 0))) + 1 + room
+    room = len(bson.encode({"room": "r" * MAX_ROOM_BYTES, "streams": largest_count, "anonymous": largest_count}))
+    sub = len(bson.encode({"room": "r" * MAX_ROOM_BYTES, "sub": "s" * MAX_SUBJECT_BYTES, "streams": largest_count}))
+
+    def array(elements: int, element_bytes: int) -> int:
+        # An element is a type byte, its index as a NUL-terminated key, then the value.
+        return elements * (1 + len(str(max(elements - 1, 0))) + 1 + element_bytes)
+
     frame = len(bson.encode({"_id": "w" * MAX_WORKER_ID_BYTES, "rooms": [], "otherRooms": largest_count,
-                             "otherStreams": largest_count, "expiresAt": datetime.now(UTC)}))
-    return frame + max_rooms * element
+                             "otherStreams": largest_count, "subs": [], "otherSubs": largest_count,
+                             "expiresAt": datetime.now(UTC)}))
+    return frame + array(max_rooms, room) + array(max_identities, sub)
 
 
 class MongoStore(Store):
@@ -172,7 +180,8 @@ class MongoStore(Store):
 
     def __init__(self, uri: str, database: str, *, max_bytes: int, max_messages: int,
                  collection: str = "messages", presence_collection: str = "presence", await_ms: int = 1000,
-                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000) -> None:
+                 dead_cursor_wait: tuple[float, float] = (0.05, 1.0), presence_max_rooms: int = 1000,
+                 presence_max_identities: int = 1000) -> None:
         # connect=False: nothing happens on the network until first use, which
         # is after gunicorn forked the worker and gevent patched it.
         self.client = MongoClient(
@@ -192,10 +201,12 @@ class MongoStore(Store):
         self._clock_checked_at = float("-inf")
         self._presence_swept_at = float("-inf")
         self.presence_max_rooms = presence_max_rooms
+        self.presence_max_identities = presence_max_identities
         # Checked here, before any write: a worker's document can never reach MongoDB's limit.
-        worst_case = presence_document_max_bytes(presence_max_rooms)
+        worst_case = presence_document_max_bytes(presence_max_rooms, presence_max_identities)
         if worst_case > BSON_DOCUMENT_LIMIT:
-            raise StoreMisconfigured(f"PRESENCE_MAX_ROOMS={presence_max_rooms} allows presence documents of up to "
+            raise StoreMisconfigured(f"PRESENCE_MAX_ROOMS={presence_max_rooms} and PRESENCE_MAX_IDENTITIES="
+                                     f"{presence_max_identities} allow presence documents of up to "
                                      f"{worst_case:,} bytes, past MongoDB's {BSON_DOCUMENT_LIMIT:,}")
 
     # -- set-up ----------------------------------------------------------------
@@ -380,17 +391,27 @@ class MongoStore(Store):
     # -- presence --------------------------------------------------------------
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Replace this worker's document; once a minute, delete those that expired long ago."""
+        subs = [{"room": room, "sub": sub, "streams": streams}
+                for room, named in report.subs.items() for sub, streams in named.items()]
+        # Presence bounds what it reports; this keeps the 16 MB proof true whoever calls.
         if len(report.rooms) > self.presence_max_rooms:
-            # Presence bounds what it reports; this keeps the 16 MB proof true whoever calls.
             raise ValueError(f"a presence entry may name at most {self.presence_max_rooms} rooms "
                              f"(PRESENCE_MAX_ROOMS), not {len(report.rooms)}")
+        if len(subs) > self.presence_max_identities or any(
+                len(entry["sub"].encode()) > MAX_SUBJECT_BYTES for entry in subs):
+            raise ValueError(f"a presence entry may name at most {self.presence_max_identities} identities "
+                             f"(PRESENCE_MAX_IDENTITIES) of at most {MAX_SUBJECT_BYTES} bytes")
         # DocumentTooLarge is a BSONError, not a PyMongoError.
         with _unavailable_on_error("MongoDB presence write failed", also=(BSONError,)):
             now = self._server_now()
             self.presence_collection.replace_one(
                 {"_id": worker_id},
-                {"rooms": [{"room": room, "streams": streams} for room, streams in report.rooms.items()],
+                # Identities in a list of their own, beside rooms: FerretDB 1.24 stores no arrays in arrays,
+                # and a worker from before issue 16 reads rooms as it always did.
+                {"rooms": [{"room": room, "streams": streams, "anonymous": report.anonymous.get(room, 0)}
+                           for room, streams in report.rooms.items()],
                  "otherRooms": report.other_rooms, "otherStreams": report.other_streams,
+                 "subs": subs, "otherSubs": report.other_subs,
                  "expiresAt": presence_expiry(now, ttl)},
                 upsert=True,
             )
@@ -414,10 +435,16 @@ class MongoStore(Store):
             query: dict = {"expiresAt": {"$gt": self._server_now()}}
             if exclude is not None:
                 query["_id"] = {"$ne": exclude}
-            docs = list(self.presence_collection.find(query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1}))
-        # otherRooms and otherStreams are absent from the documents of workers that ran before they were added.
-        return sum_presence((((entry["room"], entry["streams"]) for entry in doc["rooms"]),
-                             doc.get("otherRooms", 0), doc.get("otherStreams", 0)) for doc in docs)
+            docs = list(self.presence_collection.find(
+                query, {"rooms": 1, "otherRooms": 1, "otherStreams": 1, "subs": 1, "otherSubs": 1}))
+        # The fields after rooms are absent from the documents of workers that ran before they were added.
+        return sum_presence((
+            ((entry["room"], entry["streams"]) for entry in doc["rooms"]),
+            doc.get("otherRooms", 0), doc.get("otherStreams", 0),
+            ((entry["room"], entry["sub"], entry["streams"]) for entry in doc.get("subs", ())),
+            ((entry["room"], entry["anonymous"]) for entry in doc["rooms"] if entry.get("anonymous")),
+            doc.get("otherSubs", 0),
+        ) for doc in docs)
 
     def store_time(self) -> float:
         """Return now on the database server's clock as last measured (no round trip): ``createdAt``'s clock."""

@@ -34,7 +34,9 @@ appends with one key store one row.
 
 Presence (see ``base.py``) is a table of its own in the same file, one row per
 worker: its streams per room as JSON (at most ``PRESENCE_MAX_ROOMS`` rooms
-named, the rest counted in two columns), and when the row expires (this
+named, the rest counted in two columns), who follows the named rooms (at most
+``PRESENCE_MAX_IDENTITIES`` (room, sub) pairs as JSON, the rest counted in
+``other_subs``) and their anonymous streams, and when the row expires (this
 machine's clock: every worker that shares the file runs on it). Rows are
 written on the same writer thread, through a connection of their own whose
 busy timeout is short, so a locked file holds this worker's publishers up by
@@ -92,11 +94,21 @@ CREATE TABLE IF NOT EXISTS presence (
     rooms         TEXT    NOT NULL,
     expires_ms    INTEGER NOT NULL,
     other_rooms   INTEGER NOT NULL DEFAULT 0,
-    other_streams INTEGER NOT NULL DEFAULT 0
+    other_streams INTEGER NOT NULL DEFAULT 0,
+    subs          TEXT    NOT NULL DEFAULT '[]',
+    anonymous     TEXT    NOT NULL DEFAULT '{}',
+    other_subs    INTEGER NOT NULL DEFAULT 0
 );
 """
-# Added to a presence table made before they were (its rows expire in seconds).
-_PRESENCE_COLUMNS_ADDED = ("other_rooms", "other_streams")
+# Added to a presence table made before they were (its rows expire in seconds), with their types.
+_PRESENCE_COLUMNS_ADDED = {
+    "other_rooms": "INTEGER NOT NULL DEFAULT 0",
+    "other_streams": "INTEGER NOT NULL DEFAULT 0",
+    # Issue 16: who follows each named room ([[room, sub, streams], ...]), its anonymous streams ({room: streams}).
+    "subs": "TEXT NOT NULL DEFAULT '[]'",
+    "anonymous": "TEXT NOT NULL DEFAULT '{}'",
+    "other_subs": "INTEGER NOT NULL DEFAULT 0",
+}
 # Added to a messages table made before it was, with its unique index (made after the column).
 _IDEMPOTENCY_COLUMN = "idempotency_key"
 _IDEMPOTENCY_INDEX = (f"CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key ON messages "
@@ -193,9 +205,9 @@ def _set_up(conn: sqlite3.Connection) -> str:
         for statement in filter(str.strip, _SCHEMA.split(";")):
             conn.execute(statement)
         present = {row[1] for row in conn.execute("PRAGMA table_info(presence)")}
-        for column in _PRESENCE_COLUMNS_ADDED:
+        for column, definition in _PRESENCE_COLUMNS_ADDED.items():
             if column not in present:
-                conn.execute(f"ALTER TABLE presence ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"ALTER TABLE presence ADD COLUMN {column} {definition}")
         if _IDEMPOTENCY_COLUMN not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}:
             conn.execute(f"ALTER TABLE messages ADD COLUMN {_IDEMPOTENCY_COLUMN} TEXT")
         conn.execute(_IDEMPOTENCY_INDEX)
@@ -212,6 +224,10 @@ def _free_bytes(path: str) -> int:
     # Root may use the blocks the filesystem reserves for it; anyone else may not.
     blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
     return blocks * stats.f_frsize
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _ms(moment: datetime) -> int:
@@ -416,12 +432,15 @@ class SQLiteStore(Store):
     def publish_presence(self, worker_id: str, report: PresenceReport, ttl: float) -> None:
         """Upsert this worker's row, and delete rows that expired long ago (workers that were killed)."""
         now = datetime.now(UTC)
+        subs = [[room, sub, streams] for room, named in report.subs.items() for sub, streams in named.items()]
         self._write_presence(
-            ("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams) VALUES (?, ?, ?, ?, ?) "
+            ("INSERT INTO presence (worker, rooms, expires_ms, other_rooms, other_streams, subs, anonymous, "
+             "other_subs) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
              "ON CONFLICT (worker) DO UPDATE SET rooms = excluded.rooms, expires_ms = excluded.expires_ms, "
-             "other_rooms = excluded.other_rooms, other_streams = excluded.other_streams",
-             (worker_id, json.dumps(report.rooms, separators=(",", ":")), _ms(presence_expiry(now, ttl)),
-              report.other_rooms, report.other_streams)),
+             "other_rooms = excluded.other_rooms, other_streams = excluded.other_streams, subs = excluded.subs, "
+             "anonymous = excluded.anonymous, other_subs = excluded.other_subs",
+             (worker_id, _compact(report.rooms), _ms(presence_expiry(now, ttl)), report.other_rooms,
+              report.other_streams, _compact(subs), _compact(report.anonymous), report.other_subs)),
             ("DELETE FROM presence WHERE expires_ms < ?", (_ms(presence_sweep_before(now)),)),
         )
 
@@ -435,10 +454,11 @@ class SQLiteStore(Store):
         self._write_presence(("DELETE FROM presence WHERE worker = ?", (worker_id,)))
 
     def presence_counts(self, exclude: str | None = None) -> PresenceReport:
-        rows = self._query("SELECT rooms, other_rooms, other_streams FROM presence "
+        rows = self._query("SELECT rooms, other_rooms, other_streams, subs, anonymous, other_subs FROM presence "
                            "WHERE expires_ms > ? AND worker IS NOT ?", (_ms(datetime.now(UTC)), exclude))
-        return sum_presence((json.loads(rooms).items(), unnamed_rooms, unnamed_streams)
-                            for rooms, unnamed_rooms, unnamed_streams in rows)
+        return sum_presence((json.loads(rooms).items(), unnamed_rooms, unnamed_streams, json.loads(subs),
+                             json.loads(anonymous).items(), unnamed_subs)
+                            for rooms, unnamed_rooms, unnamed_streams, subs, anonymous, unnamed_subs in rows)
 
     def _write_presence(self, *statements: tuple[str, tuple]) -> int:
         """Run the statements as one transaction on the writer thread; return the first one's changed rows."""
