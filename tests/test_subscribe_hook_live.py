@@ -12,6 +12,7 @@ user's many identical opens are coalesced or cached.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +78,38 @@ def test_a_hooked_stream_gets_its_room_and_a_refused_one_gets_nothing(start_serv
     asked = [call["json"]["path"] for call in hook.calls]
     assert asked.count("/messages") == 3 and asked.count("/messages/history") == 1
     assert all(call["json"]["rooms"] == [ROOM] for call in hook.calls)
+
+
+def test_the_hooks_sub_is_who_is_here_in_the_list_and_in_join_and_leave(start_server, store_env, hook):
+    """The seam of issue 16's two parts: the identity the hook answers is the one presence names and announces."""
+    server = hooked_server(start_server, hook, store_env)
+    timeout = 5.0 if store_env.get("MONGODB_URI") else 3.0
+    ada, service = hook.login_cookie("ada"), hook.login_cookie("service")
+    watcher = StreamReader(server.url + f"/messages?room={ROOM}&presence=1", headers={"Cookie": ada})
+    try:
+        def about_service(kind: str):
+            return lambda events: any(event.event == kind and json.loads(event.data)["sub"] == "service"
+                                      for event in events)
+
+        joined = StreamReader(server.url + f"/messages?room={ROOM}", headers={"Cookie": service})
+        try:
+            assert watcher.wait_for(about_service("join"), timeout), watcher.events
+            # Either worker answers; the one holding neither stream reads the others' entries (right within 2 s).
+            def listed() -> dict:
+                reply = requests.get(server.url + f"/rooms/{ROOM}/subscribers", headers={"Cookie": ada}, timeout=5)
+                assert reply.status_code == 200, reply.text
+                return reply.json()
+
+            both = [{"sub": "ada", "streams": 1}, {"sub": "service", "streams": 1}]
+            wait_until(lambda: listed()["subscribers"] == both, timeout, f"not both listed: {listed()}")
+            assert listed()["anonymous"] == 0
+        finally:
+            joined.close()
+        assert watcher.wait_for(about_service("leave"), timeout + 2), watcher.events
+        refused = requests.get(server.url + f"/rooms/{ROOM}/subscribers", timeout=5)  # no login: the hook says 401
+        assert refused.status_code == 401, refused.text
+    finally:
+        watcher.close()
 
 
 def test_the_hooks_expires_in_ends_the_stream(start_server, hook):

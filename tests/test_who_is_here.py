@@ -7,6 +7,7 @@ workers and nodes, with the lag measured, in tests/test_who_is_here_live.py.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -148,6 +149,28 @@ def test_who_is_there_when_watching_starts_is_not_announced(watched):
     announcer.check(0.0)
     announcer.check(0.25)
     assert events(watcher) == []
+
+
+def test_who_comes_between_a_stream_opening_and_the_first_look_is_announced():
+    """Regression (live, FerretDB): the baseline was taken at the loop's first look, after the open."""
+    hub, others = Hub(queue_limit=100), OtherWorkers()
+    announcer = Announcer(others, hub, leave_grace=1.5)
+    others.say(alice=1)
+    announcer.watch(("lobby",), "watcher")  # as the view does, before the stream is answered
+    watcher = hub.subscribe(("lobby",), subject="watcher", notices=True)
+    others.say(alice=1, bob=1)  # bob opens on another worker before the first look
+    announcer.check(time.monotonic())
+    assert [(kind, data["sub"]) for kind, data in events(watcher)] == [("join", "bob")]
+
+
+def test_a_room_watched_for_a_stream_that_never_came_is_forgotten_later():
+    hub, others = Hub(queue_limit=100), OtherWorkers()
+    announcer = Announcer(others, hub, leave_grace=1.5)
+    announcer.watch(("lobby",))
+    announcer.check(time.monotonic())
+    assert "lobby" in announcer._watched  # its stream may still be opening
+    announcer.check(time.monotonic() + 11)
+    assert announcer._watched == {}
 
 
 def test_a_first_stream_is_a_join_with_the_rooms_count_and_a_second_one_is_nothing(watched):

@@ -34,8 +34,11 @@ announced. An identity that no entry names (past ``PRESENCE_MAX_IDENTITIES``)
 is not announced either; it is announced when it comes to be named.
 
 A room starts being watched when a first ``presence=1`` stream of this worker
-follows it: whoever is there then is taken as already there (the stream
-lists them with ``GET /rooms/R/subscribers``), not announced. Every worker
+opens on it (``watch``, before the stream is answered): whoever is there then
+is taken as already there (the stream lists them with ``GET /rooms/R/subscribers``),
+not announced, nor is the opening stream's own identity; whoever comes after is. Taken at the loop's next look
+instead, a join in the moment between the open and that look was lost: in a
+live test on FerretDB the watcher never heard of a user who opened just after it. Every worker
 works its events out for its own streams, so each is told once per stream;
 two workers may tell them up to a read interval apart.
 
@@ -52,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from ..stores.base import StoreUnavailable
+from ..stores.base import PresenceReport, StoreUnavailable
 from .events import to_json_text
 from .hub import Hub
 from .sse import ServerSentEvent
@@ -78,12 +81,18 @@ def presence_event(kind: str, room: str, sub: str, subscribers: int) -> bytes:
                                                           "subscribers": subscribers})).encode()
 
 
+# A room watched for a stream that is opening is kept this long before its first look, though no
+# presence=1 stream follows it yet (the stream subscribes when its response starts).
+OPENING_SECONDS = 10.0
+
+
 @dataclass
 class _Watch:
     """One room as this worker last saw it: who was there, and since when each one seems gone."""
 
     there: set[str]
     gone_since: dict[str, float] = field(default_factory=dict)
+    opening_since: float | None = None  # taken by ``watch``, for a stream not yet subscribed
 
 
 class Announcer:
@@ -104,6 +113,32 @@ class Announcer:
         """Start watching (a presence=1 stream is opening), unless already started."""
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
+
+    def watch(self, rooms: tuple[str, ...], subject: str | None = None) -> None:
+        """Take who is in these rooms now, as a presence=1 stream opens: whoever comes after is announced.
+
+        The opening stream's own identity (``subject``) counts as there: it is
+        not told its own arrival (the others are). Rooms already watched keep
+        what they have. When the other workers' entries cannot be read, the
+        loop's first look takes it, as before.
+        """
+        new = [room for room in rooms if room not in self._watched]
+        if not new:
+            return
+        try:
+            others = self.presence.others()
+        except StoreUnavailable:
+            return
+        for room in new:
+            there = set(self._there(room, others)) | ({subject} if subject is not None else set())
+            self._watched[room] = _Watch(there, opening_since=time.monotonic())
+
+    def _there(self, room: str, others: PresenceReport) -> dict[str, int]:
+        """Return the identities following ``room``: the other workers' entries plus this worker's streams."""
+        there = dict(others.subs.get(room, {}))
+        for sub, streams in self.hub.identities(room).items():
+            there[sub] = there.get(sub, 0) + streams
+        return there
 
     def stop(self) -> None:
         if self._greenlet is not None:
@@ -132,8 +167,11 @@ class Announcer:
     def check(self, now: float) -> None:
         """Compare who follows each watched room with who did, and announce the differences."""
         rooms = self.hub.noticed_rooms()
-        for room in [room for room in self._watched if room not in rooms]:
-            del self._watched[room]
+        for room, watch in list(self._watched.items()):
+            if room in rooms:
+                watch.opening_since = None
+            elif watch.opening_since is None or now - watch.opening_since > OPENING_SECONDS:
+                del self._watched[room]  # no stream of it left (or the one opening never came)
         if not rooms:
             return
         try:
@@ -146,9 +184,7 @@ class Announcer:
             return  # no news is not "everybody left"
         self._failing = False
         for room in rooms:
-            there = dict(others.subs.get(room, {}))
-            for sub, streams in self.hub.identities(room).items():
-                there[sub] = there.get(sub, 0) + streams
+            there = self._there(room, others)
             watch = self._watched.get(room)
             if watch is None:
                 self._watched[room] = _Watch(set(there))  # already there: listed, not announced

@@ -184,6 +184,8 @@ def stream() -> Response:
                             f"on this server; close one first",
                        headers={"Retry-After": str(math.ceil(svc.settings.heartbeat_seconds))})
     try:
+        if notices:
+            svc.presence.announcer.watch(rooms, grant.subject)  # who is there already: not announced to it
         client_socket = request.environ.get("gunicorn.socket")
         _bound_send_buffer(client_socket, svc.settings.stream_send_buffer_bytes)
         body = message_stream(
