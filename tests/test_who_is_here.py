@@ -86,6 +86,19 @@ def test_an_identity_too_long_to_name_is_counted_not_named():
     assert report.subs == {"lobby": {"ok": 1}} and report.other_subs == 1 and report.unnamed_streams("lobby") == 1
 
 
+def test_an_identity_too_long_to_name_is_not_announced_by_its_own_worker_either(watched):
+    """Regression (hostile, live): a 300-byte sub was announced by its own worker's watchers, no other's."""
+    hub, others, announcer, watcher = watched
+    announcer.check(0.0)
+    long_sub = "s" * (MAX_SUBJECT_BYTES + 1)
+    announcer.watch(("lobby",), long_sub)  # its own presence=1 stream opening: no leave for it later
+    hub.subscribe(("lobby",), subject=long_sub, notices=True)
+    hub.subscribe(("lobby",), subject="alice")
+    for moment in (0.25, 2.0, 4.0):
+        announcer.check(moment)
+    assert events(watcher) == [("join", {"room": "lobby", "sub": "alice", "subscribers": 3})]
+
+
 def test_the_same_counts_always_name_the_same_identities():
     """A quiet worker's entry does not change, so it is not rewritten for nothing."""
     subs = {"lobby": {f"u{n:03d}": 1 for n in range(50)}}
@@ -279,6 +292,15 @@ def test_subscribers_adds_this_workers_streams_to_the_other_workers_entries(app,
         "subscribers": [{"sub": "alice", "streams": 2}, {"sub": "bob", "streams": 1}, {"sub": "carol", "streams": 2}],
         "anonymous": 2, "unnamed": 1, "hasMore": False, "next": None}
     assert client.get("/rooms/lobby").get_json()["subscribers"] == 8  # 5 there, 3 here
+
+
+def test_this_workers_identity_too_long_to_name_is_unnamed_here_as_on_the_others(app, client):
+    """Regression (hostile, live): a 300-byte sub was listed by its own worker and only counted by the other."""
+    hub = app.extensions["sse"].hub
+    hub.subscribe(("lobby",), subject="s" * (MAX_SUBJECT_BYTES + 1))
+    hub.subscribe(("lobby",), subject="é" * (MAX_SUBJECT_BYTES // 2))  # 256 bytes: named
+    body = subscribers(client)
+    assert body["subscribers"] == [{"sub": "é" * (MAX_SUBJECT_BYTES // 2), "streams": 1}] and body["unnamed"] == 1
 
 
 def test_subscribers_pages_by_sub_with_no_one_twice_or_missing(app, client):

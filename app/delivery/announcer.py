@@ -55,13 +55,14 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from ..stores.base import PresenceReport, StoreUnavailable
+from ..stores.base import PresenceReport, StoreUnavailable, nameable
 from .events import to_json_text
 from .hub import Hub
 from .sse import ServerSentEvent
 
 if TYPE_CHECKING:
     from .presence import Presence
+
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,17 @@ class Announcer:
         except StoreUnavailable:
             return
         for room in new:
-            there = set(self._there(room, others)) | ({subject} if subject is not None else set())
+            there = set(self._there(room, others))
+            if subject is not None and nameable(subject):  # else it is not in ``there`` either: no leave for it
+                there.add(subject)
             self._watched[room] = _Watch(there, opening_since=time.monotonic())
 
     def _there(self, room: str, others: PresenceReport) -> dict[str, int]:
         """Return the identities following ``room``: the other workers' entries plus this worker's streams."""
         there = dict(others.subs.get(room, {}))
         for sub, streams in self.hub.identities(room).items():
-            there[sub] = there.get(sub, 0) + streams
+            if nameable(sub):  # one no entry may name is announced by no worker, this one included
+                there[sub] = there.get(sub, 0) + streams
         return there
 
     def stop(self) -> None:

@@ -70,7 +70,7 @@ import gevent.event
 import gevent.lock
 
 from ..operations.metrics import QUERY_PRESENCE, STORE_ERRORS, STORE_QUERIES
-from ..stores.base import MAX_SUBJECT_BYTES, PresenceReport, PresenceStore, StoreUnavailable
+from ..stores.base import PresenceReport, PresenceStore, StoreUnavailable, nameable
 from .announcer import LEAVE_GRACE, Announcer
 from .hub import Hub
 
@@ -124,7 +124,7 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
     """
     named = _named_rooms(counts, max_rooms)
     pairs = [(room, sub, streams) for room, identities in (subs or {}).items() if room in named
-             for sub, streams in identities.items() if len(sub.encode()) <= MAX_SUBJECT_BYTES]
+             for sub, streams in identities.items() if nameable(sub)]
     if len(pairs) > max_identities:
         pairs = heapq.nsmallest(max_identities, pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
     kept: dict[str, dict[str, int]] = {}
@@ -318,10 +318,14 @@ class Presence:
         """
         others = self._other_workers()
         subs = dict(others.subs.get(room, {}))
+        unnamed = others.unnamed_streams(room)
         for sub, streams in self.hub.identities(room).items():
-            subs[sub] = subs.get(sub, 0) + streams
+            if nameable(sub):
+                subs[sub] = subs.get(sub, 0) + streams
+            else:  # counted as the other workers count it, not listed here only
+                unnamed += streams
         return RoomIdentities(subs, others.anonymous.get(room, 0) + self.hub.anonymous(room),
-                              others.unnamed_streams(room), others.rooms.get(room, 0) + self.hub.subscribers(room))
+                              unnamed, others.rooms.get(room, 0) + self.hub.subscribers(room))
 
     def others(self) -> PresenceReport:
         """Return every other worker's entries summed (cached as for every reader); raise StoreUnavailable."""

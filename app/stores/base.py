@@ -151,6 +151,17 @@ MAX_ROOM_BYTES = 64
 MAX_SUBJECT_BYTES = 256
 
 
+def nameable(sub: str) -> bool:
+    """Say whether a presence entry may name the identity ``sub`` (at most ``MAX_SUBJECT_BYTES`` UTF-8 bytes).
+
+    Asked of a worker's own identities too, not only of what it writes: one
+    listed and announced by its own worker and only counted by the others made
+    ``GET /rooms/R/subscribers`` differ from one worker to the next, and only
+    that worker's watchers heard its join.
+    """
+    return len(sub.encode("utf-8", "surrogatepass")) <= MAX_SUBJECT_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceReport:
     """Streams per room: the rooms named, and the rest counted but not named; who follows the named ones.
