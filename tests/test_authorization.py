@@ -210,6 +210,7 @@ HOSTILE_TOKENS = {
     "nbf a number in a string": lambda: mint(claims(["*"], nbf=str(int(time.time()) - 60))),
     "iat a number in a string": lambda: mint(claims(["*"], iat=str(int(time.time()) - 60))),
     "exp true": lambda: mint(claims(["*"], expires_in=None, exp=True)),
+    "sub a lone surrogate": lambda: hs256_signed_with(SECRET.encode(), claims(["*"]) | {"sub": "evil\ud800"}),
     "rooms not an object": lambda: mint(claims(expires_in=60) | {"rooms": ["*"]}),
     "subscribe a string, not a list": lambda: mint(claims(expires_in=60) | {"rooms": {"subscribe": "*"}}),
     "subscribe holds a number": lambda: mint(claims(expires_in=60) | {"rooms": {"subscribe": [1]}}),

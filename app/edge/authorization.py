@@ -109,6 +109,15 @@ def forbid(message: str) -> ApiError:
     return ApiError(403, message, headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'})
 
 
+def _is_text(value: str) -> bool:
+    """Say whether ``value`` encodes as UTF-8: no lone surrogate, which a JSON ``\\uD800`` escape can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _patterns(rooms: dict[str, Any], name: str) -> tuple[str, ...]:
     patterns = rooms.get(name, [])
     if (not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS
@@ -173,6 +182,10 @@ class Authorization:
                           token_sent=True) from None
         expires_at = int(claims["exp"]) if "exp" in claims else None  # as PyJWT read it
         subject = claims.get("sub")  # PyJWT checks it is a string when present
+        if subject is not None and not _is_text(subject):
+            # JSON lets "\ud800" through; as an identity it failed every UTF-8 encoding downstream (a worker's
+            # presence loop died on it: its entry expired, GET /rooms/R/subscribers answered 500).
+            raise refuse("the token's 'sub' claim is not valid Unicode text (a lone surrogate)", token_sent=True)
         return Grant(subscribe, publish, expires_at, subject or None)
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:
