@@ -359,6 +359,23 @@ def test_a_bug_in_a_write_does_not_end_the_loop(presence, store, hub, monkeypatc
     assert len(calls) >= 2  # it tried again at the refresh interval
 
 
+def test_a_bug_working_out_the_entry_does_not_end_the_loop(presence, store, hub, monkeypatch):
+    """Regression (hostile, live): an identity that would not encode ended the loop; the entry expired for good."""
+    real, failures = hub.room_identities, []
+
+    def broken_once():
+        if not failures:
+            failures.append(1)
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return real()
+
+    monkeypatch.setattr(hub, "room_identities", broken_once)
+    hub.subscribe(("lobby",), subject="alice")
+    presence.start()
+    wait_until(lambda: store.held, 5, "the entry written after the failure", sleep=gevent.sleep)
+    assert failures and not presence._greenlet.dead
+
+
 def test_counts_add_this_workers_live_streams_to_the_others_in_the_store(presence, store, hub):
     store.others = {"lobby": 3, "dev": 1}
     hub.subscribe(("lobby", "ops"))

@@ -252,10 +252,11 @@ class Presence:
         """
         now = time.monotonic()
         if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
-            self._own_changes = self.hub.changes
+            changes = self.hub.changes
             self._own = busiest_rooms(self.hub.room_counts(), self.max_rooms, self.hub.room_identities(),
                                       self.hub.room_anonymous(), self.max_identities)
-            self._own_at = now
+            # Only once worked out: after a failure the next call tries again, not keeps the old entry.
+            self._own_changes, self._own_at = changes, now
         return self._own
 
     def _run(self) -> None:
@@ -263,11 +264,12 @@ class Presence:
         written_at = float("-inf")  # the last whole write
         refresh_at = 0.0  # move the expiry on then, though nothing changed
         while not self._stopping.is_set():
-            # No sooner than it could be written: under churn, once per write_interval.
-            report = self.own_report(max_age=self.write_interval)
             now = time.monotonic()
             wait = self.check_interval
             try:
+                # No sooner than it could be written: under churn, once per write_interval. In the try: a
+                # failure working it out (an identity that would not encode) once ended the loop for good.
+                report = self.own_report(max_age=self.write_interval)
                 if report != written and now - written_at >= self.write_interval:
                     self._write(report)
                     written, written_at, refresh_at = report, now, now + self.refresh_interval
