@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+import gevent
 import pytest
 
 from app import create_app
@@ -356,6 +357,35 @@ def test_with_private_rooms_subscribers_needs_the_right_to_read_the_room(sqlite_
     body = subscribers(client, "/rooms/team-red/subscribers", Authorization=f"Bearer {good}")
     assert body["subscribers"] == [{"sub": "alice", "streams": 1}]
     assert subscribers(client, "/rooms/hall/subscribers")["subscribers"] == []  # public: no token needed
+
+
+def test_a_stream_of_a_private_room_and_a_public_one_is_anonymous_in_the_public_one(sqlite_path):
+    """Regression (hostile, live): one stream of team-red and the hall listed its sub in the hall, to anyone."""
+    app = create_app({"SQLITE_PATH": sqlite_path, "AUTH_JWT_SECRET": SECRET, "PUBLIC_ROOMS": "hall"})
+    client, hub = app.test_client(), app.extensions["sse"].hub
+    alice = {"Authorization": f"Bearer {mint(claims(subscribe=['team-red']) | {'sub': 'alice'})}"}
+    reply = client.get("/messages?room=hall&room=team-red&presence=1", headers=alice, buffered=False)
+    assert reply.status_code == 200
+    reader = gevent.spawn(lambda: [chunk for chunk, _ in zip(reply.response, range(2))])  # to its subscription
+    try:
+        wait_until(lambda: hub.subscribers("team-red") == 1, 5, "the stream never subscribed", sleep=gevent.sleep)
+        hall = subscribers(client, "/rooms/hall/subscribers")  # no token: anyone
+        assert (hall["subscribers"], hall["anonymous"]) == ([], 1)
+        red = subscribers(client, "/rooms/team-red/subscribers", **alice)
+        assert (red["subscribers"], red["anonymous"]) == ([{"sub": "alice", "streams": 1}], 0)
+    finally:
+        reader.kill()
+        reply.close()
+
+
+def test_a_watcher_anonymous_in_a_room_is_not_told_its_own_leave_there():
+    hub, others = Hub(queue_limit=100), OtherWorkers()
+    announcer = Announcer(others, hub, leave_grace=1.5)
+    announcer.watch(("lobby", "team-red"), "alice", frozenset({"lobby"}))
+    watcher = hub.subscribe(("lobby", "team-red"), subject="alice", notices=True, anonymous_in=frozenset({"lobby"}))
+    for moment in (0.0, 2.0, 4.0):
+        announcer.check(moment)
+    assert events(watcher) == [] and hub.identities("lobby") == {} and hub.anonymous("lobby") == 1
 
 
 def test_a_failed_read_past_the_stale_bound_is_503(app, client, monkeypatch):

@@ -115,11 +115,13 @@ class Announcer:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
 
-    def watch(self, rooms: tuple[str, ...], subject: str | None = None) -> None:
+    def watch(self, rooms: tuple[str, ...], subject: str | None = None,
+              anonymous_in: frozenset[str] = frozenset()) -> None:
         """Take who is in these rooms now, as a presence=1 stream opens: whoever comes after is announced.
 
         The opening stream's own identity (``subject``) counts as there: it is
-        not told its own arrival (the others are). Rooms already watched keep
+        not told its own arrival (the others are), except in ``anonymous_in``,
+        where it is anonymous (it would be told a leave). Rooms already watched keep
         what they have. When the other workers' entries cannot be read, the
         loop's first look takes it, as before.
         """
@@ -132,7 +134,8 @@ class Announcer:
             return
         for room in new:
             there = set(self._there(room, others))
-            if subject is not None and nameable(subject):  # else it is not in ``there`` either: no leave for it
+            # Else it is not in ``there`` either: no leave for it.
+            if subject is not None and nameable(subject) and room not in anonymous_in:
                 there.add(subject)
             self._watched[room] = _Watch(there, opening_since=time.monotonic())
 

@@ -65,12 +65,16 @@ class Subscription:
     """One stream's mailbox, and what the sweeper needs to know about its stream."""
 
     __slots__ = ("rooms", "limit", "_items", "_waiter", "ended_by", "heartbeat_due", "last_sent", "writing_since",
-                 "backlog_until", "events", "_greenlet", "expires_at", "subject", "notices")
+                 "backlog_until", "events", "_greenlet", "expires_at", "subject", "notices", "anonymous_in")
 
     def __init__(self, rooms: tuple[str, ...], limit: int, expires_at: float | None = None,
-                 subject: str | None = None, notices: bool = False) -> None:
+                 subject: str | None = None, notices: bool = False, anonymous_in: frozenset[str] = frozenset()) -> None:
         self.rooms = rooms
         self.subject = subject  # the stream's identity (Grant.subject), None: anonymous
+        # Rooms where it is anonymous all the same: the public ones, where a token is not looked at. A stream
+        # of a private room and the lobby otherwise listed its sub in the lobby, to anyone, and a stream of
+        # the lobby alone did not.
+        self.anonymous_in = anonymous_in
         self.notices = notices  # presence=1: it also gets join and leave events of its rooms
         self.limit = limit
         self._items: list[Entry | Notice] = []
@@ -242,13 +246,14 @@ class Hub:
                     get_hub().loop.run_callback(waiter.switch, None)
 
     def subscribe(self, rooms: tuple[str, ...], expires_at: float | None = None, *, subject: str | None = None,
-                  notices: bool = False) -> Subscription:
+                  notices: bool = False, anonymous_in: frozenset[str] = frozenset()) -> Subscription:
         """Register the calling greenlet's stream for the live events of some rooms, until ``expires_at``.
 
         ``subject``: the stream's identity (None: anonymous); ``notices``: it
-        also gets join and leave events of its rooms.
+        also gets join and leave events of its rooms; ``anonymous_in``: rooms
+        where its identity is not counted (it is anonymous there).
         """
-        subscription = Subscription(rooms, self.queue_limit, expires_at, subject, notices)
+        subscription = Subscription(rooms, self.queue_limit, expires_at, subject, notices, anonymous_in)
         if self.closed:  # a stream that joins after shutdown began ends as the others did
             subscription.end(EndReason.SHUTDOWN)
         for room in rooms:
@@ -278,7 +283,7 @@ class Hub:
 
     def _count(self, room: str, subscription: Subscription, step: int) -> None:
         """Count a stream of ``room`` in (step 1) or out (-1) of its identity's and its notices' tallies."""
-        if subscription.subject is None:
+        if subscription.subject is None or room in subscription.anonymous_in:
             _add(self._anonymous, room, step)
         else:
             named = self._subs.setdefault(room, {})

@@ -101,15 +101,17 @@ class StreamSettings:
 def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Window, hub: Hub, store: MessageLog,
                    settings: StreamSettings, client_socket: socket.socket | None = None,
                    expires_at: float | None = None, backlog: int | None = None,
-                   untyped: bool = False, subject: str | None = None, notices: bool = False) -> Iterator[bytes]:
+                   untyped: bool = False, subject: str | None = None, notices: bool = False,
+                   anonymous_in: frozenset[str] = frozenset()) -> Iterator[bytes]:
     """Yield the bytes of a stream of one or more rooms, resuming after ``last_id``, until ``expires_at``.
 
     ``expires_at`` is a Unix time (the token's exp), None for no end.
     ``backlog``: without an id the window holds, start with only the rooms'
     newest ``backlog`` messages (None: all). ``untyped``: every message as
     the default event (no ``event:`` line). ``subject``: the stream's
-    identity, for presence (None: anonymous); ``notices``: it also gets the
-    join and leave events of its rooms (``app/delivery/announcer.py``).
+    identity, for presence (None: anonymous), except in ``anonymous_in`` (its
+    public rooms); ``notices``: it also gets the join and leave events of its
+    rooms (``app/delivery/announcer.py``).
     """
     started = time.monotonic()
     # On the monotonic clock from here on, as the hub's sweeper reads it.
@@ -128,7 +130,7 @@ def message_stream(rooms: tuple[str, ...], last_id: str | None, *, window: Windo
                 return
             # No yield between these two lines: the exact hand-over.
             cursor = window.cursor(rooms, last_id, backlog)
-            subscription = hub.subscribe(rooms, deadline, subject=subject, notices=notices)
+            subscription = hub.subscribe(rooms, deadline, subject=subject, notices=notices, anonymous_in=anonymous_in)
             # Only the first join is bounded: a re-join (resync) resumes from the cursor's last id.
             backlog = None
             watcher = _watch_for_close(client_socket, subscription)

@@ -267,6 +267,17 @@ def reading_grant(rooms: tuple[str, ...]) -> Grant:
     return authorization().read_grant(rooms)
 
 
+def public_rooms(rooms: tuple[str, ...]) -> frozenset[str]:
+    """Return the rooms among these that anyone may read: a stream is anonymous there, whatever its token says.
+
+    A token is not looked at for them, so a stream of them alone has no
+    identity; one that also follows a private room must not carry its ``sub``
+    into them (``GET /rooms/lobby/subscribers`` and the lobby's joins are for anyone to read).
+    """
+    auth = authorization()
+    return frozenset(room for room in rooms if auth.enabled and auth.is_public(room))
+
+
 def authorize_publishing(room: str) -> None:
     """Raise 403 unless the request's credentials (checked before the body was read) may publish to this room."""
     grant: Grant | None = g.get("publish_grant")

@@ -17,7 +17,7 @@ from ..delivery.streaming import StreamSettings, message_stream
 from ..operations.metrics import MESSAGES_PUBLISHED, PUBLISH_LATENCY, STORE_ERRORS
 from ..services import services
 from ..stores.base import StoreUnavailable, WriteOutcomeUnknown
-from .authorization import authorize_publishing, authorize_reading, reading_grant
+from .authorization import authorize_publishing, authorize_reading, public_rooms, reading_grant
 from .clients import client_key
 from .closing_connections import read_body
 from .errors import STORE_UNAVAILABLE, ApiError, unavailable
@@ -170,6 +170,7 @@ def stream() -> Response:
     backlog = _whole_number("backlog", 0, STREAM_MAX_BACKLOG, None)
     untyped = _flag("untyped")
     notices = _presence_flag()
+    anonymous_in = public_rooms(rooms) if grant.subject is not None else frozenset()
     svc.tailer.ensure_running()  # normally running since the worker started: this is cheap
     if notices:
         svc.presence.announcer.ensure_running()
@@ -185,7 +186,8 @@ def stream() -> Response:
                        headers={"Retry-After": str(math.ceil(svc.settings.heartbeat_seconds))})
     try:
         if notices:
-            svc.presence.announcer.watch(rooms, grant.subject)  # who is there already: not announced to it
+            # Who is there already: not announced to it.
+            svc.presence.announcer.watch(rooms, grant.subject, anonymous_in)
         client_socket = request.environ.get("gunicorn.socket")
         _bound_send_buffer(client_socket, svc.settings.stream_send_buffer_bytes)
         body = message_stream(
@@ -197,6 +199,7 @@ def stream() -> Response:
             expires_at=grant.expires_at,  # the token's exp: the stream ends then
             backlog=backlog, untyped=untyped,
             subject=grant.subject, notices=notices,  # who is here (issue 16): GET /rooms/R/subscribers
+            anonymous_in=anonymous_in,
         )
         return Response(StreamBody(body, ticket.give_back), content_type="text/event-stream; charset=utf-8",
                         headers={
