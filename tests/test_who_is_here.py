@@ -81,6 +81,30 @@ def test_the_entry_names_identities_of_named_rooms_and_counts_the_rest():
     assert report.unnamed_streams("lobby") == 1  # bob's stream: counted, not named
 
 
+def test_past_the_bound_an_identity_named_stays_named_when_others_come():
+    """Regression (hostile, live): newcomers whose subs sort first pushed named ones out: false leaves elsewhere."""
+    subs = {"lobby": {f"m{n}": 1 for n in range(5)}}
+    first = busiest_rooms({"lobby": 5}, 10, subs, {}, max_identities=3)
+    assert first.subs == {"lobby": {"m0": 1, "m1": 1, "m2": 1}}
+    subs["lobby"] |= {"a0": 1, "a1": 1}  # they sort first
+    later = busiest_rooms({"lobby": 7}, 10, subs, {}, max_identities=3, named_before=first.subs)
+    assert later.subs == first.subs and later.unnamed_streams("lobby") == 4
+    del subs["lobby"]["m1"]  # one named leaves: its place goes to the best of the rest
+    last = busiest_rooms({"lobby": 6}, 10, subs, {}, max_identities=3, named_before=later.subs)
+    assert last.subs == {"lobby": {"m0": 1, "m2": 1, "a0": 1}}
+
+
+def test_the_worker_keeps_naming_whom_it_named(app):
+    svc = app.extensions["sse"]
+    presence, hub = svc.presence, svc.hub
+    presence.max_identities = 2
+    for sub in ("m0", "m1", "m2"):
+        hub.subscribe(("lobby",), subject=sub)
+    assert presence.own_report().subs == {"lobby": {"m0": 1, "m1": 1}}
+    hub.subscribe(("lobby",), subject="a0")
+    assert presence.own_report().subs == {"lobby": {"m0": 1, "m1": 1}}
+
+
 def test_an_identity_too_long_to_name_is_counted_not_named():
     long_sub = "é" * (MAX_SUBJECT_BYTES // 2 + 1)  # within the characters, past the bytes
     report = busiest_rooms({"lobby": 2}, 10, {"lobby": {long_sub: 1, "ok": 1}}, {})

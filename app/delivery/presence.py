@@ -26,7 +26,7 @@ or refreshed, and keeps it from a greenlet:
 The entry also says who follows its named rooms (issue 16): each identity
 (``Grant.subject``) and its streams, and the anonymous streams, at most
 ``max_identities`` (room, identity) pairs (``PRESENCE_MAX_IDENTITIES``: those
-with the most streams), the rest counted. A client with tokens for made-up
+it named already, then those with the most streams), the rest counted. A client with tokens for made-up
 names, or a hook that names a new one per request, grows a count, not the
 write. ``identities(room)`` reads them as ``subscribers`` reads counts, and
 ``app/delivery/announcer.py`` turns their changes into join and leave events.
@@ -112,7 +112,8 @@ def make_worker_id() -> str:
 
 
 def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[str, int]] | None = None,
-                  anonymous: dict[str, int] | None = None, max_identities: int = MAX_IDENTITIES) -> PresenceReport:
+                  anonymous: dict[str, int] | None = None, max_identities: int = MAX_IDENTITIES,
+                  named_before: dict[str, dict[str, int]] | None = None) -> PresenceReport:
     """Name the ``max_rooms`` rooms with the most streams and count the rest; then who follows the named ones.
 
     Ties go by name, so the same counts always name the same rooms: a quiet
@@ -121,12 +122,21 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
     are kept for the named rooms: at most ``max_identities`` (room, identity)
     pairs, those with the most streams (ties by room, then identity), each
     identity at most ``MAX_SUBJECT_BYTES`` long; the other pairs are counted.
+
+    Past that bound, the pairs the previous entry named (``named_before``)
+    stay named first: an identity that comes does not push one that is
+    still there out of the entry. Pushed out, it vanished from what the
+    other workers read, and their watchers were told it left (and joined
+    again when it came back): a client with tokens for many names, opening
+    one stream with each, made real users "leave" every room it joined.
     """
     named = _named_rooms(counts, max_rooms)
     pairs = [(room, sub, streams) for room, identities in (subs or {}).items() if room in named
              for sub, streams in identities.items() if nameable(sub)]
     if len(pairs) > max_identities:
-        pairs = heapq.nsmallest(max_identities, pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
+        before = named_before or {}
+        pairs = heapq.nsmallest(max_identities, pairs, key=lambda pair: (
+            pair[1] not in before.get(pair[0], ()), -pair[2], pair[0], pair[1]))
     kept: dict[str, dict[str, int]] = {}
     for room, sub, streams in pairs:
         kept.setdefault(room, {})[sub] = streams
@@ -254,7 +264,7 @@ class Presence:
         if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
             changes = self.hub.changes
             self._own = busiest_rooms(self.hub.room_counts(), self.max_rooms, self.hub.room_identities(),
-                                      self.hub.room_anonymous(), self.max_identities)
+                                      self.hub.room_anonymous(), self.max_identities, named_before=self._own.subs)
             # Only once worked out: after a failure the next call tries again, not keeps the old entry.
             self._own_changes, self._own_at = changes, now
         return self._own
