@@ -166,9 +166,10 @@ def events(subscription) -> list[tuple[str, dict]]:
     taken, subscription._items = subscription._items, []
     out = []
     for item in taken:
-        kind_line, data_line = item.payload.decode().split("\n")[:2]
-        assert item.id is None and not item.payload.startswith(b"id:")
-        out.append((kind_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))))
+        assert item.id is None
+        for block in item.payload.decode().split("\n\n")[:-1]:  # a look's events of a room share one item
+            kind_line, data_line = block.split("\n")
+            out.append((kind_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))))
     return out
 
 
@@ -222,6 +223,19 @@ def test_a_first_stream_is_a_join_with_the_rooms_count_and_a_second_one_is_nothi
     hub.subscribe(("lobby",), subject="alice")  # and a third, here
     announcer.check(0.5)
     assert events(watcher) == []
+
+
+def test_a_burst_of_joins_past_the_queue_limit_does_not_end_a_stream_that_reads():
+    """Regression (hostile, live): 100 identities on 32-room streams cut every presence=1 stream as 'slow'."""
+    hub, others = Hub(queue_limit=10), OtherWorkers()
+    announcer = Announcer(others, hub, leave_grace=1.5)
+    watcher = hub.subscribe(("lobby",), subject="watcher", notices=True)
+    announcer.check(0.0)
+    others.say(**{f"user-{n:03d}": 1 for n in range(100)})  # ten times the queue, in one look
+    announcer.check(0.25)
+    assert watcher.ended_by is None
+    kinds = [block for item in watcher._items for block in item.payload.decode().split("\n\n") if block]
+    assert len(kinds) == 100 and all(block.startswith("event: join\ndata: {") for block in kinds)
 
 
 def test_a_leave_is_told_once_the_identity_was_gone_for_the_grace(watched):
