@@ -295,7 +295,7 @@ def test_the_document_states_the_hooks_answers(tmp_path, hook, jwt):
 
     client = make_client(tmp_path, hook, **({"AUTH_JWT_SECRET": SECRET} if jwt else {}))
     spec = client.get("/openapi.json").json
-    for path in ("/messages", "/messages/history", "/rooms/{room}"):
+    for path in ("/messages", "/messages/history", "/rooms/{room}", "/rooms/{room}/subscribers"):
         read = spec["paths"][path]["get"]
         assert {} in read["security"] and (("bearerJWT" in str(read["security"])) == jwt)
         assert "subscribe hook answered 401" in read["responses"]["401"]["description"]
@@ -304,7 +304,7 @@ def test_the_document_states_the_hooks_answers(tmp_path, hook, jwt):
         assert "Retry-After" in read["responses"]["503"]["headers"]
     post = spec["paths"]["/messages"]["post"]
     assert ("security" in post) == jwt  # the hook never decides publishing
-    assert len(list(schemathesis.openapi.from_dict(spec).get_all_operations())) == 6
+    assert len(list(schemathesis.openapi.from_dict(spec).get_all_operations())) == 7
 
 
 def test_a_kept_refusal_is_raised_afresh_each_time():
