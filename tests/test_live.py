@@ -204,7 +204,9 @@ def test_closed_clients_release_their_streams_at_once_not_at_the_next_heartbeat(
         sock.close()  # a FIN, then nothing: the server only learns of it by watching the socket
     took = wait_until(lambda: metric(server.url, "sse_hub_subscriptions") == 0, 3)
     print(f"\n20 closed streams released in {took * 1000:.0f} ms (heartbeat 60 s)")
-    assert metric(server.url, "sse_open_streams") == 0
+    # The open-streams gauge falls when the response is closed, just after the hub lets the stream go:
+    # asked at once, it still counted one in a clean-clone CI run (FerretDB, 2026-12-06).
+    wait_until(lambda: metric(server.url, "sse_open_streams") == 0, 1)
 
 
 def test_streams_of_several_rooms_on_both_workers_get_them_in_store_order_and_resume_with_one_id(
