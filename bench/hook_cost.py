@@ -40,6 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
 
+from open_cost import process_cpu_seconds  # noqa: E402  (bench/ is this script's directory on sys.path)
+
 ROOM_PUBLIC, ROOM_PRIVATE = "lobby", "team-red"
 
 
@@ -58,8 +60,7 @@ def _measure(directory: str, hook, opens: int, room: str, cache_seconds: str) ->
         [pid] = server.worker_pids()
 
         def worker_cpu() -> float:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            return process_cpu_seconds(pid)
 
         def run(count: int) -> None:
             for _ in range(count):

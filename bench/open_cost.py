@@ -40,6 +40,12 @@ from pathlib import Path
 sys.path.insert(0, os.getcwd())
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds (user + system) process ``pid`` has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _timed(run, opens: int) -> tuple[float, float]:
     """Return (wall, CPU) microseconds per open of ``run(opens)``."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -122,8 +128,7 @@ def live_cost(directory: str, opens: int) -> tuple[float, float]:
         [pid] = server.worker_pids()
 
         def worker_cpu() -> float:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            return process_cpu_seconds(pid)
 
         def run(count: int) -> None:
             for _ in range(count):
