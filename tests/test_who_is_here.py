@@ -94,6 +94,27 @@ def test_past_the_bound_an_identity_named_stays_named_when_others_come():
     assert last.subs == {"lobby": {"m0": 1, "m2": 1, "a0": 1}}
 
 
+def test_past_the_room_bound_a_room_with_someone_named_stays_named_when_busier_rooms_come():
+    """Regression (hostile, live): anonymous streams on made-up rooms pushed a quiet room's users out: false leaves."""
+    first = busiest_rooms({"quiet": 1, "busy": 3}, 2, {"quiet": {"dave": 1}}, {})
+    assert first.rooms == {"quiet": 1, "busy": 3} and first.subs == {"quiet": {"dave": 1}}
+    counts = {"quiet": 1, "busy": 3} | {f"junk{n}": 2 for n in range(5)}  # busier, and their names sort first
+    later = busiest_rooms(counts, 2, {"quiet": {"dave": 1}}, {}, named_before=first.subs)
+    assert later.rooms == {"quiet": 1, "busy": 3} and later.subs == first.subs
+    assert (later.other_rooms, later.other_streams) == (5, 10)
+    # Once dave has gone, the quiet room is a room like any other: the busiest are named.
+    last = busiest_rooms(counts, 2, {}, {"quiet": 1}, named_before=later.subs)
+    assert last.rooms == {"busy": 3, "junk0": 2}
+    again = busiest_rooms(counts, 2, {}, {"quiet": 1}, named_before=last.subs)
+    assert again.rooms == {"busy": 3, "junk0": 2}
+
+
+def test_a_room_named_with_someone_is_named_before_busier_ones_even_when_the_bound_is_lowered():
+    before = {"a": {"x": 1}, "b": {"y": 1}, "c": {"z": 1}}
+    report = busiest_rooms({"a": 1, "b": 3, "c": 2, "d": 9}, 2, before, {}, named_before=before)
+    assert report.rooms == {"b": 3, "c": 2}
+
+
 def test_the_worker_keeps_naming_whom_it_named(app):
     svc = app.extensions["sse"]
     presence, hub = svc.presence, svc.hub
@@ -531,6 +552,45 @@ def test_writes_refused_now_and_then_make_no_leave_and_join(sqlite_path):
     told = [(kind, data["sub"]) for kind, data in events_so_far(watcher)]
     assert told == [("join", "alice"), ("join", "bob"), ("leave", "bob")]
     assert refused.count(True) >= 5 and reads.count(True) >= 5
+
+
+def test_made_up_rooms_past_the_room_bound_make_no_one_leave_on_another_worker(sqlite_path):
+    """Regression (hostile, live): ~125 anonymous streams on 32 made-up rooms each pushed a quiet room out of
+    its worker's entry, and the other workers' presence=1 streams were told its users left.
+
+    Two workers on one store, at a tenth of the real intervals, PRESENCE_MAX_ROOMS 10: dave follows
+    "quiet" on worker A; then 40 anonymous streams there follow made-up rooms (2 streams each, busier
+    than quiet). Worker B's presence=1 stream hears dave's join, and no leave.
+    """
+    from app.stores.sqlite import SQLiteStore
+
+    stores = [SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100) for _ in range(2)]
+    hubs = [Hub(queue_limit=100) for _ in stores]
+    workers = []
+    for store, hub in zip(stores, hubs):
+        presence = Presence(store, hub, max_rooms=10, check_interval=0.025, write_interval=0.05,
+                            refresh_interval=0.1, ttl=0.3, cache_seconds=0.05, stale_seconds=0.15)
+        presence.announcer = Announcer(presence, hub, check_interval=0.025, leave_grace=0.15)
+        workers.append(presence)
+    hub_a, hub_b = hubs
+    watcher = hub_b.subscribe(("quiet",), subject="watcher", notices=True)
+    workers[0].start()
+    workers[1].announcer.ensure_running()
+    try:
+        gevent.sleep(0.1)
+        hub_a.subscribe(("quiet",), subject="dave")
+        wait_until(lambda: [kind for kind, _ in events_so_far(watcher)] == ["join"], 3, "dave's join",
+                   sleep=gevent.sleep)
+        for n in range(40):
+            hub_a.subscribe(tuple(f"aaa-{(n + k) % 20:02d}" for k in range(2)))
+        gevent.sleep(1.5)  # 5 TTLs, 10 leave graces
+        assert workers[1].identities("quiet").subs == {"dave": 1, "watcher": 1}
+    finally:
+        for presence in workers:
+            presence.stop()
+        for store in stores:
+            store.close()
+    assert [(kind, data["sub"]) for kind, data in events_so_far(watcher)] == [("join", "dave")]
 
 
 def events_so_far(subscription) -> list[tuple[str, dict]]:

@@ -5,8 +5,8 @@ through it too. Each worker keeps one entry in the store -- its streams per
 room, from its hub -- that expires ``ttl`` seconds after it was last written
 or refreshed, and keeps it from a greenlet:
 
-* the entry names at most ``max_rooms`` rooms (``PRESENCE_MAX_ROOMS``), the
-  busiest; the others are counted, not named. A client may name 32 rooms per
+* the entry names at most ``max_rooms`` rooms (``PRESENCE_MAX_ROOMS``): those
+  in which it named someone already, then the busiest; the others are counted, not named. A client may name 32 rooms per
   stream, made up or not, and so without the bound could make every worker
   write an entry as large as it likes, as often as it likes;
 * when what it would write changes (looked at every ``check_interval``), it
@@ -118,6 +118,12 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
 
     Ties go by name, so the same counts always name the same rooms: a quiet
     worker's entry does not change, and is not rewritten, for nothing.
+
+    Past ``max_rooms``, the rooms in which the previous entry named someone
+    (``named_before``) stay named first, then the busiest of the rest. A room
+    pushed out of the entry took its identities with it, and the other
+    workers' watchers were told they left: about 125 anonymous streams on
+    made-up rooms (32 a stream) made the real users of a quiet room "leave".
     ``subs`` (room -> identity -> streams) and ``anonymous`` (room -> streams)
     are kept for the named rooms: at most ``max_identities`` (room, identity)
     pairs, those with the most streams (ties by room, then identity), each
@@ -130,7 +136,9 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
     again when it came back): a client with tokens for many names, opening
     one stream with each, made real users "leave" every room it joined.
     """
-    named = _named_rooms(counts, max_rooms)
+    kept_rooms = {room: counts[room] for room, identities in (named_before or {}).items()
+                  if identities and room in counts and (subs or {}).get(room)}
+    named = _named_rooms(counts, max_rooms, kept_rooms)
     pairs = [(room, sub, streams) for room, identities in (subs or {}).items() if room in named
              for sub, streams in identities.items() if nameable(sub)]
     if len(pairs) > max_identities:
@@ -146,7 +154,17 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
                           all_pairs - len(pairs))
 
 
-def _named_rooms(counts: dict[str, int], max_rooms: int) -> dict[str, int]:
+def _named_rooms(counts: dict[str, int], max_rooms: int, kept: dict[str, int]) -> dict[str, int]:
+    """Return ``kept`` (rooms of ``counts`` that stay named), then the busiest others, ``max_rooms`` in all."""
+    if len(counts) <= max_rooms:
+        return dict(counts)
+    if len(kept) >= max_rooms:  # only if the bound was lowered: the busiest of them
+        return _busiest(kept, max_rooms)
+    others = {room: streams for room, streams in counts.items() if room not in kept}
+    return kept | _busiest(others, max_rooms - len(kept))
+
+
+def _busiest(counts: dict[str, int], max_rooms: int) -> dict[str, int]:
     if len(counts) <= max_rooms:
         return dict(counts)
     # The count of the last room named: every room above it is named, and the
