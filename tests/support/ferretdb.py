@@ -90,7 +90,7 @@ class FerretDB:
             "--telemetry=disable",
             "--state-dir=-",
             "--debug-addr=-",
-            "--log-level=WARN",
+            f"--log-level={os.environ.get('FERRETDB_LOG_LEVEL', 'WARN')}",
             f"--test-capped-cleanup-interval={CLEANUP_INTERVAL}",
         ]
 
