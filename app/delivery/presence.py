@@ -93,6 +93,11 @@ STALE_SECONDS = 1.5
 MAX_ROOMS = 1000
 # (room, identity) pairs one entry names (PRESENCE_MAX_IDENTITIES).
 MAX_IDENTITIES = 1000
+# Working an entry out again waits at least this many times what the last one cost. It is O(rooms
+# followed), in the worker's one thread: 10,000 streams of 32 made-up rooms each (320,000 rooms)
+# cost ~0.3-0.9 s a time, twice a second under churn, and the worker's other streams stalled
+# behind it (publishes ~0.5 s each, a delivery up to 1.4 s late). At most a fifth of its time now.
+COST_FACTOR = 4.0
 # While writes keep failing, one line this often, not one per try.
 FAILURE_LOG_SECONDS = 60.0
 # A host name can be 255 bytes; the store's worst case counts on at most this.
@@ -268,6 +273,7 @@ class Presence:
         self._own = PresenceReport()
         self._own_at = float("-inf")
         self._own_changes = -1  # the hub's change count when _own was worked out
+        self._own_cost = 0.0  # how long working it out took, last time
         self._others = PresenceReport()
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
@@ -303,16 +309,21 @@ class Presence:
         """Return this worker's entry as it would write it now (or as worked out up to ``max_age`` ago).
 
         Worked out again only when a stream joined or left since, and then at
-        most once per ``max_age``: it costs O(rooms followed), and the loop
-        and every reader share it.
+        most once per ``max_age``, nor sooner than ``COST_FACTOR`` times what
+        it cost last time: it costs O(rooms followed), blocks the worker
+        meanwhile, and the loop and every reader share it. Past a hundred
+        thousand made-up rooms, a change then shows later than 2 s; the
+        worker's other streams are not held up for it.
         """
         now = time.monotonic()
-        if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
+        if (self.hub.changes != self._own_changes
+                and now - self._own_at >= max(max_age, COST_FACTOR * self._own_cost)):
             changes = self.hub.changes
             self._own = busiest_rooms(self.hub.room_counts(), self.max_rooms, self.hub.room_identities(),
                                       self.hub.room_anonymous(), self.max_identities, named_before=self._own.subs)
             # Only once worked out: after a failure the next call tries again, not keeps the old entry.
             self._own_changes, self._own_at = changes, now
+            self._own_cost = time.monotonic() - now
         return self._own
 
     def _run(self) -> None:
