@@ -59,7 +59,8 @@ class Settings:
     max_streams_per_client: int = 2000
     client_slots_path: str | None = None  # set by gunicorn.conf.py for each master; None: this process alone
     # Presence (docs/scaling-out.md#presence-across-nodes): the rooms one worker's
-    # entry names (those with someone it names already, then its busiest); the rest are counted, not named.
+    # entry names (those with someone it names already, then with someone to name, then its busiest); the rest
+    # are counted, not named.
     presence_max_rooms: int = 1000
     # Issue 16: the (room, identity) pairs one worker's entry names; the rest are counted, not named.
     presence_max_identities: int = 1000

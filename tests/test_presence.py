@@ -7,6 +7,7 @@ real workers and nodes are in tests/test_presence_live.py.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import gevent
 import pytest
@@ -229,7 +230,6 @@ def test_two_stops_at_once_both_finish_and_withdraw(presence, store, hub):
 def test_a_second_sigterm_even_inside_the_first_handler_ends_the_streams_once(store, hub, monkeypatch):
     """Regression: systemd signals the whole group, so the master's SIGTERM can land inside the worker's own."""
     import signal
-    from types import SimpleNamespace
 
     from app.operations import lifecycle
 
@@ -707,3 +707,30 @@ def test_a_presence_table_from_before_the_other_columns_is_brought_up_to_date(sq
     store.publish_presence("new", PresenceReport({"lobby": 2}, other_rooms=5, other_streams=6), ttl=30)
     assert store.presence_counts() == PresenceReport({"lobby": 3}, other_rooms=5, other_streams=6)
     store.close()
+
+
+def test_an_entry_costly_to_work_out_is_worked_out_again_no_sooner_than_its_cost_allows(store, monkeypatch):
+    """Regression (hostile, live): 320,000 made-up rooms on one worker cost ~0.5 s a time, worked out twice a
+    second under churn; the worker's other streams stalled behind it (publishes ~0.5 s, deliveries 1.4 s late)."""
+    import app.delivery.presence as presence_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(presence_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    calls = []
+
+    def costly(*args, **kwargs):
+        calls.append(clock[0])
+        clock[0] += 0.5  # what this look cost
+        return busiest_rooms(*args, **kwargs)
+
+    monkeypatch.setattr(presence_module, "busiest_rooms", costly)
+    hub = Hub(queue_limit=10)
+    presence = Presence(store, hub)
+    for n in range(3):
+        hub.subscribe((f"room-{n}",))
+        presence.own_report(max_age=0.5)
+        clock[0] += 0.6  # past max_age, not past four times the cost
+    assert calls == [1000.0]
+    clock[0] = 1000.0 + 0.5 + presence_module.COST_FACTOR * 0.5
+    assert presence.own_report(max_age=0.5).rooms == {"room-0": 1, "room-1": 1, "room-2": 1}
+    assert len(calls) == 2

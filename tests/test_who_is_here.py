@@ -109,6 +109,20 @@ def test_past_the_room_bound_a_room_with_someone_named_stays_named_when_busier_r
     assert again.rooms == {"busy": 3, "junk0": 2}
 
 
+def test_past_the_room_bound_a_room_with_someone_to_name_is_named_before_busier_anonymous_ones():
+    """Regression (hostile, live): a user whose stream moved to a worker whose entry made-up rooms had filled
+    (anonymous streams, each room busier than hers) was named by no entry, and the others told her as a leave."""
+    counts = {"quiet": 1} | {f"junk{n}": 3 for n in range(5)}  # busier, and their names sort first
+    arrived = busiest_rooms(counts, 2, {"quiet": {"mover": 1}}, {f"junk{n}": 3 for n in range(5)})
+    assert arrived.rooms == {"quiet": 1, "junk0": 3} and arrived.subs == {"quiet": {"mover": 1}}
+    assert (arrived.other_rooms, arrived.other_streams) == (4, 12)
+    # Rooms with someone to name, past the bound themselves: the busiest of them, then no anonymous one.
+    crowded = busiest_rooms(counts | {"a": 2, "b": 1}, 2, {"quiet": {"x": 1}, "a": {"y": 1}, "b": {"z": 1}}, {})
+    assert crowded.rooms == {"a": 2, "b": 1}
+    # With PRESENCE_MAX_IDENTITIES=0 nobody is named: the busiest rooms are.
+    assert busiest_rooms(counts, 2, {"quiet": {"mover": 1}}, {}, max_identities=0).rooms == {"junk0": 3, "junk1": 3}
+
+
 def test_a_room_named_with_someone_is_named_before_busier_ones_even_when_the_bound_is_lowered():
     before = {"a": {"x": 1}, "b": {"y": 1}, "c": {"z": 1}}
     report = busiest_rooms({"a": 1, "b": 3, "c": 2, "d": 9}, 2, before, {}, named_before=before)
@@ -567,7 +581,7 @@ def test_made_up_rooms_past_the_room_bound_make_no_one_leave_on_another_worker(s
     stores = [SQLiteStore(sqlite_path, max_bytes=10**6, max_messages=100) for _ in range(2)]
     hubs = [Hub(queue_limit=100) for _ in stores]
     workers = []
-    for store, hub in zip(stores, hubs):
+    for store, hub in zip(stores, hubs, strict=True):
         presence = Presence(store, hub, max_rooms=10, check_interval=0.025, write_interval=0.05,
                             refresh_interval=0.1, ttl=0.3, cache_seconds=0.05, stale_seconds=0.15)
         presence.announcer = Announcer(presence, hub, check_interval=0.025, leave_grace=0.15)

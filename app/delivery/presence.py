@@ -6,7 +6,8 @@ room, from its hub -- that expires ``ttl`` seconds after it was last written
 or refreshed, and keeps it from a greenlet:
 
 * the entry names at most ``max_rooms`` rooms (``PRESENCE_MAX_ROOMS``): those
-  in which it named someone already, then the busiest; the others are counted, not named. A client may name 32 rooms per
+  in which it named someone already, then those with someone to name, then the
+  busiest; the others are counted, not named. A client may name 32 rooms per
   stream, made up or not, and so without the bound could make every worker
   write an entry as large as it likes, as often as it likes;
 * when what it would write changes (looked at every ``check_interval``), it
@@ -56,6 +57,7 @@ what was read up to ``stale_seconds`` ago still answers: a blip of the store
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import random
@@ -63,6 +65,7 @@ import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import gevent
@@ -90,6 +93,11 @@ STALE_SECONDS = 1.5
 MAX_ROOMS = 1000
 # (room, identity) pairs one entry names (PRESENCE_MAX_IDENTITIES).
 MAX_IDENTITIES = 1000
+# Working an entry out again waits at least this many times what the last one cost. It is O(rooms
+# followed), in the worker's one thread: 10,000 streams of 32 made-up rooms each (320,000 rooms)
+# cost ~0.3-0.9 s a time, twice a second under churn, and the worker's other streams stalled
+# behind it (publishes ~0.5 s each, a delivery up to 1.4 s late). At most a fifth of its time now.
+COST_FACTOR = 4.0
 # While writes keep failing, one line this often, not one per try.
 FAILURE_LOG_SECONDS = 60.0
 # A host name can be 255 bytes; the store's worst case counts on at most this.
@@ -120,10 +128,12 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
     worker's entry does not change, and is not rewritten, for nothing.
 
     Past ``max_rooms``, the rooms in which the previous entry named someone
-    (``named_before``) stay named first, then the busiest of the rest. A room
-    pushed out of the entry took its identities with it, and the other
-    workers' watchers were told they left: about 125 anonymous streams on
-    made-up rooms (32 a stream) made the real users of a quiet room "leave".
+    (``named_before``) stay named first, then the rooms with an identity to
+    name, then the busiest of the rest. A room pushed out of the entry took
+    its identities with it, and the other workers' watchers were told they
+    left: about 125 anonymous streams on made-up rooms (32 a stream) made the
+    real users of a quiet room "leave"; and a user who moved her stream to a
+    worker whose entry made-up rooms had filled "left" the same way.
     ``subs`` (room -> identity -> streams) and ``anonymous`` (room -> streams)
     are kept for the named rooms: at most ``max_identities`` (room, identity)
     pairs, those with the most streams (ties by room, then identity), each
@@ -136,9 +146,7 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
     again when it came back): a client with tokens for many names, opening
     one stream with each, made real users "leave" every room it joined.
     """
-    kept_rooms = {room: counts[room] for room, identities in (named_before or {}).items()
-                  if identities and room in counts and (subs or {}).get(room)}
-    named = _named_rooms(counts, max_rooms, kept_rooms)
+    named = _named_rooms(counts, max_rooms, _rooms_first(counts, subs or {}, named_before or {}, max_identities))
     pairs = [(room, sub, streams) for room, identities in (subs or {}).items() if room in named
              for sub, streams in identities.items() if nameable(sub)]
     if len(pairs) > max_identities:
@@ -154,14 +162,39 @@ def busiest_rooms(counts: dict[str, int], max_rooms: int, subs: dict[str, dict[s
                           all_pairs - len(pairs))
 
 
-def _named_rooms(counts: dict[str, int], max_rooms: int, kept: dict[str, int]) -> dict[str, int]:
-    """Return ``kept`` (rooms of ``counts`` that stay named), then the busiest others, ``max_rooms`` in all."""
+def _rooms_first(counts: dict[str, int], subs: dict[str, dict[str, int]], named_before: dict[str, dict[str, int]],
+                 max_identities: int) -> Iterator[dict[str, int]]:
+    """Yield the rooms named before the busiest, in turn: those with someone named already, then anyone to name.
+
+    Lazily: each tier is worked out only if the ones before it left room in
+    the entry (a pass over a hostile worker's identities costs). The second
+    tier: a room with only a user this worker does not name yet (she moved
+    here from another worker, or arrived after made-up rooms filled the
+    entry) is not one anonymous streams can push out -- they did, and the
+    other workers told her as a leave.
+    """
+    yield {room: counts[room] for room, identities in named_before.items()
+           if identities and room in counts and subs.get(room)}
+    if max_identities:  # else nobody is named: a room's identities are no reason to name it
+        # Not asked whether each may be named (over 256 bytes, not): that pass cost 0.7-1 s for 200,000 rooms
+        # of identities, against ~0.1 s for all of this; a room of one too long only goes before anonymous ones.
+        yield {room: counts[room] for room, identities in subs.items() if identities and room in counts}
+
+
+def _named_rooms(counts: dict[str, int], max_rooms: int, first: Iterable[dict[str, int]] = ()) -> dict[str, int]:
+    """Return the rooms of ``counts`` to name, ``max_rooms`` in all: each tier of ``first`` in turn, then the busiest.
+
+    A tier that does not fit whole gives its busiest (only the first if the bound was lowered).
+    """
     if len(counts) <= max_rooms:
         return dict(counts)
-    if len(kept) >= max_rooms:  # only if the bound was lowered: the busiest of them
-        return _busiest(kept, max_rooms)
-    others = {room: streams for room, streams in counts.items() if room not in kept}
-    return kept | _busiest(others, max_rooms - len(kept))
+    named: dict[str, int] = {}
+    for tier in itertools.chain(first, (counts,)):
+        rest = {room: streams for room, streams in tier.items() if room not in named} if named else tier
+        named |= _busiest(rest, max_rooms - len(named))
+        if len(named) >= max_rooms:
+            break
+    return named
 
 
 def _busiest(counts: dict[str, int], max_rooms: int) -> dict[str, int]:
@@ -240,6 +273,7 @@ class Presence:
         self._own = PresenceReport()
         self._own_at = float("-inf")
         self._own_changes = -1  # the hub's change count when _own was worked out
+        self._own_cost = 0.0  # how long working it out took, last time
         self._others = PresenceReport()
         self._others_read_at = float("-inf")
         self._reading = gevent.lock.Semaphore()
@@ -275,16 +309,21 @@ class Presence:
         """Return this worker's entry as it would write it now (or as worked out up to ``max_age`` ago).
 
         Worked out again only when a stream joined or left since, and then at
-        most once per ``max_age``: it costs O(rooms followed), and the loop
-        and every reader share it.
+        most once per ``max_age``, nor sooner than ``COST_FACTOR`` times what
+        it cost last time: it costs O(rooms followed), blocks the worker
+        meanwhile, and the loop and every reader share it. Past a hundred
+        thousand made-up rooms, a change then shows later than 2 s; the
+        worker's other streams are not held up for it.
         """
         now = time.monotonic()
-        if self.hub.changes != self._own_changes and now - self._own_at >= max_age:
+        if (self.hub.changes != self._own_changes
+                and now - self._own_at >= max(max_age, COST_FACTOR * self._own_cost)):
             changes = self.hub.changes
             self._own = busiest_rooms(self.hub.room_counts(), self.max_rooms, self.hub.room_identities(),
                                       self.hub.room_anonymous(), self.max_identities, named_before=self._own.subs)
             # Only once worked out: after a failure the next call tries again, not keeps the old entry.
             self._own_changes, self._own_at = changes, now
+            self._own_cost = time.monotonic() - now
         return self._own
 
     def _run(self) -> None:

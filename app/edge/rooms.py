@@ -18,7 +18,7 @@ there is an empty list, never a 404.
 after the room ``after``; ``hasMore`` and ``next`` (the ``after`` of the next
 page) say whether there is more. Rooms that no worker's presence entry names
 (each names ``PRESENCE_MAX_ROOMS``: those with someone it named already, then
-its busiest) are summed in ``otherRooms``.
+those with someone to name, then its busiest) are summed in ``otherRooms``.
 
 With private rooms (``app/edge/authorization.py``) a room's presence is
 read as the room is: ``GET /rooms/<room>`` and ``GET /rooms/<room>/subscribers``

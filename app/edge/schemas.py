@@ -135,7 +135,9 @@ class OtherRoomsOut(Schema):
 
     rooms = fields.Integer(required=True, metadata={
         "minimum": 0, "description": "Rooms with subscribers that a worker counted without naming them (each "
-                                     "names PRESENCE_MAX_ROOMS: those in which it names someone already, then its busiest); one counted on two workers counts twice"})
+                                     "names PRESENCE_MAX_ROOMS: those in which it names someone already, then those "
+                                     "with someone to name, then its busiest); one counted on two workers counts "
+                                     "twice"})
     subscribers = fields.Integer(required=True, metadata={
         "minimum": 0, "description": "Their open streams, summed (a stream following several counts in each)"})
 

@@ -28,7 +28,7 @@ entries that have not expired (``presence_counts``). A worker that stops
 cleanly ``withdraw_presence``-es its entry; a killed one's just expires.
 
 An entry names at most ``PRESENCE_MAX_ROOMS`` rooms (those in which it named
-someone already, then the busiest); the rest
+someone already, then those with someone to name, then the busiest); the rest
 are counted, not named (``PresenceReport.other_rooms``/``other_streams``), so
 a client that makes up room names cannot grow an entry -- nor a MongoDB
 document towards its 16 MB limit -- past what the setting allows.
