@@ -140,6 +140,11 @@ def post_fork(server, worker):
     quit_once(worker)
     # gevent's sendall costs a getsockopt per write; see app/operations/socket_writes.py.
     socket_writes.install()
+    # A log record asks threading.current_thread() for its thread's name; under
+    # gevent that makes a _DummyThread (locks, an Event, a clean-up link) for each
+    # greenlet that logs -- every stream, for its end line. No format here shows
+    # the thread (gunicorn's error log: time, pid, level, message).
+    logging.logThreads = False
     app_logger = logging.getLogger("app")
     app_logger.handlers = list(server.log.error_log.handlers)
     app_logger.setLevel(server.log.error_log.level)

@@ -12,7 +12,14 @@
   stream, reads its first line and closes it, one after another; wall time
   per open, and the worker's CPU time per open (utime + stime from
   /proc/PID/stat, which includes the worker's own background work: its
-  tailer's polls and presence writes, the same before and after).
+  tailer's polls and presence writes, the same before and after). The line
+  ``live, net of idle`` takes that out: the worker's CPU per second over 2 s
+  with nothing connected (26-34 ms/s on the shared machine, mostly the
+  tailer's 10 ms poll), times the wall time of the opens.
+* ``wsgi`` closes the body right after its first chunk, before the stream
+  joins, subscribes, parks and is woken by the client's close, and it logs no
+  end line: ``live`` minus ``wsgi`` is not gunicorn's share alone
+  (bench/results/2026-12-06-open-profile.md).
 * ``slots``: MAX_STREAMS_PER_CLIENT's take and give-back alone, on a slots
   file in WAL as under gunicorn; ``slots, 2 processes``: the same while a
   second process takes and gives back on the same file as fast as it can
@@ -116,7 +123,7 @@ def slots_cost(path: str, opens: int) -> tuple[float, float]:
     return _timed(run, opens)
 
 
-def live_cost(directory: str, opens: int) -> tuple[float, float]:
+def live_cost(directory: str, opens: int, background: list[float] | None = None) -> tuple[float, float]:
     import http.client
 
     from tests.support.live import LiveServer
@@ -140,6 +147,11 @@ def live_cost(directory: str, opens: int) -> tuple[float, float]:
                 connection.close()
 
         run(100)
+        if background is not None:  # the worker's CPU per second with nothing connected
+            time.sleep(0.5)
+            idle_wall, idle_cpu = time.perf_counter(), worker_cpu()
+            time.sleep(2.0)
+            background.append((worker_cpu() - idle_cpu) / (time.perf_counter() - idle_wall))
         wall, cpu = time.perf_counter(), worker_cpu()
         run(opens)
         return (time.perf_counter() - wall) / opens * 1e6, (worker_cpu() - cpu) / opens * 1e6
@@ -176,8 +188,12 @@ def main() -> None:
         print(f"view (open, first chunk, close): {_summary(view)}")
         wsgi = [wsgi_cost(directory, args.opens) for _ in range(args.rounds)]
         print(f"wsgi (the app called as gunicorn calls it): {_summary(wsgi)}")
-        live = [live_cost(directory, args.opens) for _ in range(args.rounds)]
+        background: list[float] = []
+        live = [live_cost(directory, args.opens, background) for _ in range(args.rounds)]
         print(f"live (gunicorn, 1 worker; CPU is the worker's): {_summary(live)}")
+        net = [(wall, cpu - idle * wall) for (wall, cpu), idle in zip(live, background, strict=True)]
+        print(f"live, net of idle (the worker's idle CPU, median {statistics.median(background) * 1e3:.1f} ms/s, "
+              f"times the wall time): {_summary(net)}")
         if not has_slots:
             return
         path = os.path.join(directory, "slots-bench")

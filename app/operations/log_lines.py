@@ -35,6 +35,10 @@ _ESCAPES = {
 
 def escape_control_characters(text: str) -> str:
     """Return ``text`` on one line, with every control character written as an escape."""
+    # Every character escaped is one str.isprintable() rejects (categories Cc, Cf,
+    # Zl, Zp): a printable line -- nearly all of them -- skips the per-character map.
+    if text.isprintable():
+        return text
     return text.translate(_ESCAPES)
 
 
@@ -43,9 +47,8 @@ class SafeLogLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        safe = escape_control_characters(redact(message))
-        if safe != message:
-            record.msg, record.args = safe, None
+        # Kept formatted: the handler's formatter would otherwise format it again.
+        record.msg, record.args = escape_control_characters(redact(message)), None
         if record.exc_info:
             # Another handler may have formatted (and cached) the traceback already.
             record.exc_text = redact(record.exc_text or logging.Formatter().formatException(record.exc_info))
