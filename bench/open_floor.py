@@ -21,7 +21,6 @@ Bounded: ``--batches`` x ``--per-batch`` opens per server.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.open_ab import TreeServer  # noqa: E402
+from bench.open_ab import TreeServer, open_streams  # noqa: E402
 from bench.open_cost import process_cpu_seconds  # noqa: E402
 from tests.support.live import GUNICORN, ROOT, LiveServer  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
@@ -44,18 +43,6 @@ FLOORS = {
     "Flask stream, gevent": ("gevent", "flask_app"),
     "Flask stream, gevent_pywsgi": ("gevent_pywsgi", "flask_app"),
 }
-
-
-def open_stream(port: int) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", "/messages?room=bench")
-        response = connection.getresponse()
-        if response.status != 200:
-            raise RuntimeError(f"port {port} answered {response.status}")
-        response.fp.readline()  # retry: -- the stream is open
-    finally:
-        connection.close()
 
 
 class FloorServer(LiveServer):
@@ -78,7 +65,7 @@ class FloorServer(LiveServer):
         if self.process.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {self.log_path.read_text(errors='replace')}")
         try:
-            open_stream(self.port)
+            open_streams(self.port, 1)
         except OSError:
             return False
         return len(self.worker_pids()) == 1
@@ -105,15 +92,13 @@ def main() -> None:
                     os.sched_setaffinity(pid, SERVER_CORE)
             os.sched_setaffinity(0, CLIENT_CORE)
         for server in servers.values():
-            for _ in range(100):  # warm: every code path once
-                open_stream(server.port)
+            open_streams(server.port, 100)  # warm: every code path once
         per_open: dict[str, list[float]] = {name: [] for name in servers}
         order = list(servers)
         for number in range(args.batches):
             for name in (order if number % 2 == 0 else order[::-1]):
                 before = process_cpu_seconds(workers[name])
-                for _ in range(args.per_batch):
-                    open_stream(servers[name].port)
+                open_streams(servers[name].port, args.per_batch)
                 time.sleep(0.05)  # the last close handled
                 per_open[name].append((process_cpu_seconds(workers[name]) - before) / args.per_batch * 1e6)
     finally:
